@@ -1,0 +1,920 @@
+//! The device: one private key, its peers, and the three entry points the engine drives.
+//!
+//! ```text
+//!  outgoing IP packet ──encapsulate──▶ allowed-IPs lookup of the destination → peer
+//!                                      session usable? seal in place → send to its endpoint
+//!                                      no session?     stage the packet, send an initiation
+//!
+//!  datagram from the network ──receive──▶ parse (type, reserved bytes, exact length)
+//!     transport: session by receiver index → open in place → replay window → timers, endpoint
+//!                → inner source must map to this same peer → deliver to the TUN
+//!     initiation/response: mac1 (always), mac2 + rate limit (under load, else cookie reply)
+//!                → Noise → new session → response / flush staged packets
+//!     cookie reply: store the cookie for the next handshake message
+//!
+//!  time passes ──update_timers──▶ retransmit, keepalives, rekey, erase old keys
+//! ```
+//!
+//! Every entry point takes `now` and a caller-owned `Vec<Outgoing>` into which it pushes
+//! control-plane datagrams (handshake messages, keepalives, packets released by a completed
+//! handshake). The hot path pushes nothing and allocates nothing.
+//!
+//! Locks, always taken in this order: `peers` (read) → a peer's state → `indices`. Nothing holds
+//! `indices` while taking another lock.
+
+use super::constants::*;
+use super::cookie::CookieChecker;
+use super::handshake::{begin_consume_initiation, HandshakeError};
+use super::ip;
+use super::messages::{Message, MessageError};
+use super::peer::{Peer, PeerConfig, PeerId, PeerInfo, PeerState};
+use super::ratelimiter::RateLimiter;
+use super::session::{padded_len, Keypair, OpenError};
+use super::time::{Tai64N, Time};
+use crate::allowed_ips::AllowedIps;
+use crate::keys::{PrivateKey, PublicKey};
+use rand_core::{OsRng, RngCore};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// A datagram for the engine to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// Every reason a packet is dropped; each has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Outgoing: not an IPv4 or IPv6 packet.
+    NotIp,
+    /// Outgoing: no peer's allowed IPs contain the destination.
+    NoRoute,
+    /// Outgoing: the peer has no known endpoint.
+    NoEndpoint,
+    /// Outgoing: the buffer has no room for the sealed message.
+    NoRoom,
+    /// Incoming: unknown type, nonzero reserved bytes or wrong length.
+    Malformed,
+    /// Incoming handshake message with a wrong mac1: never answered.
+    BadMac1,
+    /// Under load, a handshake message without a valid mac2: answered with a cookie reply.
+    CookieRequired,
+    /// Under load, over the per-source handshake rate.
+    RateLimited,
+    /// A handshake message that does not decrypt (not for us, forged).
+    HandshakeDecrypt,
+    /// An initiation from a public key that is not a peer.
+    UnknownPeer,
+    /// An initiation whose timestamp is not newer than the last one accepted.
+    ReplayedInitiation,
+    /// Initiations from one peer faster than INITIATIONS_PER_SECOND.
+    InitiationFlood,
+    /// A response to no initiation of ours.
+    UnexpectedResponse,
+    /// A cookie reply that does not decrypt or answers nothing we sent.
+    BadCookie,
+    /// Receiver index unknown (no such session or handshake).
+    UnknownIndex,
+    /// Transport data whose tag does not verify.
+    BadTag,
+    /// Transport data already received or behind the replay window.
+    Replay,
+    /// Transport data on a session past REJECT_AFTER_TIME / REJECT_AFTER_MESSAGES.
+    Expired,
+    /// The opened packet is not a well-formed IP packet.
+    BadInnerPacket,
+    /// The opened packet's source address does not belong to the peer that sent it.
+    SourceNotAllowed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 20] = [
+        DropReason::NotIp,
+        DropReason::NoRoute,
+        DropReason::NoEndpoint,
+        DropReason::NoRoom,
+        DropReason::Malformed,
+        DropReason::BadMac1,
+        DropReason::CookieRequired,
+        DropReason::RateLimited,
+        DropReason::HandshakeDecrypt,
+        DropReason::UnknownPeer,
+        DropReason::ReplayedInitiation,
+        DropReason::InitiationFlood,
+        DropReason::UnexpectedResponse,
+        DropReason::BadCookie,
+        DropReason::UnknownIndex,
+        DropReason::BadTag,
+        DropReason::Replay,
+        DropReason::Expired,
+        DropReason::BadInnerPacket,
+        DropReason::SourceNotAllowed,
+    ];
+
+    /// The snake_case name used in status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NotIp => "not_ip",
+            DropReason::NoRoute => "no_route",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::NoRoom => "no_room",
+            DropReason::Malformed => "malformed",
+            DropReason::BadMac1 => "bad_mac1",
+            DropReason::CookieRequired => "cookie_required",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::HandshakeDecrypt => "handshake_decrypt",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::ReplayedInitiation => "replayed_initiation",
+            DropReason::InitiationFlood => "initiation_flood",
+            DropReason::UnexpectedResponse => "unexpected_response",
+            DropReason::BadCookie => "bad_cookie",
+            DropReason::UnknownIndex => "unknown_index",
+            DropReason::BadTag => "bad_tag",
+            DropReason::Replay => "replay",
+            DropReason::Expired => "expired",
+            DropReason::BadInnerPacket => "bad_inner_packet",
+            DropReason::SourceNotAllowed => "source_not_allowed",
+        }
+    }
+}
+
+impl From<HandshakeError> for DropReason {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::Decrypt => DropReason::HandshakeDecrypt,
+            HandshakeError::ReplayedInitiation => DropReason::ReplayedInitiation,
+            HandshakeError::InitiationFlood => DropReason::InitiationFlood,
+            HandshakeError::UnexpectedResponse => DropReason::UnexpectedResponse,
+        }
+    }
+}
+
+impl From<OpenError> for DropReason {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Tag => DropReason::BadTag,
+            OpenError::Replay => DropReason::Replay,
+            OpenError::Expired => DropReason::Expired,
+        }
+    }
+}
+
+/// What became of an outgoing IP packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// Sealed in place: send `buf[..len]` to `to`.
+    Ready {
+        to: SocketAddr,
+        len: usize,
+    },
+    /// Waiting for a handshake (which may have been pushed to the outgoing queue).
+    Queued,
+    Dropped(DropReason),
+}
+
+/// What became of a datagram from the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// An authenticated IP packet for the TUN at `datagram[range]`.
+    Packet {
+        peer: PeerId,
+        range: Range<usize>,
+    },
+    /// An authenticated keepalive.
+    Keepalive {
+        peer: PeerId,
+    },
+    /// A handshake message was processed (any reply is in the outgoing queue).
+    Handshake {
+        peer: PeerId,
+    },
+    /// A cookie reply was taken.
+    Cookie {
+        peer: PeerId,
+    },
+    Dropped(DropReason),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("peer {0} is configured twice")]
+    DuplicatePeer(PublicKey),
+    #[error("peer {0} is this device's own public key")]
+    OwnKey(PublicKey),
+    #[error("no peer {0}")]
+    NoSuchPeer(PublicKey),
+}
+
+/// What the index table says a receiver index stands for.
+#[derive(Clone)]
+enum Slot {
+    /// An initiation of ours waiting for its response.
+    Handshake(PeerId),
+    /// A session.
+    Keypair(PeerId, Arc<Keypair>),
+}
+
+#[derive(Default)]
+struct Peers {
+    by_id: HashMap<PeerId, Arc<Peer>>,
+    by_key: HashMap<PublicKey, PeerId>,
+    allowed: AllowedIps<PeerId>,
+    next_id: PeerId,
+}
+
+pub struct Device {
+    private: PrivateKey,
+    public: PublicKey,
+    cookies: Mutex<CookieChecker>,
+    limiter: Mutex<RateLimiter>,
+    under_load: AtomicBool,
+    mtu: AtomicUsize,
+    peers: RwLock<Peers>,
+    indices: RwLock<HashMap<u32, Slot>>,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Device {
+    pub fn new(private: PrivateKey) -> Self {
+        let public = private.public_key();
+        Device {
+            cookies: Mutex::new(CookieChecker::new(&public)),
+            private,
+            public,
+            limiter: Mutex::new(RateLimiter::default()),
+            under_load: AtomicBool::new(false),
+            mtu: AtomicUsize::new(1420),
+            peers: RwLock::new(Peers::default()),
+            indices: RwLock::new(HashMap::new()),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    /// The tunnel MTU: padding never makes a packet longer than this.
+    pub fn set_mtu(&self, mtu: usize) {
+        self.mtu.store(mtu, Ordering::Relaxed);
+    }
+
+    /// The engine says whether its handshake queue is backed up. Under load, handshake
+    /// messages need a valid mac2 (else they get a cookie reply) and are rate-limited per source.
+    pub fn set_under_load(&self, under_load: bool) {
+        self.under_load.store(under_load, Ordering::Relaxed);
+    }
+
+    pub fn add_peer(&self, config: PeerConfig) -> Result<PeerId, DeviceError> {
+        if config.public_key == self.public {
+            return Err(DeviceError::OwnKey(config.public_key));
+        }
+        let mut peers = write(&self.peers);
+        if peers.by_key.contains_key(&config.public_key) {
+            return Err(DeviceError::DuplicatePeer(config.public_key));
+        }
+        let id = peers.next_id;
+        peers.next_id += 1;
+        for cidr in &config.allowed_ips {
+            peers.allowed.insert(*cidr, id);
+        }
+        let peer = Arc::new(Peer::new(id, &self.private, &config));
+        peers.by_key.insert(config.public_key, id);
+        peers.by_id.insert(id, peer);
+        Ok(id)
+    }
+
+    /// Removes a peer, its routes and every session and index it had.
+    pub fn remove_peer(&self, key: &PublicKey) -> Result<(), DeviceError> {
+        let peer = {
+            let mut peers = write(&self.peers);
+            let id = peers
+                .by_key
+                .remove(key)
+                .ok_or(DeviceError::NoSuchPeer(*key))?;
+            peers.allowed.remove_value(&id);
+            peers.by_id.remove(&id)
+        };
+        if let Some(peer) = peer {
+            let mut st = peer.lock();
+            self.zero_keys(&mut st);
+            st.timers.stop_all();
+        }
+        Ok(())
+    }
+
+    pub fn peer_id(&self, key: &PublicKey) -> Option<PeerId> {
+        read(&self.peers).by_key.get(key).copied()
+    }
+
+    fn peer(&self, id: PeerId) -> Option<Arc<Peer>> {
+        read(&self.peers).by_id.get(&id).cloned()
+    }
+
+    pub fn peer_info(&self, id: PeerId) -> Option<PeerInfo> {
+        let (peer, allowed_ips) = {
+            let peers = read(&self.peers);
+            (
+                peers.by_id.get(&id).cloned()?,
+                peers.allowed.prefixes_of(&id),
+            )
+        };
+        let st = peer.lock();
+        Some(PeerInfo {
+            id,
+            public_key: peer.public_key,
+            has_preshared_key: !st.handshake.psk().is_zero(),
+            endpoint: st.endpoint,
+            allowed_ips,
+            last_handshake: st.last_handshake,
+            rx_bytes: peer.rx_bytes.load(Ordering::Relaxed),
+            tx_bytes: peer.tx_bytes.load(Ordering::Relaxed),
+            persistent_keepalive: st.timers.persistent_interval,
+        })
+    }
+
+    pub fn peer_ids(&self) -> Vec<PeerId> {
+        let mut ids: Vec<_> = read(&self.peers).by_id.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Drop counters by reason.
+    pub fn drops(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.drops[*r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn count(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dropped_sent(&self, reason: DropReason) -> Sent {
+        self.count(reason);
+        Sent::Dropped(reason)
+    }
+
+    fn dropped(&self, reason: DropReason) -> Received {
+        self.count(reason);
+        Received::Dropped(reason)
+    }
+
+    // ----- outgoing -----
+
+    /// An IP packet from the TUN, found at `buf[16..16 + len]` (the first 16 bytes are room for
+    /// the transport header; `buf` needs 16 + 16 bytes of room beyond the padded packet).
+    /// On `Sent::Ready` the sealed message is `buf[..len]`.
+    pub fn encapsulate(
+        &self,
+        buf: &mut [u8],
+        len: usize,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Sent {
+        let Some(packet) = buf.get(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len) else {
+            return self.dropped_sent(DropReason::NoRoom);
+        };
+        let Some(dst) = ip::destination(packet) else {
+            return self.dropped_sent(DropReason::NotIp);
+        };
+        let peer = {
+            let peers = read(&self.peers);
+            match peers.allowed.lookup(dst).and_then(|id| peers.by_id.get(id)) {
+                Some(p) => p.clone(),
+                None => return self.dropped_sent(DropReason::NoRoute),
+            }
+        };
+        let mtu = self.mtu.load(Ordering::Relaxed);
+        if buf.len() < TRANSPORT_OVERHEAD + padded_len(len, mtu) {
+            return self.dropped_sent(DropReason::NoRoom);
+        }
+        let mut st = peer.lock();
+        let Some(to) = st.endpoint else {
+            return self.dropped_sent(DropReason::NoEndpoint);
+        };
+        let usable = st
+            .keypairs
+            .current
+            .clone()
+            .filter(|kp| st.staged.is_empty() && kp.can_send(now.instant));
+        if let Some((kp, counter)) = usable.and_then(|kp| kp.next_counter().map(|c| (kp, c))) {
+            Self::after_send(&mut st, len > 0, now);
+            self.keep_key_fresh_on_send(&peer, &mut st, &kp, now, out);
+            drop(st);
+            return match kp.seal_in_place(counter, buf, len, mtu) {
+                Some(n) => {
+                    peer.add_tx(n);
+                    Sent::Ready { to, len: n }
+                }
+                None => self.dropped_sent(DropReason::NoRoom),
+            };
+        }
+        // No usable session (or older packets are waiting): queue behind them and make sure a
+        // handshake is on its way.
+        let packet = buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].to_vec();
+        self.stage(&mut st, packet);
+        self.send_staged(&peer, &mut st, now, out);
+        Sent::Queued
+    }
+
+    fn stage(&self, st: &mut PeerState, packet: Vec<u8>) {
+        if st.staged.len() >= MAX_STAGED_PACKETS {
+            st.staged.pop_front();
+        }
+        st.staged.push_back(packet);
+    }
+
+    /// Timer hooks for a transport message we just sealed.
+    fn after_send(st: &mut PeerState, is_data: bool, now: Time) {
+        if is_data {
+            st.timers.data_sent(now.instant);
+        }
+        st.timers.any_authenticated_packet_sent();
+        st.timers.any_authenticated_packet_traversal(now.instant);
+    }
+
+    /// The initiator rekeys after REKEY_AFTER_TIME; either side after REKEY_AFTER_MESSAGES.
+    fn keep_key_fresh_on_send(
+        &self,
+        peer: &Peer,
+        st: &mut PeerState,
+        kp: &Keypair,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) {
+        if kp.sent() > REKEY_AFTER_MESSAGES
+            || (kp.initiator && now.since(kp.created) >= REKEY_AFTER_TIME)
+        {
+            self.initiate(peer, st, now, false, out);
+        }
+    }
+
+    /// Seals every staged packet with the current session into `out`; without a usable
+    /// session, asks for a handshake instead and keeps them.
+    fn send_staged(&self, peer: &Peer, st: &mut PeerState, now: Time, out: &mut Vec<Outgoing>) {
+        let Some(to) = st.endpoint else { return };
+        let kp = match st.keypairs.current.clone() {
+            Some(kp) if kp.can_send(now.instant) => kp,
+            _ => {
+                self.initiate(peer, st, now, false, out);
+                return;
+            }
+        };
+        let mtu = self.mtu.load(Ordering::Relaxed);
+        while let Some(packet) = st.staged.pop_front() {
+            let Some(counter) = kp.next_counter() else {
+                st.staged.push_front(packet);
+                self.initiate(peer, st, now, false, out);
+                return;
+            };
+            let mut bytes = vec![0u8; TRANSPORT_OVERHEAD + padded_len(packet.len(), mtu)];
+            bytes[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + packet.len()]
+                .copy_from_slice(&packet);
+            if let Some(n) = kp.seal_in_place(counter, &mut bytes, packet.len(), mtu) {
+                bytes.truncate(n);
+                peer.add_tx(n);
+                out.push(Outgoing { to, bytes });
+                Self::after_send(st, !packet.is_empty(), now);
+            }
+        }
+        self.keep_key_fresh_on_send(peer, st, &kp, now, out);
+    }
+
+    /// A keepalive: an empty packet through the normal send path (so without a session it
+    /// starts a handshake, as in the kernel).
+    fn send_keepalive(&self, peer: &Peer, st: &mut PeerState, now: Time, out: &mut Vec<Outgoing>) {
+        if st.staged.is_empty() {
+            st.staged.push_back(Vec::new());
+        }
+        self.send_staged(peer, st, now, out);
+    }
+
+    /// Sends a handshake initiation, at most one per REKEY_TIMEOUT.
+    fn initiate(
+        &self,
+        peer: &Peer,
+        st: &mut PeerState,
+        now: Time,
+        retry: bool,
+        out: &mut Vec<Outgoing>,
+    ) {
+        if !retry {
+            st.timers.handshake_started_fresh();
+        }
+        if st
+            .last_sent_initiation
+            .is_some_and(|t| now.since(t) < REKEY_TIMEOUT)
+        {
+            return;
+        }
+        let Some(to) = st.endpoint else { return };
+        let index = self.register(Slot::Handshake(peer.id));
+        if let Some(old) = st.handshake.pending_index() {
+            self.unregister(old);
+        }
+        let timestamp = Tai64N::from_since_epoch(now.since_epoch);
+        let Some(mut msg) = st
+            .handshake
+            .create_initiation(&self.private, index, timestamp)
+        else {
+            self.unregister(index);
+            return;
+        };
+        st.cookie.add_macs(&mut msg, now.instant);
+        st.timers.any_authenticated_packet_traversal(now.instant);
+        st.timers.any_authenticated_packet_sent();
+        st.timers.handshake_initiated(now.instant);
+        st.last_sent_initiation = Some(now.instant);
+        peer.add_tx(msg.len());
+        out.push(Outgoing {
+            to,
+            bytes: msg.to_vec(),
+        });
+    }
+
+    // ----- the index table -----
+
+    /// A fresh random index for `slot`.
+    fn register(&self, slot: Slot) -> u32 {
+        let mut indices = write(&self.indices);
+        loop {
+            if let Entry::Vacant(e) = indices.entry(OsRng.next_u32()) {
+                let index = *e.key();
+                e.insert(slot);
+                return index;
+            }
+        }
+    }
+
+    fn replace(&self, index: u32, slot: Slot) {
+        write(&self.indices).insert(index, slot);
+    }
+
+    fn unregister(&self, index: u32) {
+        write(&self.indices).remove(&index);
+    }
+
+    fn drop_keypair(&self, kp: Option<Arc<Keypair>>) {
+        if let Some(kp) = kp {
+            self.unregister(kp.local_index);
+        }
+    }
+
+    /// Erases all key material of a peer: sessions, the handshake in flight, staged packets.
+    fn zero_keys(&self, st: &mut PeerState) {
+        let kps = std::mem::take(&mut st.keypairs);
+        self.drop_keypair(kps.current);
+        self.drop_keypair(kps.previous);
+        self.drop_keypair(kps.next);
+        if let Some(i) = st.handshake.pending_index() {
+            self.unregister(i);
+        }
+        st.handshake.clear();
+        st.staged.clear();
+    }
+
+    // ----- incoming -----
+
+    /// A datagram from `src`. May decrypt in place; on `Received::Packet` the inner packet is
+    /// `datagram[range]`.
+    pub fn receive(
+        &self,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Received {
+        let msg = match Message::parse(datagram) {
+            Ok(m) => m,
+            Err(
+                MessageError::Empty
+                | MessageError::UnknownType(_)
+                | MessageError::Reserved
+                | MessageError::Length { .. },
+            ) => return self.dropped(DropReason::Malformed),
+        };
+        match msg {
+            Message::Transport(t) => {
+                let (receiver, counter) = (t.receiver(), t.counter());
+                self.receive_transport(src, receiver, counter, datagram, now, out)
+            }
+            Message::Initiation(init) => {
+                if let Some(r) =
+                    self.check_handshake_macs(src, init.bytes(), init.sender(), now, out)
+                {
+                    return r;
+                }
+                let start = match begin_consume_initiation(&self.private, &init) {
+                    Ok(s) => s,
+                    Err(e) => return self.dropped(e.into()),
+                };
+                let peer = {
+                    let peers = read(&self.peers);
+                    match peers
+                        .by_key
+                        .get(&start.remote_static)
+                        .and_then(|id| peers.by_id.get(id))
+                    {
+                        Some(p) => p.clone(),
+                        None => return self.dropped(DropReason::UnknownPeer),
+                    }
+                };
+                self.consume_initiation(&peer, start, src, now, out)
+            }
+            Message::Response(resp) => {
+                if let Some(r) =
+                    self.check_handshake_macs(src, resp.bytes(), resp.sender(), now, out)
+                {
+                    return r;
+                }
+                let peer_id = match read(&self.indices).get(&resp.receiver()) {
+                    Some(Slot::Handshake(id)) => *id,
+                    _ => return self.dropped(DropReason::UnknownIndex),
+                };
+                let Some(peer) = self.peer(peer_id) else {
+                    return self.dropped(DropReason::UnknownIndex);
+                };
+                let mut st = peer.lock();
+                let keys = match st.handshake.consume_response(&self.private, &resp) {
+                    Ok(k) => k,
+                    Err(e) => return self.dropped(e.into()),
+                };
+                peer.add_rx(resp.bytes().len());
+                let kp = Arc::new(Keypair::new(&keys, now.instant));
+                self.replace(kp.local_index, Slot::Keypair(peer.id, kp.clone()));
+                // As initiator the new session is usable at once (kernel add_new_keypair).
+                let old = std::mem::take(&mut st.keypairs);
+                if let Some(next) = old.next {
+                    self.drop_keypair(old.current);
+                    self.drop_keypair(old.previous);
+                    st.keypairs.previous = Some(next);
+                } else {
+                    self.drop_keypair(old.previous);
+                    st.keypairs.previous = old.current;
+                }
+                st.keypairs.current = Some(kp);
+                st.endpoint = Some(src);
+                st.timers.any_authenticated_packet_received();
+                st.timers.any_authenticated_packet_traversal(now.instant);
+                st.timers.handshake_complete();
+                st.timers.session_derived(now.instant);
+                st.last_handshake = Some(now.since_epoch);
+                st.sent_lastminute_handshake = false;
+                // Send what waited for this session; with nothing waiting, a keepalive confirms
+                // the session to the responder at once.
+                self.send_keepalive(&peer, &mut st, now, out);
+                Received::Handshake { peer: peer.id }
+            }
+            Message::CookieReply(reply) => {
+                let peer_id = match read(&self.indices).get(&reply.receiver()) {
+                    Some(Slot::Handshake(id)) | Some(Slot::Keypair(id, _)) => *id,
+                    None => return self.dropped(DropReason::UnknownIndex),
+                };
+                let Some(peer) = self.peer(peer_id) else {
+                    return self.dropped(DropReason::UnknownIndex);
+                };
+                let mut st = peer.lock();
+                match st.cookie.consume_reply(&reply, now.instant) {
+                    Ok(()) => Received::Cookie { peer: peer.id },
+                    Err(_) => self.dropped(DropReason::BadCookie),
+                }
+            }
+        }
+    }
+
+    /// mac1 always; under load also mac2 (else a cookie reply) and the per-source rate limit.
+    /// `Some` is the verdict when the message goes no further.
+    fn check_handshake_macs(
+        &self,
+        src: SocketAddr,
+        msg: &[u8],
+        sender: u32,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Option<Received> {
+        let mut cookies = lock(&self.cookies);
+        if !cookies.check_mac1(msg) {
+            return Some(self.dropped(DropReason::BadMac1));
+        }
+        if !self.under_load.load(Ordering::Relaxed) {
+            return None;
+        }
+        if !cookies.check_mac2(msg, &src, now.instant) {
+            if let Some(reply) = cookies.create_reply(msg, sender, &src, now.instant) {
+                out.push(Outgoing {
+                    to: src,
+                    bytes: reply.to_vec(),
+                });
+            }
+            return Some(self.dropped(DropReason::CookieRequired));
+        }
+        drop(cookies);
+        if !lock(&self.limiter).allow(src.ip(), now.instant) {
+            return Some(self.dropped(DropReason::RateLimited));
+        }
+        None
+    }
+
+    fn consume_initiation(
+        &self,
+        peer: &Arc<Peer>,
+        start: super::handshake::InitiationStart,
+        src: SocketAddr,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Received {
+        let mut st = peer.lock();
+        let index = self.register(Slot::Handshake(peer.id));
+        let (mut resp, keys) =
+            match st
+                .handshake
+                .consume_initiation_and_respond(start, index, now.instant)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.unregister(index);
+                    return self.dropped(e.into());
+                }
+            };
+        peer.add_rx(INITIATION_LEN);
+        // Answering an initiation abandons any initiation of our own in flight (the kernel keeps
+        // one handshake state per peer).
+        if let Some(old) = st.handshake.pending_index() {
+            self.unregister(old);
+        }
+        st.handshake.clear();
+        st.cookie.add_macs(&mut resp, now.instant);
+        let kp = Arc::new(Keypair::new(&keys, now.instant));
+        self.replace(index, Slot::Keypair(peer.id, kp.clone()));
+        // As responder the session waits in `next` until the initiator uses it.
+        let old_next = st.keypairs.next.replace(kp);
+        self.drop_keypair(old_next);
+        let old_previous = st.keypairs.previous.take();
+        self.drop_keypair(old_previous);
+        st.endpoint = Some(src);
+        st.timers.any_authenticated_packet_received();
+        st.timers.any_authenticated_packet_traversal(now.instant);
+        st.timers.session_derived(now.instant);
+        st.timers.any_authenticated_packet_sent();
+        st.sent_lastminute_handshake = false;
+        peer.add_tx(resp.len());
+        out.push(Outgoing {
+            to: src,
+            bytes: resp.to_vec(),
+        });
+        Received::Handshake { peer: peer.id }
+    }
+
+    fn receive_transport(
+        &self,
+        src: SocketAddr,
+        receiver: u32,
+        counter: u64,
+        datagram: &mut [u8],
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Received {
+        let (peer_id, kp) = match read(&self.indices).get(&receiver) {
+            Some(Slot::Keypair(id, kp)) => (*id, kp.clone()),
+            _ => return self.dropped(DropReason::UnknownIndex),
+        };
+        let sealed_len = datagram.len() - TRANSPORT_HEADER_LEN;
+        let plain =
+            match kp.open_in_place(counter, &mut datagram[TRANSPORT_HEADER_LEN..], now.instant) {
+                Ok(n) => n,
+                Err(e) => return self.dropped(e.into()),
+            };
+        debug_assert_eq!(plain + AEAD_TAG_LEN, sealed_len);
+        let inner = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plain];
+        // Cryptokey routing, receive side: the inner source must route back to this very peer.
+        let verdict = if plain == 0 {
+            Ok(None)
+        } else {
+            match ip::parse(inner) {
+                None => Err(DropReason::BadInnerPacket),
+                Some(info) => {
+                    let peers = read(&self.peers);
+                    if peers.allowed.lookup(info.src) == Some(&peer_id) {
+                        Ok(Some(info.len))
+                    } else {
+                        Err(DropReason::SourceNotAllowed)
+                    }
+                }
+            }
+        };
+        let Some(peer) = self.peer(peer_id) else {
+            return self.dropped(DropReason::UnknownIndex);
+        };
+        peer.add_rx(datagram.len());
+        let mut st = peer.lock();
+        // The first packet on the responder's `next` session confirms it (kernel
+        // received_with_keypair): it becomes current, the old current becomes previous.
+        if st
+            .keypairs
+            .next
+            .as_ref()
+            .is_some_and(|n| Arc::ptr_eq(n, &kp))
+        {
+            let old_previous = st.keypairs.previous.take();
+            self.drop_keypair(old_previous);
+            st.keypairs.previous = st.keypairs.current.take();
+            st.keypairs.current = st.keypairs.next.take();
+            st.timers.handshake_complete();
+            st.last_handshake = Some(now.since_epoch);
+            self.send_staged(&peer, &mut st, now, out);
+        }
+        st.endpoint = Some(src);
+        st.timers.any_authenticated_packet_received();
+        st.timers.any_authenticated_packet_traversal(now.instant);
+        if matches!(verdict, Ok(Some(_))) {
+            st.timers.data_received(now.instant);
+        }
+        // The initiator makes sure a new session exists before this one becomes unusable for
+        // receiving, even if it never sends (kernel keep_key_fresh on receive).
+        let is_current = st
+            .keypairs
+            .current
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &kp));
+        if is_current
+            && kp.initiator
+            && !st.sent_lastminute_handshake
+            && now.since(kp.created) >= REKEY_AFTER_TIME_RECV
+        {
+            st.sent_lastminute_handshake = true;
+            self.initiate(&peer, &mut st, now, false, out);
+        }
+        drop(st);
+        match verdict {
+            Ok(None) => Received::Keepalive { peer: peer_id },
+            Ok(Some(len)) => Received::Packet {
+                peer: peer_id,
+                range: TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
+            },
+            Err(reason) => self.dropped(reason),
+        }
+    }
+
+    // ----- time -----
+
+    /// Runs every peer's due timers. Call it at least every few hundred milliseconds (or at
+    /// `next_deadline`).
+    pub fn update_timers(&self, now: Time, out: &mut Vec<Outgoing>) {
+        let peers: Vec<Arc<Peer>> = read(&self.peers).by_id.values().cloned().collect();
+        for peer in peers {
+            let mut st = peer.lock();
+            let act = st.timers.expire(now.instant);
+            if act.zero_keys {
+                self.zero_keys(&mut st);
+            }
+            if act.give_up {
+                st.staged.clear();
+            }
+            if act.initiate {
+                self.initiate(&peer, &mut st, now, act.retry, out);
+            }
+            let kick = std::mem::take(&mut st.kick);
+            if act.keepalive || kick {
+                self.send_keepalive(&peer, &mut st, now, out);
+            }
+        }
+        lock(&self.limiter).collect_garbage(now.instant);
+    }
+
+    /// The earliest timer deadline of any peer.
+    pub fn next_deadline(&self) -> Option<std::time::Instant> {
+        let peers: Vec<Arc<Peer>> = read(&self.peers).by_id.values().cloned().collect();
+        peers
+            .iter()
+            .filter_map(|p| p.lock().timers.next_deadline())
+            .min()
+    }
+
+    /// Test and status helper: the number of live receiver indices.
+    pub fn index_count(&self) -> usize {
+        read(&self.indices).len()
+    }
+}

@@ -1,0 +1,181 @@
+//! Every timer of a peer (paper, section 6; kernel timers.c), as deadlines compared against the
+//! `now` the caller passes in. The events that arm and disarm them are methods named after the
+//! event, as in wireguard-go and the kernel:
+//!
+//! | timer | armed by | fires after | does |
+//! |---|---|---|---|
+//! | retransmit_handshake | an initiation sent | REKEY_TIMEOUT + jitter | resend the initiation, or give up after MAX_TIMER_HANDSHAKES |
+//! | send_keepalive | data received | KEEPALIVE_TIMEOUT | passive keepalive (if we sent nothing back meanwhile) |
+//! | new_handshake | data sent | KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter | new handshake (we heard nothing back) |
+//! | zero_key_material | a session derived | REJECT_AFTER_TIME * 3 | erase every key of the peer |
+//! | persistent_keepalive | any authenticated packet sent or received | the configured interval | keepalive |
+
+use super::constants::*;
+use rand_core::{OsRng, RngCore};
+use std::time::{Duration, Instant};
+
+/// What expired timers ask the peer to do.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TimerActions {
+    /// Send a handshake initiation (a retry if `retry`).
+    pub initiate: bool,
+    pub retry: bool,
+    /// Give up the handshake: drop the staged packets.
+    pub give_up: bool,
+    /// Send a keepalive.
+    pub keepalive: bool,
+    /// Erase all key material.
+    pub zero_keys: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Timers {
+    pub retransmit_handshake: Option<Instant>,
+    pub send_keepalive: Option<Instant>,
+    pub new_handshake: Option<Instant>,
+    pub zero_key_material: Option<Instant>,
+    pub persistent_keepalive: Option<Instant>,
+    /// Retries of the current handshake so far.
+    pub handshake_attempts: u32,
+    /// Data arrived while a passive keepalive was already pending: send another after it.
+    need_another_keepalive: bool,
+    /// The configured persistent keepalive interval (None: off).
+    pub persistent_interval: Option<Duration>,
+}
+
+fn jitter() -> Duration {
+    let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32;
+    Duration::from_millis(u64::from(OsRng.next_u32() % (max + 1)))
+}
+
+fn expired(deadline: &mut Option<Instant>, now: Instant) -> bool {
+    if deadline.is_some_and(|d| now >= d) {
+        *deadline = None;
+        true
+    } else {
+        false
+    }
+}
+
+impl Timers {
+    pub fn new(persistent_interval: Option<Duration>) -> Self {
+        Timers {
+            persistent_interval,
+            ..Default::default()
+        }
+    }
+
+    /// We sent a data packet (not a keepalive).
+    pub fn data_sent(&mut self, now: Instant) {
+        if self.new_handshake.is_none() {
+            self.new_handshake = Some(now + NEW_HANDSHAKE_TIMEOUT + jitter());
+        }
+    }
+
+    /// We received a data packet (not a keepalive).
+    pub fn data_received(&mut self, now: Instant) {
+        if self.send_keepalive.is_none() {
+            self.send_keepalive = Some(now + KEEPALIVE_TIMEOUT);
+        } else {
+            self.need_another_keepalive = true;
+        }
+    }
+
+    /// We sent any authenticated packet (data, keepalive, handshake): it carries the
+    /// acknowledgement a passive keepalive would.
+    pub fn any_authenticated_packet_sent(&mut self) {
+        self.send_keepalive = None;
+    }
+
+    /// We received any authenticated packet: the peer is alive, no need for a new handshake.
+    pub fn any_authenticated_packet_received(&mut self) {
+        self.new_handshake = None;
+    }
+
+    /// Any authenticated packet went either way: restart the persistent keepalive.
+    pub fn any_authenticated_packet_traversal(&mut self, now: Instant) {
+        if let Some(interval) = self.persistent_interval {
+            self.persistent_keepalive = Some(now + interval);
+        }
+    }
+
+    pub fn handshake_initiated(&mut self, now: Instant) {
+        self.retransmit_handshake = Some(now + REKEY_TIMEOUT + jitter());
+    }
+
+    pub fn handshake_complete(&mut self) {
+        self.retransmit_handshake = None;
+        self.handshake_attempts = 0;
+    }
+
+    pub fn session_derived(&mut self, now: Instant) {
+        self.zero_key_material = Some(now + ZERO_KEY_MATERIAL_AFTER);
+    }
+
+    /// A new (not retried) handshake starts: count retries from zero.
+    pub fn handshake_started_fresh(&mut self) {
+        self.handshake_attempts = 0;
+    }
+
+    /// Removes every deadline (the peer was removed or its keys erased).
+    pub fn stop_all(&mut self) {
+        self.retransmit_handshake = None;
+        self.send_keepalive = None;
+        self.new_handshake = None;
+        self.zero_key_material = None;
+        self.persistent_keepalive = None;
+        self.need_another_keepalive = false;
+        self.handshake_attempts = 0;
+    }
+
+    /// The earliest deadline, for a caller that wants to sleep until something is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.retransmit_handshake,
+            self.send_keepalive,
+            self.new_handshake,
+            self.zero_key_material,
+            self.persistent_keepalive,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Fires every timer due at `now` and says what to do.
+    pub fn expire(&mut self, now: Instant) -> TimerActions {
+        let mut act = TimerActions::default();
+        if expired(&mut self.retransmit_handshake, now) {
+            if self.handshake_attempts > MAX_TIMER_HANDSHAKES {
+                // Give up: nothing queued survives, no keepalive for a dead session, and the
+                // keys go in REJECT_AFTER_TIME * 3 unless already scheduled.
+                act.give_up = true;
+                self.send_keepalive = None;
+                if self.zero_key_material.is_none() {
+                    self.zero_key_material = Some(now + ZERO_KEY_MATERIAL_AFTER);
+                }
+            } else {
+                self.handshake_attempts += 1;
+                act.initiate = true;
+                act.retry = true;
+            }
+        }
+        if expired(&mut self.send_keepalive, now) {
+            act.keepalive = true;
+            if self.need_another_keepalive {
+                self.need_another_keepalive = false;
+                self.send_keepalive = Some(now + KEEPALIVE_TIMEOUT);
+            }
+        }
+        if expired(&mut self.new_handshake, now) {
+            act.initiate = true;
+        }
+        if expired(&mut self.zero_key_material, now) {
+            act.zero_keys = true;
+        }
+        if expired(&mut self.persistent_keepalive, now) && self.persistent_interval.is_some() {
+            act.keepalive = true;
+        }
+        act
+    }
+}
