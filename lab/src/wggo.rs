@@ -1,0 +1,164 @@
+//! wireguard-go (Debian's package) run in a namespace and configured with `wg`, as an interop
+//! partner and as the reference in benchmarks.
+
+use crate::{netlink, unique, Netns, Process};
+use anyhow::{bail, Context, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A running wireguard-go with its TUN interface. Stopped (and its socket file removed) on drop.
+pub struct WireguardGo {
+    pub ifname: String,
+    process: Process,
+    dir: PathBuf,
+    ns_name: String,
+    ns_path: PathBuf,
+}
+
+/// One `wg set ... peer` clause.
+pub struct WgPeer {
+    pub public_key: String,
+    pub allowed_ips: Vec<String>,
+    pub endpoint: Option<SocketAddr>,
+    pub preshared_key: Option<String>,
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl WireguardGo {
+    /// Starts `wireguard-go -f IFNAME` in `ns`, waits for its control socket, then sets the
+    /// private key, listen port and peers with `wg set`, and the tunnel addresses and link state
+    /// with netlink.
+    pub fn start(
+        ns: &Netns,
+        private_key: &str,
+        listen_port: u16,
+        addresses: &[(IpAddr, u8)],
+        peers: &[WgPeer],
+    ) -> Result<WireguardGo> {
+        // The control socket's path (/var/run/wireguard/NAME.sock) is global, so the name
+        // must be unique across namespaces: keep it within 15 characters.
+        let ifname = unique("wg");
+        if ifname.len() > 15 {
+            bail!("interface name {ifname} too long");
+        }
+        let dir = std::env::temp_dir().join(unique("suidao-wggo-"));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("wireguard-go.log"))?;
+        let child = ns
+            .command("wireguard-go")?
+            .arg("-f")
+            .arg(&ifname)
+            .env("LOG_LEVEL", "verbose")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting wireguard-go")?;
+        let mut wg = WireguardGo {
+            ifname: ifname.clone(),
+            process: Process::new("wireguard-go", child),
+            dir,
+            ns_name: ns.name().to_string(),
+            ns_path: ns.path().to_path_buf(),
+        };
+        let sock = wg.socket_path();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if Instant::now() > deadline || !wg.process.is_running() {
+                bail!("wireguard-go did not start: {}", wg.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let key_file = wg.write_secret("private.key", private_key)?;
+        let mut args: Vec<String> = vec![
+            "set".into(),
+            ifname.clone(),
+            "private-key".into(),
+            key_file.display().to_string(),
+            "listen-port".into(),
+            listen_port.to_string(),
+        ];
+        for (n, p) in peers.iter().enumerate() {
+            args.extend(["peer".into(), p.public_key.clone()]);
+            if !p.allowed_ips.is_empty() {
+                args.extend(["allowed-ips".into(), p.allowed_ips.join(",")]);
+            }
+            if let Some(e) = p.endpoint {
+                args.extend(["endpoint".into(), e.to_string()]);
+            }
+            if let Some(psk) = &p.preshared_key {
+                let f = wg.write_secret(&format!("psk{n}"), psk)?;
+                args.extend(["preshared-key".into(), f.display().to_string()]);
+            }
+            if let Some(k) = p.persistent_keepalive {
+                args.extend(["persistent-keepalive".into(), k.to_string()]);
+            }
+        }
+        wg.wg(ns, &args)?;
+        let name = ifname.clone();
+        let addrs = addresses.to_vec();
+        ns.netlink(|h| async move {
+            for (a, l) in addrs {
+                netlink::add_addr(&h, &name, a, l).await?;
+            }
+            netlink::set_up(&h, &name).await
+        })?;
+        Ok(wg)
+    }
+
+    fn write_secret(&self, name: &str, value: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&p)?;
+        std::io::Write::write_all(&mut f, value.as_bytes())?;
+        Ok(p)
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        Path::new("/var/run/wireguard").join(format!("{}.sock", self.ifname))
+    }
+
+    /// Runs `wg ARGS...` in the namespace; its stdout.
+    pub fn wg(&self, ns: &Netns, args: &[String]) -> Result<String> {
+        let out = ns
+            .command("wg")?
+            .args(args)
+            .output()
+            .context("running wg")?;
+        if !out.status.success() {
+            bail!(
+                "wg {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `wg show IFNAME dump` in the namespace this runs in.
+    pub fn dump(&self) -> Result<String> {
+        let ns = Netns::open(&self.ns_name)?;
+        debug_assert_eq!(ns.path(), self.ns_path);
+        self.wg(&ns, &["show".into(), self.ifname.clone(), "dump".into()])
+    }
+
+    /// What wireguard-go logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("wireguard-go.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        self.process.stop();
+        let _ = std::fs::remove_file(self.socket_path());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
