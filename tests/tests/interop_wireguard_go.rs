@@ -2,6 +2,8 @@
 //! in one namespace; on the other side only suidao's core and a plain UDP socket. Both
 //! directions: we initiate and ping wireguard-go's tunnel address; wireguard-go initiates
 //! (a ping from its namespace) and we answer.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
