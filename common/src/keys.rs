@@ -194,6 +194,22 @@ impl PartialEq for PresharedKey {
     }
 }
 
+/// `genkey`: a new private key in base64 (what `wg genkey` prints).
+pub fn genkey_text() -> Zeroizing<String> {
+    PrivateKey::generate().to_base64()
+}
+
+/// `pubkey`: the public key for the base64 private key read from `input` (what `wg pubkey`
+/// does with its standard input).
+pub fn pubkey_text(mut input: impl std::io::Read) -> Result<String, KeyError> {
+    let mut text = Zeroizing::new(String::new());
+    input
+        .read_to_string(&mut text)
+        .map_err(|_| KeyError::Base64)?;
+    let key: PrivateKey = text.parse()?;
+    Ok(key.public_key().to_base64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +307,16 @@ mod tests {
             private.public_key().to_base64(),
             "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk="
         );
+    }
+
+    #[test]
+    fn genkey_and_pubkey_texts() {
+        let private = genkey_text();
+        let public = pubkey_text(format!("{}\n", *private).as_bytes()).unwrap();
+        let key: PrivateKey = private.parse().unwrap();
+        assert_eq!(public, key.public_key().to_base64());
+        assert_eq!(pubkey_text(&b"nonsense"[..]), Err(KeyError::Length(6)));
+        assert_eq!(pubkey_text(&b"no!"[..]), Err(KeyError::Base64));
     }
 
     #[test]
