@@ -25,6 +25,35 @@ pub enum KeyError {
     LowOrder,
 }
 
+fn hex_32(bytes: &[u8; KEY_LEN]) -> Zeroizing<String> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Zeroizing::new(String::with_capacity(2 * KEY_LEN));
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// 64 hex digits (the form the WireGuard userspace API uses) to 32 bytes.
+pub fn from_hex(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
+    let t = text.trim().as_bytes();
+    if t.len() != 2 * KEY_LEN {
+        return Err(KeyError::Length(t.len() / 2));
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(KeyError::Base64),
+    };
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    for (i, pair) in t.chunks(2).enumerate() {
+        out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Ok(out)
+}
+
 fn decode_32(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
     let bytes = Zeroizing::new(BASE64.decode(text.trim()).map_err(|_| KeyError::Base64)?);
     if bytes.len() != KEY_LEN {
@@ -57,6 +86,11 @@ impl PrivateKey {
     /// The base64 text form, as `wg genkey` prints it. Handle the result as a secret.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(BASE64.encode(self.0.as_bytes()))
+    }
+
+    /// Hex form, for the WireGuard userspace API. Handle the result as a secret.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        hex_32(self.0.as_bytes())
     }
 
     /// X25519 with `public`. `None` when the result is all zeros (a low-order point), which the
@@ -107,6 +141,10 @@ impl PublicKey {
 
     pub fn to_base64(&self) -> String {
         BASE64.encode(self.0)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex_32(&self.0).to_string()
     }
 
     /// True for the points of small order (and their non-canonical encodings). A clamped scalar
@@ -172,6 +210,10 @@ impl PresharedKey {
 
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(BASE64.encode(self.0))
+    }
+
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        hex_32(&self.0)
     }
 }
 
@@ -307,6 +349,17 @@ mod tests {
             private.public_key().to_base64(),
             "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk="
         );
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let key = PrivateKey::generate();
+        let hex = key.to_hex();
+        assert_eq!(hex.len(), 64);
+        let back = PrivateKey::from_bytes(*from_hex(&hex).unwrap());
+        assert_eq!(back.public_key(), key.public_key());
+        assert!(from_hex("zz").is_err());
+        assert!(from_hex(&"g".repeat(64)).is_err());
     }
 
     #[test]

@@ -3,9 +3,22 @@
 //! - [`proto`]: the WireGuard protocol, sans-I/O.
 //! - [`keys`]: private, public and pre-shared keys.
 //! - [`allowed_ips`]: cryptokey routing's prefix table.
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`engine`]: threads and control plane around the protocol core.
+//! - [`tun`], [`udp`], [`netlink`]: the Linux side.
+//! - [`uapi`], [`status`]: the WireGuard userspace API socket (`wg show`, `wg set`, `status`).
+//! - [`cli`]: the commands both binaries share.
 //! - [`clock`]: the real clock, read here and passed into `proto`.
 
 pub mod allowed_ips;
+pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod engine;
 pub mod keys;
+pub mod netlink;
 pub mod proto;
+pub mod status;
+pub mod tun;
+pub mod uapi;
+pub mod udp;

@@ -9,6 +9,7 @@ pub mod netlink;
 pub mod netns;
 pub mod process;
 pub mod require;
+pub mod suidao;
 pub mod topology;
 pub mod wggo;
 

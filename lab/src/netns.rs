@@ -98,7 +98,7 @@ impl Netns {
             Err(_) => bail!("namespace thread panicked"),
         }
         // `lo` is down in a new namespace; bring it up, as every host has it.
-        ns.netlink(|h| async move { crate::netlink::set_up(&h, "lo").await })?;
+        ns.netlink(|h| async move { Ok(crate::netlink::set_up(&h, "lo").await?) })?;
         Ok(ns)
     }
 

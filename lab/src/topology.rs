@@ -48,7 +48,7 @@ impl P2p {
             host.ns.netlink(|h| async move {
                 netlink::add_addr(&h, dev, v4, 24).await?;
                 netlink::add_addr(&h, dev, v6, 64).await?;
-                netlink::set_up(&h, dev).await
+                Ok(netlink::set_up(&h, dev).await?)
             })?;
         }
         Ok(P2p { server, client })

@@ -103,7 +103,7 @@ impl WireguardGo {
             for (a, l) in addrs {
                 netlink::add_addr(&h, &name, a, l).await?;
             }
-            netlink::set_up(&h, &name).await
+            Ok(netlink::set_up(&h, &name).await?)
         })?;
         Ok(wg)
     }

@@ -1,43 +1,21 @@
-//! suidao-server. The VPN itself (`up`, `status`, `check`) arrives with the engine; for now
-//! this binary handles keys, interchangeably with `wg genkey` / `wg pubkey`.
+//! suidao-server: parses the command line and hands the work to `suidao_common`.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use std::process::ExitCode;
+use suidao_common::cli::{self, Common};
 
 #[derive(Parser)]
 #[command(
     name = "suidao-server",
     version,
-    about = "suidao server: a layer-3 VPN speaking the WireGuard protocol"
+    about = "suidao server: a TUN-based layer-3 VPN speaking the WireGuard protocol",
+    long_about = "suidao server: a TUN-based layer-3 VPN speaking the WireGuard protocol.\n\nRun `up -c FILE` as root (or with CAP_NET_ADMIN) to bring a tunnel up; `check -c FILE` shows what it would do. The standard `wg show` works against a running interface."
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print a new private key (base64), like `wg genkey`.
-    Genkey,
-    /// Read a private key on standard input and print its public key, like `wg pubkey`.
-    Pubkey,
+    command: Common,
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Genkey => {
-            println!("{}", *suidao_common::keys::genkey_text());
-            ExitCode::SUCCESS
-        }
-        Command::Pubkey => match suidao_common::keys::pubkey_text(std::io::stdin().lock()) {
-            Ok(public) => {
-                println!("{public}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("suidao-server pubkey: {e}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    cli::run("suidao-server", Cli::parse().command)
 }

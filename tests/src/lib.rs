@@ -2,3 +2,4 @@
 
 pub mod core_peer;
 pub mod icmp;
+pub mod vpn;

@@ -210,6 +210,8 @@ pub enum DeviceError {
     OwnKey(PublicKey),
     #[error("no peer {0}")]
     NoSuchPeer(PublicKey),
+    #[error("no peer with id {0}")]
+    NoSuchPeerId(PeerId),
 }
 
 /// What the index table says a receiver index stands for.
@@ -271,6 +273,10 @@ impl Device {
         self.public
     }
 
+    pub fn private_key(&self) -> &PrivateKey {
+        &self.private
+    }
+
     /// The tunnel MTU: padding never makes a packet longer than this.
     pub fn set_mtu(&self, mtu: usize) {
         self.mtu.store(mtu, Ordering::Relaxed);
@@ -320,6 +326,79 @@ impl Device {
         Ok(())
     }
 
+    /// Sets a peer's endpoint; with `kick`, a keepalive goes at the next timer pass (which,
+    /// without a session, starts a handshake).
+    pub fn set_endpoint(
+        &self,
+        id: PeerId,
+        endpoint: Option<SocketAddr>,
+        kick: bool,
+    ) -> Result<(), DeviceError> {
+        let peer = self.peer(id).ok_or(DeviceError::NoSuchPeerId(id))?;
+        let mut st = peer.lock();
+        st.endpoint = endpoint;
+        st.kick |= kick && endpoint.is_some();
+        Ok(())
+    }
+
+    pub fn set_preshared_key(
+        &self,
+        id: PeerId,
+        psk: Option<crate::keys::PresharedKey>,
+    ) -> Result<(), DeviceError> {
+        let peer = self.peer(id).ok_or(DeviceError::NoSuchPeerId(id))?;
+        peer.lock().handshake.set_psk(psk);
+        Ok(())
+    }
+
+    /// Sets the persistent keepalive interval; turning it on sends a keepalive at once, as
+    /// WireGuard does.
+    pub fn set_persistent_keepalive(
+        &self,
+        id: PeerId,
+        interval: Option<std::time::Duration>,
+    ) -> Result<(), DeviceError> {
+        let peer = self.peer(id).ok_or(DeviceError::NoSuchPeerId(id))?;
+        let mut st = peer.lock();
+        let was = st.timers.persistent_interval;
+        st.timers.persistent_interval = interval;
+        if interval.is_none() {
+            st.timers.persistent_keepalive = None;
+        } else if was.is_none() {
+            st.kick = true;
+        }
+        Ok(())
+    }
+
+    /// Adds `cidr` to a peer's allowed IPs (taking it from whichever peer had it).
+    pub fn add_allowed_ip(
+        &self,
+        id: PeerId,
+        cidr: crate::allowed_ips::Cidr,
+    ) -> Result<(), DeviceError> {
+        let mut peers = write(&self.peers);
+        if !peers.by_id.contains_key(&id) {
+            return Err(DeviceError::NoSuchPeerId(id));
+        }
+        peers.allowed.insert(cidr, id);
+        Ok(())
+    }
+
+    /// Removes every allowed IP of a peer.
+    pub fn clear_allowed_ips(&self, id: PeerId) -> Result<(), DeviceError> {
+        let mut peers = write(&self.peers);
+        if !peers.by_id.contains_key(&id) {
+            return Err(DeviceError::NoSuchPeerId(id));
+        }
+        peers.allowed.remove_value(&id);
+        Ok(())
+    }
+
+    /// The peer whose allowed IPs contain `ip` (cryptokey routing's send-side lookup).
+    pub fn route(&self, ip: std::net::IpAddr) -> Option<PeerId> {
+        read(&self.peers).allowed.lookup(ip).copied()
+    }
+
     pub fn peer_id(&self, key: &PublicKey) -> Option<PeerId> {
         read(&self.peers).by_key.get(key).copied()
     }
@@ -340,7 +419,7 @@ impl Device {
         Some(PeerInfo {
             id,
             public_key: peer.public_key,
-            has_preshared_key: !st.handshake.psk().is_zero(),
+            preshared_key: Some(st.handshake.psk().clone()).filter(|k| !k.is_zero()),
             endpoint: st.endpoint,
             allowed_ips,
             last_handshake: st.last_handshake,

@@ -121,7 +121,7 @@ impl Peer {
 pub struct PeerInfo {
     pub id: PeerId,
     pub public_key: PublicKey,
-    pub has_preshared_key: bool,
+    pub preshared_key: Option<PresharedKey>,
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<Cidr>,
     pub last_handshake: Option<Duration>,

@@ -1,0 +1,547 @@
+//! The configuration file: TOML, shaped like wg-quick's (an `[interface]` and `[[peer]]`s), with
+//! unknown keys refused. Loading validates everything before anything is touched, and every
+//! error is one line naming the file, the line (where known) and the key.
+
+use crate::allowed_ips::Cidr;
+use crate::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+use toml::Spanned;
+use zeroize::Zeroizing;
+
+/// Default tunnel MTU: a 1500-byte underlay less 80 bytes of IPv6 + UDP + WireGuard overhead.
+pub const DEFAULT_MTU: u32 = 1420;
+/// Linux interface names are at most 15 bytes.
+pub const IFNAME_MAX: usize = 15;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: Spanned<RawInterface>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Spanned<String>,
+    private_key: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    listen_port: Option<Spanned<u16>>,
+    #[serde(default)]
+    address: Vec<Spanned<String>>,
+    mtu: Option<Spanned<u32>>,
+    hairpin: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Option<String>,
+    public_key: Spanned<String>,
+    preshared_key: Option<Spanned<String>>,
+    preshared_key_file: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_ips: Vec<Spanned<String>>,
+    persistent_keepalive: Option<Spanned<u16>>,
+}
+
+/// An address on the interface: the host address and its prefix length (`10.99.0.1/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl FromStr for InterfaceAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}' needs a prefix length, as in 10.99.0.1/24"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("'{l}' is not a prefix length (0-{max})"))?;
+        Ok(InterfaceAddress { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for InterfaceAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+#[derive(Debug)]
+pub struct Interface {
+    pub name: String,
+    pub private_key: PrivateKey,
+    pub listen_port: Option<u16>,
+    pub addresses: Vec<InterfaceAddress>,
+    pub mtu: u32,
+    /// Relay packets between peers inside the process (server).
+    pub hairpin: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: Option<String>,
+    pub public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    /// As written (host names are resolved at start into `endpoint`).
+    pub endpoint_text: Option<String>,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<Cidr>,
+    pub persistent_keepalive: Option<Duration>,
+}
+
+impl Peer {
+    /// The peer's name, or a short form of its key, for logs.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => {
+                let k = self.public_key.to_base64();
+                format!("{}…", &k[..8])
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub interface: Interface,
+    pub peers: Vec<Peer>,
+}
+
+/// One line for a person: `FILE:LINE: KEY: what is wrong`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text
+            .get(..offset)
+            .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count())
+            + 1
+    }
+
+    fn err<T>(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            file: self.file.to_path_buf(),
+            line: span.map(|s| self.line_of(s.start)),
+            key: key.to_string(),
+            message: message.into(),
+        })
+    }
+
+    /// Resolves `p` relative to the config file's folder.
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    /// Reads a secret from a file that only its owner may read.
+    fn read_secret_file(
+        &self,
+        spanned: &Spanned<String>,
+        key: &str,
+    ) -> Result<Zeroizing<String>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path(spanned.get_ref());
+        let span = Some(spanned.span());
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => return self.err(span, key, format!("cannot read {}: {e}", path.display())),
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return self.err(
+                span,
+                key,
+                format!(
+                    "{} is readable by others (mode {mode:03o}); run chmod 600 on it",
+                    path.display()
+                ),
+            );
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(Zeroizing::new(t)),
+            Err(e) => self.err(span, key, format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+fn key_problem(e: KeyError) -> String {
+    match e {
+        KeyError::Base64 => {
+            "not a valid base64 key (expected 44 characters as `wg genkey` prints)".into()
+        }
+        KeyError::Length(n) => format!("a key is 32 bytes, this one decodes to {n}"),
+        KeyError::LowOrder => e.to_string(),
+    }
+}
+
+/// Resolves `host:port` (a name, an IPv4 address, or `[IPv6]:port`).
+pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let (_, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{text}' is not host:port"))?;
+    if port.parse::<u16>().is_err() {
+        return Err(format!("'{port}' is not a port number"));
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{text}': {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("'{text}' resolves to no address"))
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the config: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text (`path` is for messages and relative key files).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cx = Ctx { file: path, text };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e.message().trim().to_string();
+                return cx.err(e.span(), "", msg);
+            }
+        };
+        let iface_span = raw.interface.span();
+        let ri = raw.interface.into_inner();
+
+        let name = ri.name.get_ref().clone();
+        if name.is_empty()
+            || name.len() > IFNAME_MAX
+            || name.contains(['/', ' ', '\t', '\n'])
+            || name == "."
+            || name == ".."
+        {
+            return cx.err(
+                Some(ri.name.span()),
+                "interface.name",
+                format!("'{name}' is not a usable interface name (1-{IFNAME_MAX} characters, no '/' or spaces)"),
+            );
+        }
+        let key_text = match (&ri.private_key, &ri.private_key_file) {
+            (Some(k), None) => Zeroizing::new(k.get_ref().clone()),
+            (None, Some(f)) => cx.read_secret_file(f, "interface.private_key_file")?,
+            (Some(_), Some(f)) => {
+                return cx.err(
+                    Some(f.span()),
+                    "interface",
+                    "give private_key or private_key_file, not both",
+                )
+            }
+            (None, None) => {
+                return cx.err(
+                    Some(iface_span),
+                    "interface",
+                    "private_key or private_key_file is required",
+                )
+            }
+        };
+        let key_span = ri
+            .private_key
+            .as_ref()
+            .or(ri.private_key_file.as_ref())
+            .map(|s| s.span());
+        let private_key: PrivateKey = match key_text.parse() {
+            Ok(k) => k,
+            Err(e) => return cx.err(key_span, "interface.private_key", key_problem(e)),
+        };
+        let mut addresses = Vec::new();
+        for a in &ri.address {
+            match a.get_ref().parse::<InterfaceAddress>() {
+                Ok(x) => addresses.push(x),
+                Err(m) => return cx.err(Some(a.span()), "interface.address", m),
+            }
+        }
+        let mtu = match &ri.mtu {
+            None => DEFAULT_MTU,
+            Some(m) => {
+                let v = *m.get_ref();
+                let min = if addresses.iter().any(|a| a.addr.is_ipv6()) {
+                    1280
+                } else {
+                    576
+                };
+                if !(min..=65535).contains(&v) {
+                    return cx.err(
+                        Some(m.span()),
+                        "interface.mtu",
+                        format!("{v} is out of range ({min}-65535)"),
+                    );
+                }
+                v
+            }
+        };
+        if let Some(p) = &ri.listen_port {
+            if *p.get_ref() == 0 {
+                return cx.err(
+                    Some(p.span()),
+                    "interface.listen_port",
+                    "0 is not a port (leave the key out for a random one)",
+                );
+            }
+        }
+        let interface = Interface {
+            name,
+            private_key,
+            listen_port: ri.listen_port.map(|p| *p.get_ref()),
+            addresses,
+            mtu,
+            hairpin: ri.hairpin.unwrap_or(true),
+        };
+
+        let own_public = interface.private_key.public_key();
+        let mut peers = Vec::new();
+        let mut seen_keys: HashMap<PublicKey, usize> = HashMap::new();
+        let mut seen_ranges: HashMap<Cidr, usize> = HashMap::new();
+        for (n, sp) in raw.peer.into_iter().enumerate() {
+            let rp = sp.into_inner();
+            let section = format!("peer[{n}]");
+            let public_key: PublicKey = match rp.public_key.get_ref().parse() {
+                Ok(k) => k,
+                Err(e) => {
+                    return cx.err(
+                        Some(rp.public_key.span()),
+                        &format!("{section}.public_key"),
+                        key_problem(e),
+                    )
+                }
+            };
+            if public_key == own_public {
+                return cx.err(
+                    Some(rp.public_key.span()),
+                    &format!("{section}.public_key"),
+                    "this is the interface's own public key",
+                );
+            }
+            if let Some(first) = seen_keys.insert(public_key, n) {
+                return cx.err(
+                    Some(rp.public_key.span()),
+                    &format!("{section}.public_key"),
+                    format!("the same public key as peer[{first}]"),
+                );
+            }
+            let preshared_key = match (&rp.preshared_key, &rp.preshared_key_file) {
+                (None, None) => None,
+                (Some(_), Some(f)) => {
+                    return cx.err(
+                        Some(f.span()),
+                        &section,
+                        "give preshared_key or preshared_key_file, not both",
+                    )
+                }
+                (Some(k), None) => Some((Zeroizing::new(k.get_ref().clone()), k.span())),
+                (None, Some(f)) => Some((
+                    cx.read_secret_file(f, &format!("{section}.preshared_key_file"))?,
+                    f.span(),
+                )),
+            };
+            let preshared_key = match preshared_key {
+                None => None,
+                Some((text, span)) => match text.parse::<PresharedKey>() {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        return cx.err(
+                            Some(span),
+                            &format!("{section}.preshared_key"),
+                            key_problem(e),
+                        )
+                    }
+                },
+            };
+            let (endpoint_text, endpoint) = match &rp.endpoint {
+                None => (None, None),
+                Some(e) => match resolve_endpoint(e.get_ref()) {
+                    Ok(a) => (Some(e.get_ref().clone()), Some(a)),
+                    Err(m) => return cx.err(Some(e.span()), &format!("{section}.endpoint"), m),
+                },
+            };
+            let mut allowed_ips = Vec::new();
+            for a in &rp.allowed_ips {
+                let cidr: Cidr = match a.get_ref().parse() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return cx.err(
+                            Some(a.span()),
+                            &format!("{section}.allowed_ips"),
+                            e.to_string(),
+                        )
+                    }
+                };
+                if let Some(first) = seen_ranges.insert(cidr, n) {
+                    let msg = if first == n {
+                        format!("{cidr} is listed twice")
+                    } else {
+                        format!("{cidr} is already claimed by peer[{first}]")
+                    };
+                    return cx.err(Some(a.span()), &format!("{section}.allowed_ips"), msg);
+                }
+                allowed_ips.push(cidr);
+            }
+            let persistent_keepalive = match &rp.persistent_keepalive {
+                None => None,
+                Some(k) if *k.get_ref() == 0 => None,
+                Some(k) => Some(Duration::from_secs(u64::from(*k.get_ref()))),
+            };
+            peers.push(Peer {
+                name: rp.name,
+                public_key,
+                preshared_key,
+                endpoint_text,
+                endpoint,
+                allowed_ips,
+                persistent_keepalive,
+            });
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            interface,
+            peers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        PrivateKey::generate().to_base64().to_string()
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/tmp/x.toml"), text)
+    }
+
+    #[test]
+    fn minimal_and_full() {
+        let pk = PrivateKey::generate().public_key();
+        let c = parse(&format!(
+            "[interface]\nname = \"sd0\"\nprivate_key = \"{}\"\nlisten_port = 51820\naddress = [\"10.99.0.1/24\", \"fd99::1/64\"]\n\n[[peer]]\nname = \"alice\"\npublic_key = \"{pk}\"\nallowed_ips = [\"10.99.0.2/32\", \"fd99::2/128\"]\nendpoint = \"198.18.0.2:51820\"\npersistent_keepalive = 25\n",
+            key()
+        ))
+        .unwrap();
+        assert_eq!(c.interface.mtu, DEFAULT_MTU);
+        assert_eq!(c.interface.addresses.len(), 2);
+        assert_eq!(c.interface.addresses[0].to_string(), "10.99.0.1/24");
+        assert_eq!(c.peers[0].label(), "alice");
+        assert_eq!(
+            c.peers[0].endpoint,
+            Some("198.18.0.2:51820".parse().unwrap())
+        );
+        assert_eq!(
+            c.peers[0].persistent_keepalive,
+            Some(Duration::from_secs(25))
+        );
+        assert!(c.interface.hairpin);
+    }
+
+    fn error_of(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        let k = key();
+        let e = error_of(&format!(
+            "[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\nbogus = 1\n"
+        ));
+        assert!(e.starts_with("/tmp/x.toml:4: "), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+        let e = error_of("[interface]\nname = \"sd0\"\nprivate_key = \"abc\"\n");
+        assert!(
+            e.starts_with("/tmp/x.toml:3: interface.private_key: "),
+            "{e}"
+        );
+        let e = error_of(&format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/33\"]\n", PrivateKey::generate().public_key()));
+        assert!(e.starts_with("/tmp/x.toml:6: peer[0].allowed_ips: "), "{e}");
+        let p = PrivateKey::generate().public_key();
+        let e = error_of(&format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n[[peer]]\npublic_key = \"{p}\"\n[[peer]]\npublic_key = \"{p}\"\n"));
+        assert!(
+            e.contains("peer[1].public_key: the same public key as peer[0]"),
+            "{e}"
+        );
+        let e = error_of(&format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/24\"]\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/24\"]\n", PrivateKey::generate().public_key(), PrivateKey::generate().public_key()));
+        assert!(e.contains("already claimed by peer[0]"), "{e}");
+        let e = error_of(&format!(
+            "[interface]\nname = \"much-too-long-name\"\nprivate_key = \"{k}\"\n"
+        ));
+        assert!(e.contains("interface.name"), "{e}");
+        let e = error_of("[interface]\nname = \"sd0\"\n");
+        assert!(
+            e.contains("private_key or private_key_file is required"),
+            "{e}"
+        );
+    }
+}

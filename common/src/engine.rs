@@ -1,0 +1,615 @@
+//! The engine: moves packets between the TUN interface and the UDP socket through the protocol
+//! core, and runs the control plane around it.
+//!
+//! ```text
+//!  thread tun→udp    TUN read → Device::encapsulate (in place) → UDP send
+//!  thread udp→tun    UDP read → transport data: Device::receive (in place) → TUN write,
+//!                                or straight back out to another peer (hairpin)
+//!                              → handshake messages: bounded queue → handshake thread
+//!  thread handshake  Device::receive of initiations, responses, cookie replies: the costly
+//!                    Diffie-Hellman work never stalls the data path. A backed-up queue
+//!                    puts the device "under load" (cookies and rate limits).
+//!  thread uapi       the WireGuard userspace API socket (`wg show`, `wg set`, `status`)
+//!  main (tokio)      netlink setup and teardown, timers, signals
+//! ```
+//!
+//! On SIGINT/SIGTERM the routes and addresses `up` added are removed in reverse order, the API
+//! socket file is removed, and the process exits (the TUN interface goes with it).
+
+use crate::clock;
+use crate::config::{Config, InterfaceAddress};
+use crate::keys::PublicKey;
+use crate::netlink::{self, Added, NetlinkError, Teardown};
+use crate::proto::messages::Message;
+use crate::proto::{ip, Device, Outgoing, PeerConfig, Received, Sent};
+use crate::tun::Tun;
+use crate::uapi::{self, ApiState};
+use crate::udp::Udp;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Handshake messages waiting for the handshake thread, at most.
+const HANDSHAKE_QUEUE: usize = 4096;
+/// Past this many waiting, the device is under load (wireguard-go uses an eighth too).
+const UNDER_LOAD_AT: usize = HANDSHAKE_QUEUE / 8;
+/// Under load stays on this long after the queue drains.
+const UNDER_LOAD_LINGER: Duration = Duration::from_secs(1);
+/// Room for the largest datagram plus header and padding.
+const BUF_LEN: usize = 65536 + 64;
+/// Where the server remembers its peers' endpoints across restarts.
+pub const STATE_DIR: &str = "/run/suidao";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn setup(msg: impl Into<String>) -> EngineError {
+    EngineError::Setup(msg.into())
+}
+
+/// What every thread shares.
+struct Shared {
+    device: Arc<Device>,
+    tun: Tun,
+    udp: Udp,
+    hairpin: bool,
+    own_addrs: Vec<IpAddr>,
+    names: Arc<RwLock<HashMap<PublicKey, String>>>,
+    /// Peers whose endpoint the config gives (not remembered across restarts).
+    configured_endpoints: HashSet<PublicKey>,
+    handshakes: SyncSender<(SocketAddr, Vec<u8>)>,
+    queued_handshakes: AtomicUsize,
+    stopping: AtomicBool,
+    /// A thread died: go down.
+    failed: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn send_all(&self, out: &mut Vec<Outgoing>) {
+        for o in out.drain(..) {
+            if let Err(e) = self.udp.send_to(&o.bytes, o.to) {
+                debug!("sending to {}: {e}", o.to);
+            }
+        }
+    }
+
+    fn peer_name(&self, id: crate::proto::PeerId) -> String {
+        let Some(info) = self.device.peer_info(id) else {
+            return format!("peer {id}");
+        };
+        let names = self
+            .names
+            .read()
+            .map(|n| n.get(&info.public_key).cloned())
+            .ok()
+            .flatten();
+        names.unwrap_or_else(|| {
+            let k = info.public_key.to_base64();
+            format!("{}…", &k[..8])
+        })
+    }
+}
+
+/// A socket file that answers belongs to a running interface; one that does not is a leftover
+/// of a killed process and is removed.
+fn claim_socket_path(path: &Path, ifname: &str) -> Result<(), EngineError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(setup(format!(
+            "{ifname} is already up ({} answers); stop it first",
+            path.display()
+        )));
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| setup(format!("removing stale {}: {e}", path.display())))?;
+    Ok(())
+}
+
+fn state_path(ifname: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{ifname}.endpoints"))
+}
+
+/// Endpoints remembered by an earlier run of this interface: `base64-key endpoint` lines.
+fn load_endpoints(ifname: &str) -> HashMap<String, SocketAddr> {
+    let text = std::fs::read_to_string(state_path(ifname)).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (k, e) = l.split_once(' ')?;
+            Some((k.to_string(), e.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The endpoints worth remembering: those of peers with no endpoint in the config (roaming
+/// clients, as a server sees them).
+fn endpoints_text(device: &Device, configured: &HashSet<PublicKey>) -> String {
+    device
+        .peer_ids()
+        .iter()
+        .filter_map(|id| device.peer_info(*id))
+        .filter(|p| !configured.contains(&p.public_key))
+        .filter_map(|p| {
+            p.endpoint
+                .map(|e| format!("{} {e}\n", p.public_key.to_base64()))
+        })
+        .collect()
+}
+
+/// Writes the endpoint memory atomically; with nothing to remember, removes it.
+fn save_endpoints(ifname: &str, text: &str) -> std::io::Result<()> {
+    let path = state_path(ifname);
+    if text.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    std::fs::create_dir_all(STATE_DIR)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Routes `up` adds: one per allowed-IPs prefix of every peer. A default route (full tunnel)
+/// needs policy routing so the tunnel's own packets do not loop into it; that is not done yet,
+/// so such prefixes get no route (and a warning).
+pub fn planned_routes(
+    config: &Config,
+) -> (Vec<crate::allowed_ips::Cidr>, Vec<crate::allowed_ips::Cidr>) {
+    let mut routes = Vec::new();
+    let mut skipped = Vec::new();
+    for p in &config.peers {
+        for c in &p.allowed_ips {
+            if c.prefix_len() == 0 {
+                skipped.push(*c);
+            } else {
+                routes.push(*c);
+            }
+        }
+    }
+    (routes, skipped)
+}
+
+async fn configure(
+    h: &rtnetlink::Handle,
+    config: &Config,
+    td: &mut Teardown,
+) -> Result<(), EngineError> {
+    let name = &config.interface.name;
+    netlink::set_mtu(h, name, config.interface.mtu).await?;
+    for InterfaceAddress { addr, prefix_len } in &config.interface.addresses {
+        if netlink::add_addr(h, name, *addr, *prefix_len).await? {
+            td.push(Added::Address {
+                dev: name.clone(),
+                addr: *addr,
+                len: *prefix_len,
+            });
+        }
+    }
+    netlink::set_up(h, name).await?;
+    let (routes, skipped) = planned_routes(config);
+    for c in skipped {
+        warn!("no route added for {c}: full-tunnel routing is not supported yet");
+    }
+    for c in routes {
+        if netlink::add_route(h, c.addr(), c.prefix_len(), name).await? {
+            td.push(Added::Route {
+                dev: name.clone(),
+                dst: c.addr(),
+                len: c.prefix_len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `up`: runs the interface until SIGINT or SIGTERM, then removes what it added.
+pub fn up(config: Config) -> Result<(), EngineError> {
+    let ifname = config.interface.name.clone();
+    let sock_path = uapi::socket_path(&ifname);
+    claim_socket_path(&sock_path, &ifname)?;
+
+    let udp = Udp::bind(config.interface.listen_port)?;
+    let listen_port = udp.local_port()?;
+    let tun = Tun::create(&ifname)?;
+
+    let device = Arc::new(Device::new(config.interface.private_key.clone()));
+    device.set_mtu(config.interface.mtu as usize);
+    let remembered = load_endpoints(&ifname);
+    let mut names = HashMap::new();
+    for p in &config.peers {
+        let mut pc = PeerConfig::new(p.public_key);
+        pc.preshared_key = p.preshared_key.clone();
+        pc.endpoint = p.endpoint;
+        pc.persistent_keepalive = p.persistent_keepalive;
+        pc.allowed_ips = p.allowed_ips.clone();
+        let id = device.add_peer(pc).map_err(|e| setup(e.to_string()))?;
+        if p.endpoint.is_none() {
+            if let Some(e) = remembered.get(&p.public_key.to_base64()) {
+                // A restarted server tells its clients at once that their sessions are gone.
+                info!("{}: last seen at {e}, starting a handshake", p.label());
+                let _ = device.set_endpoint(id, Some(*e), true);
+            }
+        }
+        if let Some(n) = &p.name {
+            names.insert(p.public_key, n.clone());
+        }
+    }
+    let names = Arc::new(RwLock::new(names));
+
+    let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
+    let shared = Arc::new(Shared {
+        device: device.clone(),
+        tun,
+        udp,
+        hairpin: config.interface.hairpin,
+        own_addrs: config.interface.addresses.iter().map(|a| a.addr).collect(),
+        names: names.clone(),
+        configured_endpoints: config
+            .peers
+            .iter()
+            .filter(|p| p.endpoint.is_some())
+            .map(|p| p.public_key)
+            .collect(),
+        handshakes: hs_tx,
+        queued_handshakes: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+        failed: Arc::new(AtomicBool::new(false)),
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let h = netlink::connect()?;
+        let mut td = Teardown::default();
+        if let Err(e) = configure(&h, &config, &mut td).await {
+            td.undo(&h).await;
+            return Err(e);
+        }
+
+        std::fs::create_dir_all(uapi::SOCKET_DIR)?;
+        let listener = {
+            // The socket carries the private key (`get=1`): owner only.
+            let old = unsafe_umask(0o077);
+            let l = UnixListener::bind(&sock_path);
+            unsafe_umask(old);
+            l.map_err(|e| setup(format!("creating {}: {e}", sock_path.display())))?
+        };
+        let api = Arc::new(ApiState {
+            ifname: ifname.clone(),
+            device: device.clone(),
+            listen_port,
+            names: RwLock::new(names.read().map(|n| n.clone()).unwrap_or_default()),
+        });
+        let failed = &shared.failed;
+        spawn("uapi", failed, move || serve_api(listener, api))?;
+        let s = shared.clone();
+        spawn("tun-to-udp", failed, move || tun_to_udp(&s))?;
+        let s = shared.clone();
+        spawn("udp-to-tun", failed, move || udp_to_tun(&s))?;
+        let s = shared.clone();
+        spawn("handshakes", failed, move || handshakes(&s, hs_rx))?;
+
+        info!(
+            "{ifname} is up: public key {}, UDP port {listen_port}, {} peer(s)",
+            device.public_key(),
+            device.peer_ids().len()
+        );
+        let result = control_loop(&shared, &ifname).await;
+
+        shared.stopping.store(true, Ordering::Relaxed);
+        info!("{ifname} going down");
+        let _ = save_endpoints(
+            &ifname,
+            &endpoints_text(&device, &shared.configured_endpoints),
+        );
+        for e in td.undo(&h).await {
+            warn!("teardown: {e}");
+        }
+        let _ = std::fs::remove_file(&sock_path);
+        result
+    })
+}
+
+/// umask(2) around the socket bind, so that the socket file is never group/world accessible
+/// even for an instant.
+fn unsafe_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask has no failure mode and touches only the process's file mode mask.
+    unsafe { libc::umask(mask) }
+}
+
+/// Starts a thread; if it ever panics, the interface goes down (with its teardown) and `up`
+/// fails, rather than running on with a dead half.
+fn spawn(
+    name: &str,
+    failed: &Arc<AtomicBool>,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<(), EngineError> {
+    let failed = failed.clone();
+    let thread_name = name.to_string();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                tracing::error!("thread {thread_name} failed: taking the interface down");
+                failed.store(true, Ordering::Relaxed);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| setup(format!("starting thread {name}: {e}")))
+}
+
+/// Timers, endpoint memory and signals, until SIGINT or SIGTERM.
+async fn control_loop(shared: &Arc<Shared>, ifname: &str) -> Result<(), EngineError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut out = Vec::new();
+    let mut saved = String::new();
+    let mut last_save = Instant::now();
+    loop {
+        if shared.failed.load(Ordering::Relaxed) {
+            return Err(setup("an internal thread failed (see the log above)"));
+        }
+        shared.device.update_timers(clock::now(), &mut out);
+        shared.send_all(&mut out);
+        if last_save.elapsed() >= Duration::from_secs(2) {
+            last_save = Instant::now();
+            let text = endpoints_text(&shared.device, &shared.configured_endpoints);
+            if text != saved {
+                match save_endpoints(ifname, &text) {
+                    Ok(()) => saved = text,
+                    Err(e) => debug!("saving endpoints: {e}"),
+                }
+            }
+        }
+        // Wake for the next timer, but at least every 100 ms.
+        let now = Instant::now();
+        let wake = shared
+            .device
+            .next_deadline()
+            .map_or(now + Duration::from_millis(100), |d| {
+                d.min(now + Duration::from_millis(100))
+            });
+        tokio::select! {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake.max(now))) => {}
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+        }
+    }
+}
+
+fn serve_api(listener: UnixListener, api: Arc<ApiState>) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let api = api.clone();
+                // One thread per client: `wg` connects, asks once and leaves.
+                let _ = std::thread::Builder::new()
+                    .name("uapi-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = uapi::serve_connection(&api, stream) {
+                            debug!("api connection: {e}");
+                        }
+                    });
+            }
+            Err(e) => debug!("api accept: {e}"),
+        }
+    }
+}
+
+fn tun_to_udp(s: &Shared) {
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut out = Vec::new();
+    while !s.stopping.load(Ordering::Relaxed) {
+        let n = match s.tun.recv(&mut buf[16..]) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    warn!("reading {}: {e}", s.tun.name());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+        };
+        if let Sent::Ready { to, len } = s.device.encapsulate(&mut buf, n, clock::now(), &mut out) {
+            if let Err(e) = s.udp.send_to(&buf[..len], to) {
+                debug!("sending to {to}: {e}");
+            }
+        }
+        s.send_all(&mut out);
+    }
+}
+
+fn udp_to_tun(s: &Shared) {
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut out = Vec::new();
+    while !s.stopping.load(Ordering::Relaxed) {
+        let (n, from) = match s.udp.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("receiving: {e}");
+                continue;
+            }
+        };
+        let datagram = &mut buf[..n];
+        // Well-formed handshake messages go to the handshake thread; transport data and
+        // malformed datagrams (dropped and counted at once) are handled here.
+        if matches!(
+            Message::parse(datagram),
+            Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
+        ) {
+            queue_handshake(s, from, datagram);
+            continue;
+        }
+        match s.device.receive(from, datagram, clock::now(), &mut out) {
+            Received::Packet { peer, range } => {
+                let len = range.len();
+                if s.hairpin && hairpin(s, peer, &buf[range.clone()]) {
+                    // The inner packet sits at buf[16..16 + len], exactly where encapsulate
+                    // wants it: seal it again, in place, for the peer it is addressed to.
+                    if let Sent::Ready { to, len } =
+                        s.device.encapsulate(&mut buf, len, clock::now(), &mut out)
+                    {
+                        if let Err(e) = s.udp.send_to(&buf[..len], to) {
+                            debug!("relaying to {to}: {e}");
+                        }
+                    }
+                } else if let Err(e) = s.tun.send(&buf[range]) {
+                    debug!("writing to {}: {e}", s.tun.name());
+                }
+            }
+            Received::Dropped(reason) => {
+                debug!("dropped a datagram from {from}: {}", reason.name())
+            }
+            _ => {}
+        }
+        s.send_all(&mut out);
+    }
+}
+
+/// Whether an opened packet is for another peer (relay it) rather than for this host.
+fn hairpin(s: &Shared, from_peer: crate::proto::PeerId, packet: &[u8]) -> bool {
+    let Some(dst) = ip::destination(packet) else {
+        return false;
+    };
+    if s.own_addrs.contains(&dst) {
+        return false;
+    }
+    matches!(s.device.route(dst), Some(to) if to != from_peer)
+}
+
+fn queue_handshake(s: &Shared, from: SocketAddr, datagram: &[u8]) {
+    // Counted before it is sent, so the handshake thread never counts below zero.
+    let queued = s.queued_handshakes.fetch_add(1, Ordering::Relaxed) + 1;
+    match s.handshakes.try_send((from, datagram.to_vec())) {
+        Ok(()) => {
+            if queued >= UNDER_LOAD_AT {
+                s.device.set_under_load(true);
+            }
+        }
+        Err(e) => {
+            s.queued_handshakes.fetch_sub(1, Ordering::Relaxed);
+            if let TrySendError::Full(_) = e {
+                s.device.set_under_load(true);
+                debug!("handshake queue full: dropped one from {from}");
+            }
+        }
+    }
+}
+
+fn handshakes(s: &Shared, rx: Receiver<(SocketAddr, Vec<u8>)>) {
+    let mut out = Vec::new();
+    let mut load_seen = Instant::now();
+    while let Ok((from, mut datagram)) = rx.recv() {
+        let left = s
+            .queued_handshakes
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        if left >= UNDER_LOAD_AT {
+            load_seen = Instant::now();
+        } else if left == 0 && load_seen.elapsed() >= UNDER_LOAD_LINGER {
+            s.device.set_under_load(false);
+        }
+        let kind = datagram.first().copied();
+        match s
+            .device
+            .receive(from, &mut datagram, clock::now(), &mut out)
+        {
+            Received::Handshake { peer } => match kind {
+                Some(1) => info!(
+                    "handshake initiation from {} at {from}: answered",
+                    s.peer_name(peer)
+                ),
+                _ => info!("handshake with {} at {from}: complete", s.peer_name(peer)),
+            },
+            Received::Cookie { peer } => debug!("cookie reply from {}", s.peer_name(peer)),
+            Received::Dropped(reason) => {
+                debug!("dropped a handshake message from {from}: {}", reason.name())
+            }
+            _ => {}
+        }
+        s.send_all(&mut out);
+    }
+}
+
+/// `check`: what `up` would do, for a person to read.
+pub fn describe(config: &Config) -> String {
+    let i = &config.interface;
+    let mut s = format!(
+        "interface {}\n  public key   {}\n  listen port  {}\n  mtu          {}\n",
+        i.name,
+        i.private_key.public_key(),
+        i.listen_port
+            .map_or("random".to_string(), |p| p.to_string()),
+        i.mtu
+    );
+    for a in &i.addresses {
+        s.push_str(&format!("  address      {a}\n"));
+    }
+    let (routes, skipped) = planned_routes(config);
+    for r in routes {
+        s.push_str(&format!("  route        {r} dev {}\n", i.name));
+    }
+    for r in skipped {
+        s.push_str(&format!(
+            "  no route     {r} (full tunnel is not supported yet)\n"
+        ));
+    }
+    s.push_str(&format!(
+        "  hairpin      {}\n",
+        if i.hairpin {
+            "on (peers reach each other through this host)"
+        } else {
+            "off"
+        }
+    ));
+    for p in &config.peers {
+        s.push_str(&format!(
+            "peer {}\n  public key   {}\n",
+            p.label(),
+            p.public_key
+        ));
+        if let Some(e) = &p.endpoint_text {
+            s.push_str(&format!("  endpoint     {e}"));
+            if let Some(a) = p.endpoint {
+                if a.to_string() != *e {
+                    s.push_str(&format!(" ({a})"));
+                }
+            }
+            s.push('\n');
+        }
+        let ips: Vec<String> = p.allowed_ips.iter().map(|c| c.to_string()).collect();
+        s.push_str(&format!(
+            "  allowed ips  {}\n",
+            if ips.is_empty() {
+                "(none)".into()
+            } else {
+                ips.join(", ")
+            }
+        ));
+        if p.preshared_key.is_some() {
+            s.push_str("  preshared key  yes\n");
+        }
+        if let Some(k) = p.persistent_keepalive {
+            s.push_str(&format!("  keepalive    every {} s\n", k.as_secs()));
+        }
+    }
+    s
+}

@@ -1,0 +1,352 @@
+//! suidao's binaries run inside namespaces: configs written from a spec, processes started
+//! with `up`, readiness, status, logs.
+
+use crate::{unique, Netns, Process};
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use suidao_common::keys::{PresharedKey, PrivateKey, PublicKey};
+
+/// Where suidao's binaries are: `$SUIDAO_BIN_DIR`, else next to the running executable (cargo
+/// puts test executables in target/<profile>/deps, binaries one level up).
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("SUIDAO_BIN_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            dirs.push(dir.to_path_buf());
+            if let Some(up) = dir.parent() {
+                dirs.push(up.to_path_buf());
+            }
+        }
+    }
+    for d in &dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("cannot find the {name} binary (looked in {dirs:?}); run `cargo build --workspace` first or set SUIDAO_BIN_DIR")
+}
+
+/// A temporary folder, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Result<TempDir> {
+        let p = std::env::temp_dir().join(unique("suidao-lab-"));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Keep the folder when this guard drops.
+    pub fn keep(mut self) -> PathBuf {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Writes a secret file with mode 0600.
+pub fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PeerSpec {
+    pub name: Option<String>,
+    pub public_key: Option<PublicKey>,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    pub persistent_keepalive: Option<u16>,
+    pub preshared_key: Option<PresharedKey>,
+}
+
+/// One host's suidao configuration.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub ifname: String,
+    pub private_key: PrivateKey,
+    pub listen_port: Option<u16>,
+    pub addresses: Vec<String>,
+    pub peers: Vec<PeerSpec>,
+    /// More `[interface]` lines, verbatim.
+    pub extra: String,
+}
+
+impl NodeSpec {
+    /// A spec with a fresh key and a unique interface name (the API socket path is shared by
+    /// all namespaces, so names must not repeat across them).
+    pub fn new(stem: &str) -> NodeSpec {
+        NodeSpec {
+            ifname: unique(stem),
+            private_key: PrivateKey::generate(),
+            listen_port: None,
+            addresses: Vec::new(),
+            peers: Vec::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.private_key.public_key()
+    }
+
+    /// The config text; the private key goes to `private_key_file = "<ifname>.key"`.
+    pub fn to_toml(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "[interface]\nname = \"{}\"\nprivate_key_file = \"{}.key\"",
+            self.ifname, self.ifname
+        );
+        if let Some(p) = self.listen_port {
+            let _ = writeln!(t, "listen_port = {p}");
+        }
+        let addrs: Vec<String> = self.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        let _ = writeln!(t, "address = [{}]", addrs.join(", "));
+        t.push_str(&self.extra);
+        for p in &self.peers {
+            t.push_str("\n[[peer]]\n");
+            if let Some(n) = &p.name {
+                let _ = writeln!(t, "name = \"{n}\"");
+            }
+            if let Some(k) = &p.public_key {
+                let _ = writeln!(t, "public_key = \"{k}\"");
+            }
+            if let Some(e) = &p.endpoint {
+                let _ = writeln!(t, "endpoint = \"{e}\"");
+            }
+            let ips: Vec<String> = p.allowed_ips.iter().map(|a| format!("\"{a}\"")).collect();
+            let _ = writeln!(t, "allowed_ips = [{}]", ips.join(", "));
+            if let Some(k) = p.persistent_keepalive {
+                let _ = writeln!(t, "persistent_keepalive = {k}");
+            }
+            if let Some(k) = &p.preshared_key {
+                let _ = writeln!(t, "preshared_key = \"{}\"", k.to_base64().as_str());
+            }
+        }
+        t
+    }
+
+    /// Writes `<ifname>.toml` and `<ifname>.key` into `dir`; returns the config's path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        write_secret(
+            &dir.join(format!("{}.key", self.ifname)),
+            &self.private_key.to_base64(),
+        )?;
+        let path = dir.join(format!("{}.toml", self.ifname));
+        std::fs::write(&path, self.to_toml())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// `suidao-client` or `suidao-server`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+impl Role {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Role::Client => "suidao-client",
+            Role::Server => "suidao-server",
+        }
+    }
+}
+
+/// A running `up`.
+pub struct Node {
+    pub ifname: String,
+    pub role: Role,
+    pub config: PathBuf,
+    pub log_path: PathBuf,
+    pub process: Process,
+}
+
+impl Node {
+    /// Starts `up -c CONFIG` in `ns`, logging to `<config>.log`, and waits until its API socket
+    /// answers.
+    pub fn start(ns: &Netns, role: Role, config: &Path, ifname: &str) -> Result<Node> {
+        let log_path = config.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = ns
+            .command(bin_path(role.binary())?)?
+            .arg("up")
+            .arg("-c")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("SUIDAO_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", role.binary()))?;
+        let mut node = Node {
+            ifname: ifname.to_string(),
+            role,
+            config: config.to_path_buf(),
+            log_path,
+            process: Process::new(role.binary(), child),
+        };
+        node.wait_ready(Duration::from_secs(10))?;
+        Ok(node)
+    }
+
+    /// Waits until the API socket answers.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if suidao_common::status::query(&self.ifname).is_ok() {
+                return Ok(());
+            }
+            if !self.process.is_running() {
+                bail!(
+                    "{} {} exited during start:\n{}",
+                    self.role.binary(),
+                    self.ifname,
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} {} not ready after {timeout:?}:\n{}",
+                    self.role.binary(),
+                    self.ifname,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// `status --json` (through the library, not a process).
+    pub fn status(&self) -> Result<serde_json::Value> {
+        Ok(suidao_common::status::query(&self.ifname)?)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Drop counter `reason` from status.
+    pub fn drops(&self, reason: &str) -> Result<u64> {
+        let v = self.status()?;
+        Ok(v["drops"][reason].as_u64().unwrap_or(0))
+    }
+
+    /// The latest handshake (Unix seconds) with each peer, by public key.
+    pub fn handshakes(&self) -> Result<Vec<(String, u64)>> {
+        let v = self.status()?;
+        Ok(v["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["public_key"].as_str().unwrap_or("").to_string(),
+                    p["latest_handshake"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.process.stop();
+        // A server remembers its clients' endpoints across restarts; a test's does not need to.
+        let _ = std::fs::remove_file(
+            Path::new(suidao_common::engine::STATE_DIR).join(format!("{}.endpoints", self.ifname)),
+        );
+    }
+}
+
+/// `ping -c COUNT` from `ns` to `target` with a short interval; true when every reply came.
+pub fn ping(ns: &Netns, target: &str, count: u32) -> Result<bool> {
+    let out = ns
+        .command("ping")?
+        .args([
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-q",
+            target,
+        ])
+        .output()
+        .context("running ping")?;
+    Ok(out.status.success())
+}
+
+/// Pings until one reply comes or `timeout` passes.
+pub fn ping_until(ns: &Netns, target: &str, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let out = ns
+            .command("ping")?
+            .args(["-c", "1", "-W", "1", "-q", target])
+            .output()
+            .context("running ping")?;
+        if out.status.success() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Runs a command in `ns` and returns its output (failing on a nonzero exit).
+pub fn run(ns: &Netns, program: &str, args: &[&str]) -> Result<String> {
+    let out: std::process::Output = ns
+        .command(program)?
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command for one of suidao's binaries (not started).
+pub fn command(ns: &Netns, role: Role) -> Result<Command> {
+    ns.command(bin_path(role.binary())?)
+}
