@@ -54,3 +54,71 @@ impl P2p {
         Ok(P2p { server, client })
     }
 }
+
+/// `hub`: a server and N clients, each host a namespace plugged into one bridge (in a switch
+/// namespace of its own) by a veth pair.
+///
+/// ```text
+///                 [switch ns: br0]
+///        p0 /        p1 |        \ p2 ...
+///  h0 [server]    h1 [client 1]   h2 [client 2]
+///  198.18.0.1     198.18.0.11     198.18.0.12
+/// ```
+pub struct Hub {
+    pub server: Host,
+    pub clients: Vec<Host>,
+    pub switch: Netns,
+}
+
+/// The underlay addresses of host `i` of a hub (0 is the server).
+pub fn hub_addresses(i: usize) -> (IpAddr, IpAddr) {
+    let n = if i == 0 { 1 } else { 10 + i };
+    (
+        IpAddr::from([198, 18, 0, n as u8]),
+        format!("fd00:198:18::{n:x}")
+            .parse()
+            .unwrap_or(IpAddr::from([0u8; 16])),
+    )
+}
+
+impl Hub {
+    pub fn new(clients: usize) -> Result<Hub> {
+        let stem = unique(PREFIX);
+        let switch = Netns::create(&format!("{stem}-switch"))?;
+        switch.netlink(|h| async move {
+            netlink::add_bridge(&h, "br0").await?;
+            Ok(netlink::set_up(&h, "br0").await?)
+        })?;
+        let mut hosts = Vec::new();
+        for i in 0..=clients {
+            let name = if i == 0 {
+                format!("{stem}-server")
+            } else {
+                format!("{stem}-client{i}")
+            };
+            let ns = Netns::create(&name)?;
+            let (v4, v6) = hub_addresses(i);
+            let (port, end) = (format!("p{i}"), format!("h{i}"));
+            let ns_ref = &ns;
+            switch.netlink(|h| async move {
+                netlink::add_veth(&h, &port, &end).await?;
+                netlink::move_to(&h, &end, ns_ref).await?;
+                netlink::set_master(&h, &port, "br0").await?;
+                Ok(netlink::set_up(&h, &port).await?)
+            })?;
+            let end = format!("h{i}");
+            ns.netlink(|h| async move {
+                netlink::add_addr(&h, &end, v4, 24).await?;
+                netlink::add_addr(&h, &end, v6, 64).await?;
+                Ok(netlink::set_up(&h, &end).await?)
+            })?;
+            hosts.push(Host { ns, v4, v6 });
+        }
+        let server = hosts.remove(0);
+        Ok(Hub {
+            server,
+            clients: hosts,
+            switch,
+        })
+    }
+}

@@ -2,4 +2,5 @@
 
 pub mod core_peer;
 pub mod icmp;
+pub mod transfer;
 pub mod vpn;

@@ -88,3 +88,79 @@ impl P2pVpn {
         )
     }
 }
+
+/// The tunnel address of hub client `i` (1-based); the server is 10.99.0.1.
+pub fn hub_client_v4(i: usize) -> String {
+    format!("10.99.0.{}", 10 + i)
+}
+
+/// A suidao server and N clients on the `hub` topology.
+pub struct HubVpn {
+    pub clients: Vec<Node>,
+    pub server: Node,
+    pub client_specs: Vec<NodeSpec>,
+    pub server_spec: NodeSpec,
+    pub dir: TempDir,
+    pub lab: suidao_lab::topology::Hub,
+}
+
+impl HubVpn {
+    pub fn start(n: usize) -> Result<HubVpn> {
+        let lab = suidao_lab::topology::Hub::new(n)?;
+        let dir = TempDir::new()?;
+        let mut server_spec = NodeSpec::new("sds");
+        server_spec.listen_port = Some(PORT);
+        server_spec.addresses = vec![format!("{SERVER_V4}/24")];
+        let mut client_specs = Vec::new();
+        for i in 1..=n {
+            let mut c = NodeSpec::new("sdc");
+            c.addresses = vec![format!("{}/24", hub_client_v4(i))];
+            c.peers.push(PeerSpec {
+                name: Some("server".into()),
+                public_key: Some(server_spec.public_key()),
+                endpoint: Some(SocketAddr::new(lab.server.v4, PORT).to_string()),
+                allowed_ips: vec!["10.99.0.0/24".into()],
+                persistent_keepalive: Some(25),
+                ..Default::default()
+            });
+            server_spec.peers.push(PeerSpec {
+                name: Some(format!("client{i}")),
+                public_key: Some(c.public_key()),
+                allowed_ips: vec![format!("{}/32", hub_client_v4(i))],
+                ..Default::default()
+            });
+            client_specs.push(c);
+        }
+        let server = Node::start(
+            &lab.server.ns,
+            Role::Server,
+            &server_spec.write(dir.path())?,
+            &server_spec.ifname,
+        )?;
+        let mut clients = Vec::new();
+        for (spec, host) in client_specs.iter().zip(&lab.clients) {
+            clients.push(Node::start(
+                &host.ns,
+                Role::Client,
+                &spec.write(dir.path())?,
+                &spec.ifname,
+            )?);
+        }
+        Ok(HubVpn {
+            clients,
+            server,
+            client_specs,
+            server_spec,
+            dir,
+            lab,
+        })
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- server log ---\n{}", self.server.log());
+        for (i, c) in self.clients.iter().enumerate() {
+            s.push_str(&format!("\n--- client{} log ---\n{}", i + 1, c.log()));
+        }
+        s
+    }
+}

@@ -46,3 +46,38 @@ fn ping_both_ways_over_ipv6_underlay() {
     }
     ping_both_ways(true);
 }
+
+#[test]
+fn tcp_256_mib_digest_matches_and_iperf3_completes() {
+    if !suidao_lab::require(
+        "tcp_256_mib_digest_matches_and_iperf3_completes",
+        &["iperf3"],
+    ) {
+        return;
+    }
+    let vpn = P2pVpn::start(false).unwrap();
+    let (s, c) = (&vpn.lab.server.ns, &vpn.lab.client.ns);
+    let to = format!("{SERVER_V4}:5001").parse().unwrap();
+    let t = suidao_tests::transfer::tcp(c, s, to, 256 << 20)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", vpn.logs()));
+    assert_eq!(
+        t.sent, t.received,
+        "SHA-256 of what was sent and what arrived"
+    );
+    eprintln!("256 MiB through the tunnel at {:.0} Mbit/s", t.mbit_per_s());
+
+    let tcp = suidao_tests::transfer::iperf3(s, c, SERVER_V4, &["-t", "2"]).unwrap();
+    let bps = tcp["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(bps > 0.0, "iperf3 TCP moved data: {tcp}");
+    let udp =
+        suidao_tests::transfer::iperf3(s, c, SERVER_V6, &["-u", "-b", "100M", "-t", "2"]).unwrap();
+    let packets = udp["end"]["sum"]["packets"].as_u64().unwrap_or(0);
+    assert!(packets > 0, "iperf3 UDP sent packets: {udp}");
+    eprintln!(
+        "iperf3: TCP {:.0} Mbit/s; UDP at 100M: {:.1}% lost",
+        bps / 1e6,
+        udp["end"]["sum"]["lost_percent"].as_f64().unwrap_or(0.0)
+    );
+}
