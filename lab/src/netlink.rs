@@ -53,3 +53,59 @@ pub async fn move_to(h: &Handle, name: &str, ns: &Netns) -> Result<()> {
         .await
         .with_context(|| format!("moving {name} into namespace {}", ns.name()))
 }
+
+/// Everything a namespace has, one line per link, address and route (all tables), sorted: two
+/// snapshots compare equal when nothing was left behind.
+pub async fn snapshot(h: &Handle) -> Result<Vec<String>> {
+    use futures_util::TryStreamExt;
+    use rtnetlink::packet_route::address::AddressAttribute;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let mut lines = Vec::new();
+    let mut links = h.link().get().execute();
+    while let Some(l) = links.try_next().await? {
+        for a in &l.attributes {
+            if let LinkAttribute::IfName(n) = a {
+                lines.push(format!("link {n} (index {})", l.header.index));
+            }
+        }
+    }
+    let mut addrs = h.address().get().execute();
+    while let Some(a) = addrs.try_next().await? {
+        for attr in &a.attributes {
+            if let AddressAttribute::Address(ip) = attr {
+                lines.push(format!(
+                    "addr {ip}/{} dev {}",
+                    a.header.prefix_len, a.header.index
+                ));
+            }
+        }
+    }
+    for msg in [
+        rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let mut routes = h.route().get(msg).execute();
+        while let Some(r) = routes.try_next().await? {
+            let mut dst = String::from("default");
+            let mut oif = 0;
+            let mut table = u32::from(r.header.table);
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = a.to_string(),
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = a.to_string(),
+                    RouteAttribute::Oif(i) => oif = *i,
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            lines.push(format!(
+                "route {dst}/{} oif {oif} table {table} type {:?}",
+                r.header.destination_prefix_length, r.header.kind
+            ));
+        }
+    }
+    lines.sort();
+    Ok(lines)
+}
