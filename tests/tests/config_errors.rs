@@ -1,0 +1,195 @@
+//! Every kind of bad configuration: a non-zero exit and one clear line naming the file, the
+//! line where the parser knows it, and the key.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use suidao_common::keys::PrivateKey;
+use suidao_lab::suidao::{bin_path, write_secret, TempDir};
+
+/// Runs `suidao-server <cmd> -c FILE` and returns its single stderr line (asserting failure).
+fn one_line_error(cmd: &str, config: &Path) -> String {
+    let out = Command::new(bin_path("suidao-server").unwrap())
+        .args([cmd, "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{cmd} accepted {}", config.display());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "exactly one line: {err:?}");
+    assert!(err.starts_with("suidao-server: "), "{err}");
+    err.trim().to_string()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn bad_configs_fail_with_one_clear_line() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let key = PrivateKey::generate().to_base64().to_string();
+    let pk1 = PrivateKey::generate().public_key().to_string();
+    let pk2 = PrivateKey::generate().public_key().to_string();
+    let head =
+        format!("[interface]\nname = \"sdbad\"\nprivate_key = \"{key}\"\nlisten_port = 51820\n");
+
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("unknown.toml", format!("{head}colour = \"blue\"\n"), vec!["unknown.toml:5", "colour"]),
+        (
+            "base64.toml",
+            "[interface]\nname = \"sdbad\"\nprivate_key = \"not base64!\"\n".into(),
+            vec!["base64.toml:3", "interface.private_key", "base64"],
+        ),
+        (
+            "length.toml",
+            format!("{head}\n[[peer]]\npublic_key = \"AAAA\"\n"),
+            vec!["length.toml:7", "peer[0].public_key", "32 bytes"],
+        ),
+        (
+            "cidr.toml",
+            format!("{head}\n[[peer]]\npublic_key = \"{pk1}\"\nallowed_ips = [\"10.0.0.0/40\"]\n"),
+            vec!["cidr.toml:8", "peer[0].allowed_ips", "prefix length"],
+        ),
+        (
+            "twice.toml",
+            format!("{head}\n[[peer]]\npublic_key = \"{pk1}\"\n\n[[peer]]\npublic_key = \"{pk1}\"\n"),
+            vec!["twice.toml:10", "peer[1].public_key", "same public key as peer[0]"],
+        ),
+        (
+            "claimed.toml",
+            format!(
+                "{head}\n[[peer]]\npublic_key = \"{pk1}\"\nallowed_ips = [\"10.9.0.0/16\"]\n\n[[peer]]\npublic_key = \"{pk2}\"\nallowed_ips = [\"10.9.0.0/16\"]\n"
+            ),
+            vec!["claimed.toml:12", "peer[1].allowed_ips", "already claimed by peer[0]"],
+        ),
+        (
+            "keyfile.toml",
+            "[interface]\nname = \"sdbad\"\nprivate_key_file = \"open.key\"\n".into(),
+            vec!["keyfile.toml:3", "private_key_file", "readable by others", "chmod 600"],
+        ),
+        (
+            "nokey.toml",
+            "[interface]\nname = \"sdbad\"\nprivate_key_file = \"missing.key\"\n".into(),
+            vec!["nokey.toml:3", "missing.key"],
+        ),
+        (
+            "endpoint.toml",
+            format!("{head}\n[[peer]]\npublic_key = \"{pk1}\"\nendpoint = \"198.18.0.1\"\n"),
+            vec!["endpoint.toml:8", "peer[0].endpoint", "host:port"],
+        ),
+        (
+            "syntax.toml",
+            format!("{head}[[peer]\n"),
+            vec!["syntax.toml:5"],
+        ),
+    ];
+    std::fs::write(d.join("open.key"), format!("{key}\n")).unwrap();
+    for (name, text, expected) in &cases {
+        let path = write(d, name, text);
+        for cmd in ["check", "up"] {
+            let err = one_line_error(cmd, &path);
+            for e in expected {
+                assert!(
+                    err.contains(e),
+                    "{cmd} {name}: {err:?} should mention {e:?}"
+                );
+            }
+        }
+    }
+    let err = one_line_error("check", &d.join("absent.toml"));
+    assert!(
+        err.contains("absent.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+
+    // And a good one passes `check`, which prints what `up` would do.
+    write_secret(&d.join("good.key"), &key).unwrap();
+    let good = write(
+        d,
+        "good.toml",
+        &format!(
+            "[interface]\nname = \"sdgood\"\nprivate_key_file = \"good.key\"\naddress = [\"10.99.0.1/24\"]\n\n[[peer]]\nname = \"alice\"\npublic_key = \"{pk1}\"\nallowed_ips = [\"10.99.0.2/32\"]\n"
+        ),
+    );
+    let out = Command::new(bin_path("suidao-server").unwrap())
+        .args(["check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for e in [
+        "interface sdgood",
+        "address      10.99.0.1/24",
+        "route        10.99.0.2/32 dev sdgood",
+        "peer alice",
+        "mtu          1420",
+    ] {
+        assert!(text.contains(e), "check output lacks {e:?}:\n{text}");
+    }
+}
+
+#[test]
+fn a_port_in_use_fails_with_one_clear_line() {
+    if !suidao_lab::require("a_port_in_use_fails_with_one_clear_line", &[]) {
+        return;
+    }
+    let ns = suidao_lab::Netns::create(&suidao_lab::unique(suidao_lab::PREFIX)).unwrap();
+    let dir = TempDir::new().unwrap();
+    let key = PrivateKey::generate().to_base64().to_string();
+    let cfg = write(
+        dir.path(),
+        "port.toml",
+        &format!("[interface]\nname = \"sdport\"\nprivate_key = \"{key}\"\nlisten_port = 51820\n"),
+    );
+    let _holder = ns
+        .run(|| std::net::UdpSocket::bind("[::]:51820"))
+        .unwrap()
+        .unwrap();
+    let out = ns
+        .command(bin_path("suidao-server").unwrap())
+        .unwrap()
+        .args(["up", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("UDP port 51820 is already in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_example_configs_pass_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("config");
+    for (bin, file) in [
+        ("suidao-server", "server.toml"),
+        ("suidao-client", "client.toml"),
+    ] {
+        let out = Command::new(bin_path(bin).unwrap())
+            .args(["check", "-c"])
+            .arg(root.join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
