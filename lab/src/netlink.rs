@@ -109,3 +109,24 @@ pub async fn snapshot(h: &Handle) -> Result<Vec<String>> {
     lines.sort();
     Ok(lines)
 }
+
+/// `ip route add DST/LEN via GW` (a default route when LEN is 0). Already there is success.
+pub async fn add_gateway_route(
+    h: &Handle,
+    dst: std::net::IpAddr,
+    len: u8,
+    via: std::net::IpAddr,
+) -> Result<()> {
+    let msg = rtnetlink::RouteMessageBuilder::<std::net::IpAddr>::new()
+        .destination_prefix(dst, len)
+        .and_then(|b| b.gateway(via))
+        .map_err(|e| anyhow::anyhow!("route to {dst}/{len} via {via}: {e}"))?
+        .build();
+    match h.route().add(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "adding route to {dst}/{len} via {via}: {e}"
+        )),
+    }
+}

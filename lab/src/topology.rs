@@ -1,18 +1,618 @@
-//! Topologies built from namespaces, veth pairs and bridges.
+//! Topologies as data, and one builder that turns them into namespaces, veth pairs, bridges,
+//! addresses, routes, forwarding and NAT, through netlink.
+//!
+//! Each step can be printed first as the `ip` command that does the same (`--explain`), so a
+//! reader can follow along or type it by hand. `ip -n NS ...` is short for
+//! `ip netns exec NS ip ...`.
+//!
+//! The four built-in topologies:
+//!
+//! ```text
+//! p2p   [server]=====[client]                          one veth pair
+//! hub   [server] [client1] [client2] [client3]         every host on one bridge
+//!           \_______|_________|_________|
+//!                 [switch: br0]
+//! site  [lan-a]--[gw-a]=====[gw-b]--[lan-b]            LANs reach each other only through
+//!                                                      the tunnel between gw-a and gw-b
+//! nat   [client]--[nat]=====[server]                   the client is masqueraded; midway its
+//!                                                      outer address changes (roaming)
+//! ```
 
-use crate::netlink;
-use crate::{unique, Netns, PREFIX};
-use anyhow::Result;
+use crate::{netlink, unique, Netns, PREFIX};
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use std::net::IpAddr;
 
-/// One host of a topology: its namespace and its underlay addresses.
+/// One end of a veth pair.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct End {
+    pub host: String,
+    pub dev: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Plug this end into a bridge of its host.
+    pub master: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub a: End,
+    pub b: End,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bridge {
+    pub host: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub host: String,
+    /// A prefix, or "default".
+    pub dst: String,
+    pub via: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Masquerade {
+    pub host: String,
+    /// Traffic leaving through this device gets the device's address as its source.
+    pub dev: String,
+}
+
+/// A suidao node of the topology.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpnNode {
+    pub host: String,
+    /// Tunnel addresses, e.g. "10.99.0.1/24".
+    pub tunnel: Vec<String>,
+    /// Networks behind this node, routed to it through the tunnel.
+    #[serde(default)]
+    pub lan: Vec<String>,
+}
+
+/// A ping the demo expects to work: from a host to an address.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub from: String,
+    pub to: String,
+}
+
+/// The client's outer address changes midway: add `add` on the NAT's outside device, then
+/// remove `remove` (which also flushes the NAT's connection state for it).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roam {
+    pub host: String,
+    pub dev: String,
+    pub remove: String,
+    pub add: String,
+    /// The client whose endpoint, as the server sees it, must follow.
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vpn {
+    pub server: VpnNode,
+    /// The server's underlay address the clients use as endpoint.
+    pub endpoint: String,
+    #[serde(default)]
+    pub clients: Vec<VpnNode>,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// A short iperf3 run across the tunnel, when iperf3 is installed.
+    pub throughput: Option<Check>,
+    pub roam: Option<Roam>,
+}
+
+/// A whole topology. Loadable from TOML with the same field names.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    /// Every host (network namespace), by its short name.
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub bridges: Vec<Bridge>,
+    #[serde(default)]
+    pub links: Vec<Link>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Hosts that forward IP packets (routers).
+    #[serde(default)]
+    pub forwarding: Vec<String>,
+    #[serde(default)]
+    pub masquerade: Vec<Masquerade>,
+    pub vpn: Option<Vpn>,
+}
+
+fn end(host: &str, dev: &str, addresses: &[&str]) -> End {
+    End {
+        host: host.into(),
+        dev: dev.into(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        master: None,
+    }
+}
+
+fn check(from: &str, to: &str) -> Check {
+    Check {
+        from: from.into(),
+        to: to.into(),
+    }
+}
+
+fn node(host: &str, tunnel: &[&str], lan: &[&str]) -> VpnNode {
+    VpnNode {
+        host: host.into(),
+        tunnel: tunnel.iter().map(|a| a.to_string()).collect(),
+        lan: lan.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+impl Spec {
+    /// The built-in topologies: `p2p`, `hub` (with `clients` clients), `site`, `nat`.
+    pub fn builtin(name: &str, clients: usize) -> Result<Spec> {
+        Ok(match name {
+            "p2p" => Spec::p2p(),
+            "hub" => Spec::hub(clients),
+            "site" => Spec::site(),
+            "nat" => Spec::nat(),
+            other => bail!("unknown topology {other:?} (p2p, hub, site or nat)"),
+        })
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Spec> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn p2p() -> Spec {
+        Spec {
+            name: "p2p".into(),
+            hosts: vec!["server".into(), "client".into()],
+            bridges: vec![],
+            links: vec![Link {
+                a: end("server", "veth-s", &["198.18.0.1/24", "fd00:198:18::1/64"]),
+                b: end("client", "veth-c", &["198.18.0.2/24", "fd00:198:18::2/64"]),
+            }],
+            routes: vec![],
+            forwarding: vec![],
+            masquerade: vec![],
+            vpn: Some(Vpn {
+                server: node("server", &["10.99.0.1/24", "fd99::1/64"], &[]),
+                endpoint: "198.18.0.1".into(),
+                clients: vec![node("client", &["10.99.0.2/24", "fd99::2/64"], &[])],
+                checks: vec![
+                    check("client", "10.99.0.1"),
+                    check("client", "fd99::1"),
+                    check("server", "10.99.0.2"),
+                    check("server", "fd99::2"),
+                ],
+                throughput: Some(check("client", "10.99.0.1")),
+                roam: None,
+            }),
+        }
+    }
+
+    pub fn hub(clients: usize) -> Spec {
+        let mut hosts = vec!["server".to_string()];
+        let mut links = Vec::new();
+        for i in 0..=clients {
+            let host = if i == 0 {
+                "server".to_string()
+            } else {
+                format!("client{i}")
+            };
+            if i > 0 {
+                hosts.push(host.clone());
+            }
+            let n = if i == 0 { 1 } else { 10 + i };
+            let mut port = end("switch", &format!("p{i}"), &[]);
+            port.master = Some("br0".into());
+            links.push(Link {
+                a: port,
+                b: end(
+                    &host,
+                    &format!("h{i}"),
+                    &[
+                        &format!("198.18.0.{n}/24"),
+                        &format!("fd00:198:18::{n:x}/64"),
+                    ],
+                ),
+            });
+        }
+        hosts.push("switch".into());
+        let mut checks = Vec::new();
+        let mut vpn_clients = Vec::new();
+        for i in 1..=clients {
+            let me = format!("client{i}");
+            vpn_clients.push(node(
+                &me,
+                &[
+                    &format!("10.99.0.{}/24", 10 + i),
+                    &format!("fd99::{:x}/64", 10 + i),
+                ],
+                &[],
+            ));
+            checks.push(check(&me, "10.99.0.1"));
+            checks.push(check("server", &format!("10.99.0.{}", 10 + i)));
+            for j in 1..=clients {
+                if j != i {
+                    checks.push(check(&me, &format!("10.99.0.{}", 10 + j)));
+                }
+            }
+        }
+        if clients > 0 {
+            checks.push(check("client1", "fd99::1"));
+        }
+        Spec {
+            name: "hub".into(),
+            hosts,
+            bridges: vec![Bridge {
+                host: "switch".into(),
+                name: "br0".into(),
+            }],
+            links,
+            routes: vec![],
+            forwarding: vec![],
+            masquerade: vec![],
+            vpn: Some(Vpn {
+                server: node("server", &["10.99.0.1/24", "fd99::1/64"], &[]),
+                endpoint: "198.18.0.1".into(),
+                clients: vpn_clients,
+                checks,
+                throughput: (clients > 0).then(|| check("client1", "10.99.0.1")),
+                roam: None,
+            }),
+        }
+    }
+
+    pub fn site() -> Spec {
+        Spec {
+            name: "site".into(),
+            hosts: vec!["lan-a".into(), "gw-a".into(), "gw-b".into(), "lan-b".into()],
+            bridges: vec![],
+            links: vec![
+                Link {
+                    a: end("gw-a", "wan", &["198.18.0.1/24"]),
+                    b: end("gw-b", "wan", &["198.18.0.2/24"]),
+                },
+                Link {
+                    a: end("gw-a", "lan", &["10.1.0.1/24"]),
+                    b: end("lan-a", "eth0", &["10.1.0.2/24"]),
+                },
+                Link {
+                    a: end("gw-b", "lan", &["10.2.0.1/24"]),
+                    b: end("lan-b", "eth0", &["10.2.0.2/24"]),
+                },
+            ],
+            routes: vec![
+                Route {
+                    host: "lan-a".into(),
+                    dst: "default".into(),
+                    via: "10.1.0.1".into(),
+                },
+                Route {
+                    host: "lan-b".into(),
+                    dst: "default".into(),
+                    via: "10.2.0.1".into(),
+                },
+            ],
+            forwarding: vec!["gw-a".into(), "gw-b".into()],
+            masquerade: vec![],
+            vpn: Some(Vpn {
+                server: node("gw-a", &["10.99.0.1/24"], &["10.1.0.0/24"]),
+                endpoint: "198.18.0.1".into(),
+                clients: vec![node("gw-b", &["10.99.0.2/24"], &["10.2.0.0/24"])],
+                checks: vec![
+                    check("lan-a", "10.2.0.2"),
+                    check("lan-b", "10.1.0.2"),
+                    check("gw-b", "10.99.0.1"),
+                ],
+                throughput: Some(check("lan-b", "10.1.0.2")),
+                roam: None,
+            }),
+        }
+    }
+
+    pub fn nat() -> Spec {
+        Spec {
+            name: "nat".into(),
+            hosts: vec!["client".into(), "nat".into(), "server".into()],
+            bridges: vec![],
+            links: vec![
+                Link {
+                    a: end("nat", "outside", &["198.18.0.2/24"]),
+                    b: end("server", "wan", &["198.18.0.1/24"]),
+                },
+                Link {
+                    a: end("nat", "inside", &["198.19.0.1/24"]),
+                    b: end("client", "eth0", &["198.19.0.2/24"]),
+                },
+            ],
+            routes: vec![Route {
+                host: "client".into(),
+                dst: "default".into(),
+                via: "198.19.0.1".into(),
+            }],
+            forwarding: vec!["nat".into()],
+            masquerade: vec![Masquerade {
+                host: "nat".into(),
+                dev: "outside".into(),
+            }],
+            vpn: Some(Vpn {
+                server: node("server", &["10.99.0.1/24"], &[]),
+                endpoint: "198.18.0.1".into(),
+                clients: vec![node("client", &["10.99.0.2/24"], &[])],
+                checks: vec![check("client", "10.99.0.1"), check("server", "10.99.0.2")],
+                throughput: Some(check("client", "10.99.0.1")),
+                roam: Some(Roam {
+                    host: "nat".into(),
+                    dev: "outside".into(),
+                    remove: "198.18.0.2/24".into(),
+                    add: "198.18.0.3/24".into(),
+                    client: "client".into(),
+                }),
+            }),
+        }
+    }
+
+    /// Tools a topology needs beyond netlink.
+    pub fn tools(&self) -> Vec<&'static str> {
+        if self.masquerade.is_empty() {
+            vec![]
+        } else {
+            vec!["nft"]
+        }
+    }
+}
+
+/// A host of a built topology: its namespace and first underlay addresses.
 pub struct Host {
+    pub name: String,
     pub ns: Netns,
     pub v4: IpAddr,
     pub v6: IpAddr,
 }
 
-/// `p2p`: two hosts joined by one veth pair.
+/// A built topology. Dropping it removes every namespace (and so every link in them).
+pub struct Lab {
+    pub spec: Spec,
+    pub stem: String,
+    pub hosts: Vec<Host>,
+    explain: bool,
+}
+
+fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
+    let (a, l) = s
+        .split_once('/')
+        .with_context(|| format!("{s:?} needs a /prefix"))?;
+    Ok((
+        a.parse()
+            .with_context(|| format!("{a:?} is not an address"))?,
+        l.parse()?,
+    ))
+}
+
+impl Lab {
+    /// Builds `spec`; with `explain`, prints each step as an `ip` command first. On any
+    /// failure, what was built so far is removed (the guards drop).
+    pub fn build(spec: Spec, explain: bool) -> Result<Lab> {
+        let stem = unique(PREFIX);
+        let mut lab = Lab {
+            spec: spec.clone(),
+            stem,
+            hosts: Vec::new(),
+            explain,
+        };
+        for h in &spec.hosts {
+            let name = lab.ns_name(h);
+            lab.say(format!("ip netns add {name}"));
+            lab.say(format!("ip -n {name} link set lo up"));
+            let ns = Netns::create(&name)?;
+            lab.hosts.push(Host {
+                name: h.clone(),
+                ns,
+                v4: IpAddr::from([0, 0, 0, 0]),
+                v6: IpAddr::from([0u8; 16]),
+            });
+        }
+        for b in &spec.bridges {
+            let ns = lab.ns(&b.host)?;
+            lab.say(format!(
+                "ip -n {} link add {} type bridge",
+                ns.name(),
+                b.name
+            ));
+            lab.say(format!("ip -n {} link set {} up", ns.name(), b.name));
+            let name = b.name.clone();
+            ns.netlink(|h| async move {
+                netlink::add_bridge(&h, &name).await?;
+                Ok(netlink::set_up(&h, &name).await?)
+            })?;
+        }
+        for l in &spec.links {
+            lab.link(l)?;
+        }
+        for r in &spec.routes {
+            let ns = lab.ns(&r.host)?;
+            let via: IpAddr = r.via.parse()?;
+            let (dst, len) = if r.dst == "default" {
+                (
+                    if via.is_ipv4() {
+                        IpAddr::from([0u8; 4])
+                    } else {
+                        IpAddr::from([0u8; 16])
+                    },
+                    0,
+                )
+            } else {
+                parse_cidr(&r.dst)?
+            };
+            lab.say(format!("ip -n {} route add {} via {via}", ns.name(), r.dst));
+            ns.netlink(|h| async move { netlink::add_gateway_route(&h, dst, len, via).await })?;
+        }
+        for f in &spec.forwarding {
+            let ns = lab.ns(f)?;
+            lab.say(format!(
+                "ip netns exec {} sysctl -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+                ns.name()
+            ));
+            ns.run(|| -> Result<()> {
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+                std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+                Ok(())
+            })??;
+        }
+        for m in &spec.masquerade {
+            let ns = lab.ns(&m.host)?;
+            let rules = format!(
+                "table ip sdlab {{ chain post {{ type nat hook postrouting priority srcnat; oifname \"{}\" masquerade; }} }}",
+                m.dev
+            );
+            lab.say(format!("ip netns exec {} nft '{rules}'", ns.name()));
+            let out = ns
+                .command("nft")?
+                .arg(&rules)
+                .output()
+                .context("running nft")?;
+            if !out.status.success() {
+                bail!(
+                    "nft in {}: {}",
+                    ns.name(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(lab)
+    }
+
+    fn link(&mut self, l: &Link) -> Result<()> {
+        let a_ns = self.ns(&l.a.host)?;
+        let b_ns = self.ns(&l.b.host)?;
+        self.say(format!(
+            "ip -n {} link add {} type veth peer name {}",
+            a_ns.name(),
+            l.a.dev,
+            l.b.dev
+        ));
+        if a_ns.name() != b_ns.name() {
+            self.say(format!(
+                "ip -n {} link set {} netns {}",
+                a_ns.name(),
+                l.b.dev,
+                b_ns.name()
+            ));
+        }
+        let (a_dev, b_dev) = (l.a.dev.clone(), l.b.dev.clone());
+        a_ns.netlink(|h| async move {
+            netlink::add_veth(&h, &a_dev, &b_dev).await?;
+            if a_ns.name() != b_ns.name() {
+                netlink::move_to(&h, &b_dev, b_ns).await?;
+            }
+            Ok(())
+        })?;
+        for e in [&l.a, &l.b] {
+            let ns = self.ns(&e.host)?;
+            let mut addrs = Vec::new();
+            for a in &e.addresses {
+                addrs.push(parse_cidr(a)?);
+                self.say(format!("ip -n {} addr add {a} dev {}", ns.name(), e.dev));
+            }
+            if let Some(m) = &e.master {
+                self.say(format!("ip -n {} link set {} master {m}", ns.name(), e.dev));
+            }
+            self.say(format!("ip -n {} link set {} up", ns.name(), e.dev));
+            let dev = e.dev.clone();
+            let master = e.master.clone();
+            let for_host = addrs.clone();
+            ns.netlink(|h| async move {
+                for (a, l) in for_host {
+                    netlink::add_addr(&h, &dev, a, l).await?;
+                }
+                if let Some(m) = master {
+                    netlink::set_master(&h, &dev, &m).await?;
+                }
+                Ok(netlink::set_up(&h, &dev).await?)
+            })?;
+            if let Some(host) = self.hosts.iter_mut().find(|h| h.name == e.host) {
+                for (a, _) in addrs {
+                    if a.is_ipv4() && host.v4.is_unspecified() {
+                        host.v4 = a;
+                    } else if a.is_ipv6() && host.v6.is_unspecified() {
+                        host.v6 = a;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn say(&self, line: String) {
+        if self.explain {
+            println!("  $ {line}");
+        }
+    }
+
+    fn ns_name(&self, host: &str) -> String {
+        format!("{}-{host}", self.stem)
+    }
+
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .with_context(|| format!("no host {name:?} in topology {}", self.spec.name))
+    }
+
+    pub fn ns(&self, host: &str) -> Result<&Netns> {
+        Ok(&self.host(host)?.ns)
+    }
+
+    /// Removes a host from the lab, giving its ownership to the caller.
+    pub fn take(&mut self, name: &str) -> Result<Host> {
+        let i = self
+            .hosts
+            .iter()
+            .position(|h| h.name == name)
+            .with_context(|| format!("no host {name:?}"))?;
+        Ok(self.hosts.remove(i))
+    }
+
+    /// Leave every namespace in place when the lab drops (`--keep`).
+    pub fn keep(&mut self) {
+        for h in &mut self.hosts {
+            h.ns.keep();
+        }
+    }
+
+    /// Prints (with --explain) and runs an `ip addr` change on a host's device, for roaming.
+    pub fn change_address(&self, host: &str, dev: &str, add: &str, remove: &str) -> Result<()> {
+        let ns = self.ns(host)?;
+        let (a, al) = parse_cidr(add)?;
+        let (r, rl) = parse_cidr(remove)?;
+        self.say(format!("ip -n {} addr add {add} dev {dev}", ns.name()));
+        self.say(format!("ip -n {} addr del {remove} dev {dev}", ns.name()));
+        let dev = dev.to_string();
+        ns.netlink(|h| async move {
+            netlink::add_addr(&h, &dev, a, al).await?;
+            Ok(suidao_common::netlink::del_addr(&h, &dev, r, rl).await?)
+        })
+    }
+}
+
+/// `p2p`, as the tests use it: two hosts joined by one veth pair.
 ///
 /// ```text
 ///  [server ns] veth-s 198.18.0.1/24 fd00:198:18::1/64 ==== veth-c 198.18.0.2/24 fd00:198:18::2/64 [client ns]
@@ -24,101 +624,81 @@ pub struct P2p {
 
 impl P2p {
     pub fn new() -> Result<P2p> {
-        let stem = unique(PREFIX);
-        let server_ns = Netns::create(&format!("{stem}-server"))?;
-        let client_ns = Netns::create(&format!("{stem}-client"))?;
-        let server = Host {
-            ns: server_ns,
-            v4: "198.18.0.1".parse()?,
-            v6: "fd00:198:18::1".parse()?,
-        };
-        let client = Host {
-            ns: client_ns,
-            v4: "198.18.0.2".parse()?,
-            v6: "fd00:198:18::2".parse()?,
-        };
-        let client_ns = &client.ns;
-        server.ns.netlink(|h| async move {
-            netlink::add_veth(&h, "veth-s", "veth-c").await?;
-            netlink::move_to(&h, "veth-c", client_ns).await?;
-            Ok(())
-        })?;
-        for (host, dev) in [(&server, "veth-s"), (&client, "veth-c")] {
-            let (v4, v6) = (host.v4, host.v6);
-            host.ns.netlink(|h| async move {
-                netlink::add_addr(&h, dev, v4, 24).await?;
-                netlink::add_addr(&h, dev, v6, 64).await?;
-                Ok(netlink::set_up(&h, dev).await?)
-            })?;
-        }
-        Ok(P2p { server, client })
+        let mut lab = Lab::build(Spec::p2p(), false)?;
+        Ok(P2p {
+            server: lab.take("server")?,
+            client: lab.take("client")?,
+        })
     }
 }
 
-/// `hub`: a server and N clients, each host a namespace plugged into one bridge (in a switch
-/// namespace of its own) by a veth pair.
-///
-/// ```text
-///                 [switch ns: br0]
-///        p0 /        p1 |        \ p2 ...
-///  h0 [server]    h1 [client 1]   h2 [client 2]
-///  198.18.0.1     198.18.0.11     198.18.0.12
-/// ```
+/// `hub`, as the tests use it: a server and N clients on one bridge.
 pub struct Hub {
     pub server: Host,
     pub clients: Vec<Host>,
-    pub switch: Netns,
-}
-
-/// The underlay addresses of host `i` of a hub (0 is the server).
-pub fn hub_addresses(i: usize) -> (IpAddr, IpAddr) {
-    let n = if i == 0 { 1 } else { 10 + i };
-    (
-        IpAddr::from([198, 18, 0, n as u8]),
-        format!("fd00:198:18::{n:x}")
-            .parse()
-            .unwrap_or(IpAddr::from([0u8; 16])),
-    )
+    pub switch: Host,
 }
 
 impl Hub {
     pub fn new(clients: usize) -> Result<Hub> {
-        let stem = unique(PREFIX);
-        let switch = Netns::create(&format!("{stem}-switch"))?;
-        switch.netlink(|h| async move {
-            netlink::add_bridge(&h, "br0").await?;
-            Ok(netlink::set_up(&h, "br0").await?)
-        })?;
-        let mut hosts = Vec::new();
-        for i in 0..=clients {
-            let name = if i == 0 {
-                format!("{stem}-server")
-            } else {
-                format!("{stem}-client{i}")
-            };
-            let ns = Netns::create(&name)?;
-            let (v4, v6) = hub_addresses(i);
-            let (port, end) = (format!("p{i}"), format!("h{i}"));
-            let ns_ref = &ns;
-            switch.netlink(|h| async move {
-                netlink::add_veth(&h, &port, &end).await?;
-                netlink::move_to(&h, &end, ns_ref).await?;
-                netlink::set_master(&h, &port, "br0").await?;
-                Ok(netlink::set_up(&h, &port).await?)
-            })?;
-            let end = format!("h{i}");
-            ns.netlink(|h| async move {
-                netlink::add_addr(&h, &end, v4, 24).await?;
-                netlink::add_addr(&h, &end, v6, 64).await?;
-                Ok(netlink::set_up(&h, &end).await?)
-            })?;
-            hosts.push(Host { ns, v4, v6 });
+        let mut lab = Lab::build(Spec::hub(clients), false)?;
+        let server = lab.take("server")?;
+        let mut cs = Vec::new();
+        for i in 1..=clients {
+            cs.push(lab.take(&format!("client{i}"))?);
         }
-        let server = hosts.remove(0);
         Ok(Hub {
             server,
-            clients: hosts,
-            switch,
+            clients: cs,
+            switch: lab.take("switch")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_are_consistent() {
+        for name in ["p2p", "hub", "site", "nat"] {
+            let s = Spec::builtin(name, 3).unwrap();
+            let known = |h: &str| s.hosts.iter().any(|x| x == h);
+            for l in &s.links {
+                assert!(known(&l.a.host) && known(&l.b.host), "{name}: {l:?}");
+            }
+            for r in &s.routes {
+                assert!(known(&r.host));
+            }
+            let vpn = s.vpn.as_ref().unwrap();
+            assert!(known(&vpn.server.host));
+            for c in &vpn.clients {
+                assert!(known(&c.host));
+            }
+            for c in &vpn.checks {
+                assert!(known(&c.from));
+            }
+        }
+        assert!(Spec::builtin("mesh", 1).is_err());
+    }
+
+    #[test]
+    fn loads_from_toml() {
+        let text = r#"
+name = "tiny"
+hosts = ["a", "b"]
+[[links]]
+a = { host = "a", dev = "va", addresses = ["198.18.0.1/24"] }
+b = { host = "b", dev = "vb", addresses = ["198.18.0.2/24"] }
+[vpn]
+endpoint = "198.18.0.1"
+server = { host = "a", tunnel = ["10.99.0.1/24"] }
+clients = [{ host = "b", tunnel = ["10.99.0.2/24"] }]
+checks = [{ from = "b", to = "10.99.0.1" }]
+"#;
+        let s: Spec = toml::from_str(text).unwrap();
+        assert_eq!(s.hosts.len(), 2);
+        assert_eq!(s.vpn.unwrap().clients[0].host, "b");
+        assert!(toml::from_str::<Spec>("name = \"x\"\nhosts = []\nbogus = 1\n").is_err());
     }
 }

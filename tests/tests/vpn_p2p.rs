@@ -2,7 +2,6 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
 use suidao_lab::suidao::ping;
 use suidao_tests::vpn::*;
 
@@ -28,7 +27,35 @@ fn ping_both_ways(underlay_v6: bool) {
         "the client reports a handshake: {:?}",
         vpn.client.status().unwrap()
     );
-    let _ = Duration::ZERO;
+    // The `status` command, as a person or a script would run it.
+    let out = suidao_lab::suidao::command(s, suidao_lab::suidao::Role::Server)
+        .unwrap()
+        .args(["status", "--json", &vpn.server.ifname])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["interface"], vpn.server.ifname.as_str());
+    assert_eq!(v["peers"][0]["name"], "client");
+    assert!(v["peers"][0]["rx_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        v["drops"].get("replay").is_some(),
+        "drop counters by reason: {v}"
+    );
+    let text = suidao_lab::suidao::command(s, suidao_lab::suidao::Role::Server)
+        .unwrap()
+        .args(["status", &vpn.server.ifname])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("peer: ") && text.contains("(client)") && text.contains("latest handshake"),
+        "{text}"
+    );
 }
 
 #[test]
