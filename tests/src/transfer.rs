@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-use suidao_lab::{Netns, Process};
+use suidao_lab::Netns;
 
 /// A cheap deterministic byte stream (xorshift64*), so the sender need not hold the data.
 fn fill(state: &mut u64, buf: &mut [u8]) {
@@ -88,49 +88,4 @@ pub fn tcp(from_ns: &Netns, to_ns: &Netns, to: SocketAddr, bytes: u64) -> Result
     })
 }
 
-/// Runs an iperf3 server in `server_ns` bound to `addr` and a client against it from
-/// `client_ns` with `args`; returns the client's JSON report.
-pub fn iperf3(
-    server_ns: &Netns,
-    client_ns: &Netns,
-    addr: &str,
-    args: &[&str],
-) -> Result<serde_json::Value> {
-    let mut server = Process::new(
-        "iperf3 -s",
-        server_ns
-            .command("iperf3")?
-            .args(["-s", "-B", addr])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting iperf3 -s")?,
-    );
-    // Wait until it listens (its control connection is TCP port 5201).
-    let target = SocketAddr::new(addr.parse()?, 5201);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while client_ns
-        .run(|| TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err())?
-    {
-        if Instant::now() > deadline || !server.is_running() {
-            bail!("iperf3 server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = client_ns
-        .command("iperf3")?
-        .args(["-c", addr, "--json"])
-        .args(args)
-        .output()
-        .context("running iperf3 -c")?;
-    server.stop();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    if !out.status.success() {
-        bail!(
-            "iperf3 -c {addr} {} failed: {}",
-            args.join(" "),
-            report["error"]
-        );
-    }
-    Ok(report)
-}
+pub use suidao_lab::measure::iperf3;

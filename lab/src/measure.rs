@@ -1,0 +1,111 @@
+//! Measurements inside namespaces: ping round-trip times and iperf3 runs.
+
+use crate::{Netns, Process};
+use anyhow::{bail, Context, Result};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// `ping -c COUNT -i INTERVAL`: the average round trip in milliseconds, or None when a reply
+/// was missing.
+pub fn ping_rtt(ns: &Netns, target: &str, count: u32, interval: &str) -> Result<Option<f64>> {
+    let out = ns
+        .command("ping")?
+        .args(["-c", &count.to_string(), "-i", interval, "-W", "2", "-q", target])
+        .output()
+        .context("running ping")?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "rtt min/avg/max/mdev = 0.021/0.034/0.051/0.011 ms"
+    let avg = text
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse::<f64>().ok());
+    Ok(avg)
+}
+
+/// Runs an iperf3 server in `server_ns` on `addr` and a client from `client_ns` with `args`;
+/// the client's JSON report.
+pub fn iperf3(server_ns: &Netns, client_ns: &Netns, addr: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let mut server = Process::new(
+        "iperf3 -s",
+        server_ns
+            .command("iperf3")?
+            .args(["-s", "-B", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s")?,
+    );
+    // Wait until it listens on its control port.
+    let ip: IpAddr = addr.parse().with_context(|| format!("{addr:?} is not an address"))?;
+    let target = SocketAddr::new(ip, 5201);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client_ns.run(|| TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err())? {
+        if Instant::now() > deadline || !server.is_running() {
+            bail!("iperf3 server on {addr} did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = client_ns
+        .command("iperf3")?
+        .args(["-c", addr, "--json"])
+        .args(args)
+        .output()
+        .context("running iperf3 -c")?;
+    server.stop();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !out.status.success() {
+        bail!("iperf3 -c {addr} {} failed: {}", args.join(" "), report["error"]);
+    }
+    Ok(report)
+}
+
+/// Received TCP throughput of an iperf3 report, in bits per second.
+pub fn tcp_bps(report: &serde_json::Value) -> f64 {
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+}
+
+/// Delivered UDP packets per second of an iperf3 `-u` report (sent less lost).
+pub fn udp_pps(report: &serde_json::Value) -> f64 {
+    let sum = &report["end"]["sum"];
+    let packets = sum["packets"].as_f64().unwrap_or(0.0);
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let seconds = sum["seconds"].as_f64().unwrap_or(0.0);
+    if seconds > 0.0 {
+        (packets - lost).max(0.0) / seconds
+    } else {
+        0.0
+    }
+}
+
+/// The median of some numbers (NaN-free), or 0 for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(super::median(&[]), 0.0);
+    }
+}
