@@ -5,6 +5,10 @@
 //! removes it on drop, so a failing or panicking test leaves nothing behind; every name it
 //! creates starts with [`PREFIX`], so `suidao-lab down` can find leftovers of a killed run.
 
+pub mod bench;
+pub mod demo;
+pub mod down;
+pub mod interrupt;
 pub mod measure;
 pub mod netlink;
 pub mod netns;

@@ -11,7 +11,16 @@ use std::time::{Duration, Instant};
 pub fn ping_rtt(ns: &Netns, target: &str, count: u32, interval: &str) -> Result<Option<f64>> {
     let out = ns
         .command("ping")?
-        .args(["-c", &count.to_string(), "-i", interval, "-W", "2", "-q", target])
+        .args([
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "2",
+            "-q",
+            target,
+        ])
         .output()
         .context("running ping")?;
     if !out.status.success() {
@@ -30,7 +39,12 @@ pub fn ping_rtt(ns: &Netns, target: &str, count: u32, interval: &str) -> Result<
 
 /// Runs an iperf3 server in `server_ns` on `addr` and a client from `client_ns` with `args`;
 /// the client's JSON report.
-pub fn iperf3(server_ns: &Netns, client_ns: &Netns, addr: &str, args: &[&str]) -> Result<serde_json::Value> {
+pub fn iperf3(
+    server_ns: &Netns,
+    client_ns: &Netns,
+    addr: &str,
+    args: &[&str],
+) -> Result<serde_json::Value> {
     let mut server = Process::new(
         "iperf3 -s",
         server_ns
@@ -42,10 +56,14 @@ pub fn iperf3(server_ns: &Netns, client_ns: &Netns, addr: &str, args: &[&str]) -
             .context("starting iperf3 -s")?,
     );
     // Wait until it listens on its control port.
-    let ip: IpAddr = addr.parse().with_context(|| format!("{addr:?} is not an address"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .with_context(|| format!("{addr:?} is not an address"))?;
     let target = SocketAddr::new(ip, 5201);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while client_ns.run(|| TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err())? {
+    while client_ns
+        .run(|| TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err())?
+    {
         if Instant::now() > deadline || !server.is_running() {
             bail!("iperf3 server on {addr} did not start");
         }
@@ -60,7 +78,11 @@ pub fn iperf3(server_ns: &Netns, client_ns: &Netns, addr: &str, args: &[&str]) -
     server.stop();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     if !out.status.success() {
-        bail!("iperf3 -c {addr} {} failed: {}", args.join(" "), report["error"]);
+        bail!(
+            "iperf3 -c {addr} {} failed: {}",
+            args.join(" "),
+            report["error"]
+        );
     }
     Ok(report)
 }

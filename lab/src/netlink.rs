@@ -130,3 +130,16 @@ pub async fn add_gateway_route(
         )),
     }
 }
+
+/// `ip link set OLD name NEW` (the link must be down, as a new veth is).
+pub async fn rename(h: &Handle, old: &str, new: &str) -> Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    let i = index(h, old).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(i).name(new.to_string()).build())
+        .execute()
+        .await
+        .with_context(|| format!("renaming {old} to {new}"))
+}

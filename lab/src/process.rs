@@ -62,6 +62,11 @@ impl Process {
         self.stop_with(Signal::SIGTERM, Duration::from_secs(3))
     }
 
+    /// Lets the process run on after this guard drops (`--keep`).
+    pub fn detach(&mut self) {
+        self.child = None;
+    }
+
     /// Waits for the process to end by itself (up to `timeout`).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;

@@ -188,6 +188,7 @@ pub struct Node {
     pub config: PathBuf,
     pub log_path: PathBuf,
     pub process: Process,
+    detached: bool,
 }
 
 impl Node {
@@ -219,6 +220,7 @@ impl Node {
             config: config.to_path_buf(),
             log_path,
             process: Process::new(role.binary(), child),
+            detached: false,
         };
         node.wait_ready(Duration::from_secs(10))?;
         Ok(node)
@@ -260,6 +262,12 @@ impl Node {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Leave the process running when this guard drops (`--keep`).
+    pub fn detach(&mut self) {
+        self.process.detach();
+        self.detached = true;
+    }
+
     /// Drop counter `reason` from status.
     pub fn drops(&self, reason: &str) -> Result<u64> {
         let v = self.status()?;
@@ -285,6 +293,9 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         self.process.stop();
         // A server remembers its clients' endpoints across restarts; a test's does not need to.
         let _ = std::fs::remove_file(

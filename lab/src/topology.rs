@@ -392,6 +392,7 @@ pub struct Lab {
     pub stem: String,
     pub hosts: Vec<Host>,
     explain: bool,
+    links_made: usize,
 }
 
 fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
@@ -415,6 +416,7 @@ impl Lab {
             stem,
             hosts: Vec::new(),
             explain,
+            links_made: 0,
         };
         for h in &spec.hosts {
             let name = lab.ns_name(h);
@@ -478,7 +480,7 @@ impl Lab {
         for m in &spec.masquerade {
             let ns = lab.ns(&m.host)?;
             let rules = format!(
-                "table ip sdlab {{ chain post {{ type nat hook postrouting priority srcnat; oifname \"{}\" masquerade; }} }}",
+                "add table ip sdlab; add chain ip sdlab post {{ type nat hook postrouting priority srcnat; }}; add rule ip sdlab post oifname \"{}\" masquerade",
                 m.dev
             );
             lab.say(format!("ip netns exec {} nft '{rules}'", ns.name()));
@@ -499,6 +501,8 @@ impl Lab {
     }
 
     fn link(&mut self, l: &Link) -> Result<()> {
+        let n = self.links_made;
+        self.links_made += 1;
         let a_ns = self.ns(&l.a.host)?;
         let b_ns = self.ns(&l.b.host)?;
         self.say(format!(
@@ -515,14 +519,30 @@ impl Lab {
                 b_ns.name()
             ));
         }
+        // Made under temporary names, so that both ends may have the same final name (each
+        // lives in its own namespace), then renamed where they end up.
+        let (tmp_a, tmp_b) = (format!("sdtmp{n}a"), format!("sdtmp{n}b"));
         let (a_dev, b_dev) = (l.a.dev.clone(), l.b.dev.clone());
+        let same = a_ns.name() == b_ns.name();
+        if same && a_dev == b_dev {
+            bail!("both ends of a veth pair in {} are named {a_dev}", l.a.host);
+        }
+        let (ta, tb, ad) = (tmp_a.clone(), tmp_b.clone(), a_dev.clone());
+        let b_final = if same { Some(b_dev.clone()) } else { None };
         a_ns.netlink(|h| async move {
-            netlink::add_veth(&h, &a_dev, &b_dev).await?;
-            if a_ns.name() != b_ns.name() {
-                netlink::move_to(&h, &b_dev, b_ns).await?;
+            netlink::add_veth(&h, &ta, &tb).await?;
+            if !same {
+                netlink::move_to(&h, &tb, b_ns).await?;
+            }
+            netlink::rename(&h, &ta, &ad).await?;
+            if let Some(bf) = b_final {
+                netlink::rename(&h, &tb, &bf).await?;
             }
             Ok(())
         })?;
+        if !same {
+            b_ns.netlink(|h| async move { netlink::rename(&h, &tmp_b, &b_dev).await })?;
+        }
         for e in [&l.a, &l.b] {
             let ns = self.ns(&e.host)?;
             let mut addrs = Vec::new();
@@ -602,6 +622,15 @@ impl Lab {
         let ns = self.ns(host)?;
         let (a, al) = parse_cidr(add)?;
         let (r, rl) = parse_cidr(remove)?;
+        // Without promote_secondaries, removing the primary IPv4 address of a subnet removes
+        // the secondary ones with it, and the device would be left with no address at all.
+        self.say(format!(
+            "ip netns exec {} sysctl -w net.ipv4.conf.{dev}.promote_secondaries=1",
+            ns.name()
+        ));
+        let sysctl = format!("/proc/sys/net/ipv4/conf/{dev}/promote_secondaries");
+        ns.run(|| std::fs::write(&sysctl, "1"))?
+            .with_context(|| format!("writing {sysctl}"))?;
         self.say(format!("ip -n {} addr add {add} dev {dev}", ns.name()));
         self.say(format!("ip -n {} addr del {remove} dev {dev}", ns.name()));
         let dev = dev.to_string();

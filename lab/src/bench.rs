@@ -1,0 +1,273 @@
+//! `suidao-lab bench`: on the `p2p` topology, side by side in one run, the raw veth link,
+//! suidao, and wireguard-go (when installed): iperf3 TCP with 1 and 4 streams, UDP with 64-byte
+//! payloads at full rate (delivered packets per second), ping round trip. Several repetitions,
+//! interleaved so that the machine's noise spreads evenly; medians and ratios.
+
+use crate::interrupt;
+use crate::measure::{iperf3, median, ping_rtt, tcp_bps, udp_pps};
+use crate::require::have_tool;
+use crate::suidao::{Node, NodeSpec, PeerSpec, Role, TempDir};
+use crate::topology::P2p;
+use crate::wggo::{WgPeer, WireguardGo};
+use anyhow::{bail, Result};
+use serde_json::json;
+use suidao_common::keys::PrivateKey;
+
+pub struct Options {
+    pub reps: usize,
+    pub seconds: u32,
+    pub json: bool,
+}
+
+/// The figures of one target.
+#[derive(Default, Clone)]
+struct Figures {
+    tcp1: Vec<f64>,
+    tcp4: Vec<f64>,
+    udp64: Vec<f64>,
+    rtt: Vec<f64>,
+}
+
+struct Target {
+    name: &'static str,
+    /// The address iperf3 and ping aim at (on the server side).
+    addr: String,
+    figures: Figures,
+}
+
+fn measure(lab: &P2p, t: &mut Target, seconds: u32, progress: bool) -> Result<()> {
+    let secs = seconds.to_string();
+    let (s, c) = (&lab.server.ns, &lab.client.ns);
+    let run = |args: &[&str]| iperf3(s, c, &t.addr, args);
+    let tcp1 = tcp_bps(&run(&["-t", &secs])?);
+    interrupt::check()?;
+    let tcp4 = tcp_bps(&run(&["-t", &secs, "-P", "4"])?);
+    interrupt::check()?;
+    let udp = udp_pps(&run(&["-t", &secs, "-u", "-b", "0", "-l", "64"])?);
+    interrupt::check()?;
+    let rtt = ping_rtt(c, &t.addr, 50, "0.01")?.unwrap_or(f64::NAN);
+    if progress {
+        eprintln!(
+            "  {:<13} tcp1 {:>8.0} Mbit/s  tcp4 {:>8.0} Mbit/s  udp64 {:>9.0} pkt/s  rtt {:.3} ms",
+            t.name,
+            tcp1 / 1e6,
+            tcp4 / 1e6,
+            udp,
+            rtt
+        );
+    }
+    t.figures.tcp1.push(tcp1);
+    t.figures.tcp4.push(tcp4);
+    t.figures.udp64.push(udp);
+    t.figures.rtt.push(rtt);
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    for tool in ["iperf3", "ping"] {
+        if !have_tool(tool) {
+            bail!("bench needs `{tool}`");
+        }
+    }
+    let with_wggo = have_tool("wireguard-go") && have_tool("wg");
+    let lab = P2p::new()?;
+    let dir = TempDir::new()?;
+
+    // suidao on 10.99.0.0/24, port 51820.
+    let mut server = NodeSpec::new("sdl");
+    let mut client = NodeSpec::new("sdl");
+    server.listen_port = Some(51820);
+    server.addresses = vec!["10.99.0.1/24".into()];
+    client.addresses = vec!["10.99.0.2/24".into()];
+    server.peers.push(PeerSpec {
+        name: Some("client".into()),
+        public_key: Some(client.public_key()),
+        allowed_ips: vec!["10.99.0.2/32".into()],
+        ..Default::default()
+    });
+    client.peers.push(PeerSpec {
+        name: Some("server".into()),
+        public_key: Some(server.public_key()),
+        endpoint: Some(format!("{}:51820", lab.server.v4)),
+        allowed_ips: vec!["10.99.0.0/24".into()],
+        persistent_keepalive: Some(25),
+        ..Default::default()
+    });
+    let suidao_server = Node::start(
+        &lab.server.ns,
+        Role::Server,
+        &server.write(dir.path())?,
+        &server.ifname,
+    )?;
+    let suidao_client = Node::start(
+        &lab.client.ns,
+        Role::Client,
+        &client.write(dir.path())?,
+        &client.ifname,
+    )?;
+
+    // wireguard-go on 10.98.0.0/24, port 51830.
+    let mut wg = Vec::new();
+    if with_wggo {
+        let (ks, kc) = (PrivateKey::generate(), PrivateKey::generate());
+        wg.push(WireguardGo::start(
+            &lab.server.ns,
+            &ks.to_base64(),
+            51830,
+            &[("10.98.0.1".parse()?, 24)],
+            &[WgPeer {
+                public_key: kc.public_key().to_base64(),
+                allowed_ips: vec!["10.98.0.2/32".into()],
+                endpoint: None,
+                preshared_key: None,
+                persistent_keepalive: None,
+            }],
+        )?);
+        wg.push(WireguardGo::start(
+            &lab.client.ns,
+            &kc.to_base64(),
+            51831,
+            &[("10.98.0.2".parse()?, 24)],
+            &[WgPeer {
+                public_key: ks.public_key().to_base64(),
+                allowed_ips: vec!["10.98.0.0/24".into()],
+                endpoint: Some(std::net::SocketAddr::new(lab.server.v4, 51830)),
+                preshared_key: None,
+                persistent_keepalive: Some(25),
+            }],
+        )?);
+    }
+    // Both tunnels up before measuring.
+    for addr in ["10.99.0.1"]
+        .into_iter()
+        .chain(with_wggo.then_some("10.98.0.1"))
+    {
+        if !crate::suidao::ping_until(&lab.client.ns, addr, std::time::Duration::from_secs(10))? {
+            bail!("the tunnel to {addr} does not come up");
+        }
+    }
+
+    let mut targets = vec![
+        Target {
+            name: "raw veth",
+            addr: lab.server.v4.to_string(),
+            figures: Figures::default(),
+        },
+        Target {
+            name: "suidao",
+            addr: "10.99.0.1".into(),
+            figures: Figures::default(),
+        },
+    ];
+    if with_wggo {
+        targets.push(Target {
+            name: "wireguard-go",
+            addr: "10.98.0.1".into(),
+            figures: Figures::default(),
+        });
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    if !opts.json {
+        eprintln!(
+            "suidao-lab bench: p2p, {} repetition(s) of {} s per iperf3 run, {cores} cores",
+            opts.reps, opts.seconds
+        );
+    }
+    for rep in 1..=opts.reps {
+        if !opts.json {
+            eprintln!("repetition {rep}/{}", opts.reps);
+        }
+        for t in &mut targets {
+            interrupt::check()?;
+            measure(&lab, t, opts.seconds, !opts.json)?;
+        }
+    }
+
+    let med = |t: &Target| {
+        (
+            median(&t.figures.tcp1),
+            median(&t.figures.tcp4),
+            median(&t.figures.udp64),
+            median(&t.figures.rtt),
+        )
+    };
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let raw = med(&targets[0]);
+    let sd = med(&targets[1]);
+    let wgo = targets.get(2).map(med);
+    if opts.json {
+        let mut results = serde_json::Map::new();
+        for t in &targets {
+            let (a, b, c, d) = med(t);
+            results.insert(
+                t.name.into(),
+                json!({"tcp1_bps": a, "tcp4_bps": b, "udp64_pps": c, "rtt_ms": d,
+                       "runs": {"tcp1_bps": t.figures.tcp1, "tcp4_bps": t.figures.tcp4,
+                                "udp64_pps": t.figures.udp64, "rtt_ms": t.figures.rtt}}),
+            );
+        }
+        let mut ratios = json!({
+            "suidao/raw": {"tcp1": ratio(sd.0, raw.0), "tcp4": ratio(sd.1, raw.1), "udp64": ratio(sd.2, raw.2), "rtt": ratio(sd.3, raw.3)}
+        });
+        if let Some(w) = wgo {
+            ratios["suidao/wireguard-go"] = json!({"tcp1": ratio(sd.0, w.0), "tcp4": ratio(sd.1, w.1), "udp64": ratio(sd.2, w.2), "rtt": ratio(sd.3, w.3)});
+        }
+        println!(
+            "{}",
+            json!({"date": date, "cores": cores, "repetitions": opts.reps, "seconds": opts.seconds,
+                   "medians": results, "ratios": ratios})
+        );
+    } else {
+        println!(
+            "\nsuidao-lab bench, {date}, {cores} cores, medians of {} repetitions:\n",
+            opts.reps
+        );
+        println!("| target | TCP 1 stream | TCP 4 streams | UDP 64 B delivered | ping RTT |");
+        println!("|---|---|---|---|---|");
+        for t in &targets {
+            let (a, b, c, d) = med(t);
+            println!(
+                "| {} | {:.0} Mbit/s | {:.0} Mbit/s | {:.0} pkt/s | {:.3} ms |",
+                t.name,
+                a / 1e6,
+                b / 1e6,
+                c,
+                d
+            );
+        }
+        let fmt = |r: Option<f64>| r.map_or("-".into(), |v| format!("{v:.2}x"));
+        println!(
+            "| suidao / raw | {} | {} | {} | {} |",
+            fmt(ratio(sd.0, raw.0)),
+            fmt(ratio(sd.1, raw.1)),
+            fmt(ratio(sd.2, raw.2)),
+            fmt(ratio(sd.3, raw.3))
+        );
+        if let Some(w) = wgo {
+            println!(
+                "| suidao / wireguard-go | {} | {} | {} | {} |",
+                fmt(ratio(sd.0, w.0)),
+                fmt(ratio(sd.1, w.1)),
+                fmt(ratio(sd.2, w.2)),
+                fmt(ratio(sd.3, w.3))
+            );
+        } else {
+            println!("\n(wireguard-go is not installed: no comparison)");
+        }
+    }
+    drop(wg);
+    drop(suidao_client);
+    drop(suidao_server);
+    drop(dir);
+    drop(lab);
+    Ok(())
+}
