@@ -20,12 +20,15 @@ use crate::clock;
 use crate::config::{Config, InterfaceAddress};
 use crate::keys::PublicKey;
 use crate::netlink::{self, Added, NetlinkError, Teardown};
+use crate::proto::constants::TRANSPORT_HEADER_LEN;
 use crate::proto::messages::Message;
 use crate::proto::{ip, Device, Outgoing, PeerConfig, Received, Sent};
-use crate::tun::Tun;
+use crate::tun::{GROTable, Tun, IDEAL_BATCH_SIZE, MAX_READ};
 use crate::uapi::{self, ApiState};
 use crate::udp::Udp;
+use quinn_udp::RecvMeta;
 use std::collections::{HashMap, HashSet};
+use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -41,8 +44,6 @@ const HANDSHAKE_QUEUE: usize = 4096;
 const UNDER_LOAD_AT: usize = HANDSHAKE_QUEUE / 8;
 /// Under load stays on this long after the queue drains.
 const UNDER_LOAD_LINGER: Duration = Duration::from_secs(1);
-/// Room for the largest datagram plus header and padding.
-const BUF_LEN: usize = 65536 + 64;
 /// Where the server remembers its peers' endpoints across restarts.
 pub const STATE_DIR: &str = "/run/suidao";
 
@@ -414,74 +415,219 @@ fn serve_api(listener: UnixListener, api: Arc<ApiState>) {
     }
 }
 
+/// Datagrams received per recvmmsg call, each up to 64 KB (GRO).
+const RX_MESSAGES: usize = 16;
+const RX_SLOT: usize = 65536;
+/// Packets written to the TUN per call (and so per GRO coalescing pass).
+const TX_TUN_BATCH: usize = IDEAL_BATCH_SIZE;
+
+/// Outgoing: TUN → seal in place → UDP, a batch at a time. A super-packet read from the TUN is
+/// split into MTU-sized packets; runs of sealed datagrams of one size to one endpoint leave in
+/// one GSO system call.
 fn tun_to_udp(s: &Shared) {
-    let mut buf = vec![0u8; BUF_LEN];
+    let mtu = s.device.mtu();
+    // Each packet lands at offset 16 (room for the transport header), with room after it for
+    // padding and the tag.
+    let slot = TRANSPORT_HEADER_LEN + mtu.max(1500) + 64;
+    let mut scratch = vec![0u8; MAX_READ];
+    let mut bufs = vec![vec![0u8; slot]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut ready: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+    let mut gso = Vec::with_capacity(65536);
+    let max_segments = s.udp.max_gso_segments().clamp(1, 64);
     let mut out = Vec::new();
     while !s.stopping.load(Ordering::Relaxed) {
-        let n = match s.tun.recv(&mut buf[16..]) {
+        let n = match s
+            .tun
+            .recv_batch(&mut scratch, &mut bufs, &mut sizes, TRANSPORT_HEADER_LEN)
+        {
             Ok(n) => n,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::Interrupted {
-                    warn!("reading {}: {e}", s.tun.name());
-                    std::thread::sleep(Duration::from_millis(100));
+                    debug!("reading {}: {e}", s.tun.name());
                 }
                 continue;
             }
         };
-        if let Sent::Ready { to, len } = s.device.encapsulate(&mut buf, n, clock::now(), &mut out) {
-            if let Err(e) = s.udp.send_to(&buf[..len], to) {
-                debug!("sending to {to}: {e}");
+        let now = clock::now();
+        ready.clear();
+        for (i, buf) in bufs.iter_mut().enumerate().take(n) {
+            if let Sent::Ready { to, len } = s.device.encapsulate(buf, sizes[i], now, &mut out) {
+                ready.push((i, to, len));
             }
         }
+        send_runs(s, &bufs, &ready, &mut gso, max_segments);
         s.send_all(&mut out);
     }
 }
 
-fn udp_to_tun(s: &Shared) {
-    let mut buf = vec![0u8; BUF_LEN];
-    let mut out = Vec::new();
-    while !s.stopping.load(Ordering::Relaxed) {
-        let (n, from) = match s.udp.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e) => {
-                debug!("receiving: {e}");
+/// Sends sealed datagrams, grouping consecutive ones to the same endpoint with the same length
+/// (the last of a run may be shorter) into one GSO send.
+fn send_runs(
+    s: &Shared,
+    bufs: &[Vec<u8>],
+    ready: &[(usize, SocketAddr, usize)],
+    gso: &mut Vec<u8>,
+    max_segments: usize,
+) {
+    let flush = |gso: &mut Vec<u8>, to: SocketAddr, seg: usize, count: usize, first: usize| {
+        let r = if count == 1 {
+            s.udp.send(&bufs[first][..seg], to, None)
+        } else {
+            s.udp.send(gso, to, Some(seg))
+        };
+        if let Err(e) = r {
+            debug!("sending to {to}: {e}");
+        }
+        gso.clear();
+    };
+    let mut run: Option<(SocketAddr, usize, usize, usize)> = None; // (to, segment, count, first)
+    for &(i, to, len) in ready {
+        let packet = &bufs[i][..len];
+        if let Some((rto, seg, count, first)) = run {
+            let joins = rto == to && len <= seg && count < max_segments && gso.len() + len <= 65535;
+            if joins {
+                if count == 1 {
+                    gso.extend_from_slice(&bufs[first][..seg]);
+                }
+                gso.extend_from_slice(packet);
+                run = Some((rto, seg, count + 1, first));
+                if len < seg {
+                    flush(gso, rto, seg, count + 1, first);
+                    run = None;
+                }
                 continue;
             }
-        };
-        let datagram = &mut buf[..n];
-        // Well-formed handshake messages go to the handshake thread; transport data and
-        // malformed datagrams (dropped and counted at once) are handled here.
-        if matches!(
-            Message::parse(datagram),
-            Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
-        ) {
-            queue_handshake(s, from, datagram);
-            continue;
+            flush(gso, rto, seg, count, first);
         }
-        match s.device.receive(from, datagram, clock::now(), &mut out) {
-            Received::Packet { peer, range } => {
-                let len = range.len();
-                if s.hairpin && hairpin(s, peer, &buf[range.clone()]) {
-                    // The inner packet sits at buf[16..16 + len], exactly where encapsulate
-                    // wants it: seal it again, in place, for the peer it is addressed to.
-                    if let Sent::Ready { to, len } =
-                        s.device.encapsulate(&mut buf, len, clock::now(), &mut out)
-                    {
-                        if let Err(e) = s.udp.send_to(&buf[..len], to) {
-                            debug!("relaying to {to}: {e}");
-                        }
+        run = Some((to, len, 1, i));
+    }
+    if let Some((to, seg, count, first)) = run {
+        flush(gso, to, seg, count, first);
+    }
+}
+
+/// Incoming: UDP → open in place → TUN, a batch at a time. One receive may carry many
+/// datagrams (recvmmsg, and GRO runs of one size); the opened packets are written to the TUN
+/// together so that segments of one TCP flow are coalesced into one write.
+fn udp_to_tun(s: &Shared) {
+    let mut rx = vec![0u8; RX_MESSAGES * RX_SLOT];
+    let mut meta = [RecvMeta::default(); RX_MESSAGES];
+    let mut tun_bufs: Vec<Vec<u8>> = (0..TX_TUN_BATCH)
+        .map(|_| Vec::with_capacity(2048))
+        .collect();
+    let mut pending = 0usize;
+    let mut gro = GROTable::default();
+    let mut out = Vec::new();
+    let mut relay = vec![0u8; RX_SLOT + 64];
+    while !s.stopping.load(Ordering::Relaxed) {
+        let n = {
+            let mut chunks = rx.chunks_mut(RX_SLOT);
+            let mut iovs: [IoSliceMut<'_>; RX_MESSAGES] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            match s.udp.recv(&mut iovs, &mut meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = s.udp.wait_readable(Duration::from_millis(200)) {
+                        debug!("waiting for the socket: {e}");
                     }
-                } else if let Err(e) = s.tun.send(&buf[range]) {
-                    debug!("writing to {}: {e}", s.tun.name());
+                    continue;
+                }
+                Err(e) => {
+                    debug!("receiving: {e}");
+                    continue;
                 }
             }
-            Received::Dropped(reason) => {
-                debug!("dropped a datagram from {from}: {}", reason.name())
+        };
+        let now = clock::now();
+        for (k, m) in meta.iter().enumerate().take(n) {
+            let msg = &mut rx[k * RX_SLOT..k * RX_SLOT + m.len.min(RX_SLOT)];
+            let stride = if m.stride == 0 {
+                msg.len().max(1)
+            } else {
+                m.stride
+            };
+            for datagram in msg.chunks_mut(stride) {
+                receive_one(
+                    s,
+                    m.addr,
+                    datagram,
+                    now,
+                    &mut out,
+                    &mut relay,
+                    &mut tun_bufs,
+                    &mut pending,
+                );
+                if pending == TX_TUN_BATCH {
+                    write_tun(s, &mut gro, &mut tun_bufs, &mut pending);
+                }
             }
-            _ => {}
         }
+        write_tun(s, &mut gro, &mut tun_bufs, &mut pending);
         s.send_all(&mut out);
     }
+}
+
+/// One datagram: handshake messages to the handshake thread; transport data opened, then
+/// queued for the TUN (or relayed to another peer).
+#[allow(clippy::too_many_arguments)]
+fn receive_one(
+    s: &Shared,
+    from: SocketAddr,
+    datagram: &mut [u8],
+    now: crate::proto::Time,
+    out: &mut Vec<Outgoing>,
+    relay: &mut [u8],
+    tun_bufs: &mut [Vec<u8>],
+    pending: &mut usize,
+) {
+    // Well-formed handshake messages go to the handshake thread; transport data and
+    // malformed datagrams (dropped and counted at once) are handled here.
+    if matches!(
+        Message::parse(datagram),
+        Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
+    ) {
+        queue_handshake(s, from, datagram);
+        return;
+    }
+    match s.device.receive(from, datagram, now, out) {
+        Received::Packet { peer, range } => {
+            let packet = &datagram[range];
+            if s.hairpin && hairpin(s, peer, packet) {
+                // For another peer: seal it again (in a buffer of its own, with room for the
+                // header, padding and tag) and send it on.
+                let len = packet.len();
+                relay[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].copy_from_slice(packet);
+                if let Sent::Ready { to, len } = s.device.encapsulate(relay, len, now, out) {
+                    if let Err(e) = s.udp.send(&relay[..len], to, None) {
+                        debug!("relaying to {to}: {e}");
+                    }
+                }
+            } else {
+                let b = &mut tun_bufs[*pending];
+                b.clear();
+                // Room in front for the virtio header the TUN write needs.
+                b.resize(TRANSPORT_HEADER_LEN, 0);
+                b.extend_from_slice(packet);
+                *pending += 1;
+            }
+        }
+        Received::Dropped(reason) => debug!("dropped a datagram from {from}: {}", reason.name()),
+        _ => {}
+    }
+}
+
+fn write_tun(s: &Shared, gro: &mut GROTable, tun_bufs: &mut [Vec<u8>], pending: &mut usize) {
+    if *pending == 0 {
+        return;
+    }
+    if let Err(e) = s
+        .tun
+        .send_batch(gro, &mut tun_bufs[..*pending], TRANSPORT_HEADER_LEN)
+    {
+        debug!("writing to {}: {e}", s.tun.name());
+    }
+    *pending = 0;
 }
 
 /// Whether an opened packet is for another peer (relay it) rather than for this host.

@@ -1,44 +1,99 @@
-//! The TUN device (through `tun-rs`): layer-3 packets in and out, no packet-information header.
-//! Addresses, MTU and link state are set through netlink (see `netlink`), not here.
+//! The TUN device (through `tun-rs`), with offloads when the kernel has them: one read can
+//! return a 64 KB TCP (or UDP) super-packet that `tun-rs` splits into MTU-sized packets, and
+//! received packets of one flow are coalesced back (GRO) before they are written. Addresses, MTU
+//! and link state are set through netlink (see `netlink`), not here.
 
 use std::io;
+pub use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+/// Room to read one super-packet with its virtio header.
+pub const MAX_READ: usize = VIRTIO_NET_HDR_LEN + 65535;
 
 pub struct Tun {
     dev: tun_rs::SyncDevice,
     name: String,
+    offload: bool,
+}
+
+fn explain(name: &str, e: io::Error) -> io::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EBUSY) => " (an interface of that name is in use: is it up already?)",
+        Some(libc::EPERM) => " (creating a TUN interface needs CAP_NET_ADMIN)",
+        Some(libc::ENOENT) => " (/dev/net/tun is missing)",
+        _ => "",
+    };
+    io::Error::new(
+        e.kind(),
+        format!("creating TUN interface {name}: {e}{hint}"),
+    )
 }
 
 impl Tun {
-    /// Creates the TUN interface `name`.
+    /// Creates the TUN interface `name`, with offloads where the kernel supports them.
     pub fn create(name: &str) -> io::Result<Tun> {
-        let dev = tun_rs::DeviceBuilder::new()
+        match tun_rs::DeviceBuilder::new()
             .name(name)
+            .offload(true)
             .build_sync()
-            .map_err(|e| {
-                let hint = match e.raw_os_error() {
-                    Some(libc::EBUSY) => {
-                        " (an interface of that name is in use: is it up already?)"
-                    }
-                    Some(libc::EPERM) => " (creating a TUN interface needs CAP_NET_ADMIN)",
-                    Some(libc::ENOENT) => " (/dev/net/tun is missing)",
-                    _ => "",
-                };
-                io::Error::new(
-                    e.kind(),
-                    format!("creating TUN interface {name}: {e}{hint}"),
-                )
-            })?;
-        Ok(Tun {
-            dev,
-            name: name.to_string(),
-        })
+        {
+            Ok(dev) => Ok(Tun {
+                dev,
+                name: name.to_string(),
+                offload: true,
+            }),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                let dev = tun_rs::DeviceBuilder::new()
+                    .name(name)
+                    .build_sync()
+                    .map_err(|e| explain(name, e))?;
+                Ok(Tun {
+                    dev,
+                    name: name.to_string(),
+                    offload: false,
+                })
+            }
+            Err(e) => Err(explain(name, e)),
+        }
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// One IP packet (blocks until there is one).
+    /// Whether TCP segmentation offload is on (super-packets on read, coalescing on write).
+    pub fn offload(&self) -> bool {
+        self.offload && self.dev.tcp_gso()
+    }
+
+    /// Reads one packet or super-packet (blocking) and splits it into `bufs`, each packet at
+    /// `bufs[i][offset..offset + sizes[i]]`; returns how many.
+    pub fn recv_batch(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.dev.recv_multiple(scratch, bufs, sizes, offset)
+    }
+
+    /// Writes the packets `bufs[i][offset..]` (each buffer truncated to its packet), coalescing
+    /// segments of one flow where possible. `offset` leaves room for the virtio header.
+    pub fn send_batch(
+        &self,
+        gro: &mut GROTable,
+        bufs: &mut [Vec<u8>],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.dev.send_multiple(gro, bufs, offset)
+    }
+
+    /// One packet (blocking).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.dev.recv(buf)
     }

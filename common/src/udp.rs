@@ -1,21 +1,29 @@
 //! The UDP socket: one dual-stack socket (`[::]:port`, IPv4 as v4-mapped addresses) so that
 //! peers on IPv4 and IPv6 underlays share one port, as in WireGuard. Addresses handed to the
 //! protocol are always unmapped (plain IPv4 for IPv4 peers).
+//!
+//! Batched through `quinn-udp`: sends of runs of same-size datagrams to one endpoint go out as
+//! one UDP_SEGMENT (GSO) system call, receives use recvmmsg with UDP GRO, and both fall back
+//! by themselves on kernels without those features. The socket is non-blocking; a reader waits
+//! with `wait_readable`.
 
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-/// Socket buffers large enough for bursts at gigabit rates.
-const SOCKET_BUFFER: usize = 4 << 20;
+/// Socket buffers large enough for bursts at several gigabits per second.
+const SOCKET_BUFFER: usize = 8 << 20;
 
 pub struct Udp {
     sock: UdpSocket,
+    state: UdpSocketState,
     dual_stack: bool,
 }
 
-fn unmap(a: SocketAddr) -> SocketAddr {
+pub fn unmap(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
@@ -57,11 +65,15 @@ impl Udp {
                 (s, false)
             }
         };
+        let sock: UdpSocket = sock.into();
+        // Sets the socket non-blocking and turns on GRO and the ancillary data it reads.
+        let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
         // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&sock), SOCKET_BUFFER);
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&sock), SOCKET_BUFFER);
         Ok(Udp {
-            sock: sock.into(),
+            sock,
+            state,
             dual_stack,
         })
     }
@@ -70,22 +82,78 @@ impl Udp {
         Ok(self.sock.local_addr()?.port())
     }
 
-    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.sock.set_read_timeout(t)
+    /// How many datagrams one GSO send may carry (1 without GSO).
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
     }
 
-    pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        let to = match (to, self.dual_stack) {
+    /// How many datagrams one GRO receive may carry (1 without GRO).
+    pub fn gro_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+
+    fn wire_addr(&self, to: SocketAddr) -> SocketAddr {
+        match (to, self.dual_stack) {
             (SocketAddr::V4(v4), true) => {
                 SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
             }
             (a, _) => a,
-        };
-        self.sock.send_to(buf, to)
+        }
     }
 
-    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (n, from) = self.sock.recv_from(buf)?;
-        Ok((n, unmap(from)))
+    /// Sends `contents` to `to`: one datagram, or with `segment_size` a run of datagrams of that
+    /// size (the last may be shorter) in one system call.
+    pub fn send(
+        &self,
+        contents: &[u8],
+        to: SocketAddr,
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        let t = Transmit {
+            destination: self.wire_addr(to),
+            ecn: None,
+            contents,
+            segment_size: segment_size.filter(|s| *s < contents.len()),
+            src_ip: None,
+        };
+        self.state.try_send(UdpSockRef::from(&self.sock), &t)
+    }
+
+    pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.send(buf, to, None).map(|()| buf.len())
+    }
+
+    /// Receives what is waiting, without blocking: up to `bufs.len()` messages, each possibly
+    /// several datagrams of `meta.stride` bytes (GRO). Addresses in `meta` are unmapped.
+    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        let n = self.state.recv(UdpSockRef::from(&self.sock), bufs, meta)?;
+        for m in &mut meta[..n] {
+            m.addr = unmap(m.addr);
+        }
+        Ok(n)
+    }
+
+    /// Waits until a datagram can be read, or `timeout` passes (false).
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut fd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fd` is a valid pollfd for the duration of the call and nfds is 1.
+        let r = unsafe { libc::poll(&mut fd, 1, ms) };
+        match r {
+            r if r > 0 => Ok(true),
+            0 => Ok(false),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 }

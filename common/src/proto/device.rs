@@ -282,6 +282,10 @@ impl Device {
         self.mtu.store(mtu, Ordering::Relaxed);
     }
 
+    pub fn mtu(&self) -> usize {
+        self.mtu.load(Ordering::Relaxed)
+    }
+
     /// The engine says whether its handshake queue is backed up. Under load, handshake
     /// messages need a valid mac2 (else they get a cookie reply) and are rate-limited per source.
     pub fn set_under_load(&self, under_load: bool) {
