@@ -312,6 +312,12 @@ pub fn up(config: Config) -> Result<(), EngineError> {
             device.public_key(),
             device.peer_ids().len()
         );
+        info!(
+            "offloads: TUN segmentation {}, UDP GSO {} segments, UDP GRO {} segments",
+            if shared.tun.offload() { "on" } else { "off" },
+            shared.udp.max_gso_segments(),
+            shared.udp.gro_segments()
+        );
         let result = control_loop(&shared, &ifname).await;
 
         shared.stopping.store(true, Ordering::Relaxed);
@@ -513,8 +519,11 @@ fn send_runs(
 fn udp_to_tun(s: &Shared) {
     let mut rx = vec![0u8; RX_MESSAGES * RX_SLOT];
     let mut meta = [RecvMeta::default(); RX_MESSAGES];
+    // GRO coalesces a flow's segments into the first one's buffer, and only within that
+    // buffer's capacity: each gets room for a whole 64 KB super-packet (the pages are touched
+    // only as far as they are used).
     let mut tun_bufs: Vec<Vec<u8>> = (0..TX_TUN_BATCH)
-        .map(|_| Vec::with_capacity(2048))
+        .map(|_| Vec::with_capacity(2 * TRANSPORT_HEADER_LEN + 65535))
         .collect();
     let mut pending = 0usize;
     let mut gro = GROTable::default();
