@@ -228,6 +228,7 @@ pub fn up(config: Config) -> Result<(), EngineError> {
     let udp = Udp::bind(config.interface.listen_port)?;
     let listen_port = udp.local_port()?;
     let tun = Tun::create(&ifname)?;
+    tun.set_nonblocking()?;
 
     let device = Arc::new(Device::new(config.interface.private_key.clone()));
     device.set_mtu(config.interface.mtu as usize);
@@ -436,28 +437,43 @@ fn tun_to_udp(s: &Shared) {
     // padding and the tag.
     let slot = TRANSPORT_HEADER_LEN + mtu.max(1500) + 64;
     let mut scratch = vec![0u8; MAX_READ];
-    let mut bufs = vec![vec![0u8; slot]; IDEAL_BATCH_SIZE];
-    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
-    let mut ready: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(IDEAL_BATCH_SIZE);
+    // Room for two batches: reading goes on while a whole super-packet's split still fits.
+    let mut bufs = vec![vec![0u8; slot]; 2 * IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; 2 * IDEAL_BATCH_SIZE];
+    let mut ready: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(2 * IDEAL_BATCH_SIZE);
     let mut gso = Vec::with_capacity(65536);
     let max_segments = s.udp.max_gso_segments().clamp(1, 64);
     let mut out = Vec::new();
     while !s.stopping.load(Ordering::Relaxed) {
-        let n = match s
-            .tun
-            .recv_batch(&mut scratch, &mut bufs, &mut sizes, TRANSPORT_HEADER_LEN)
-        {
-            Ok(n) => n,
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    debug!("reading {}: {e}", s.tun.name());
+        // Read until the TUN has nothing more (or the batch is full), then seal and send it all:
+        // many small packets leave in few system calls too.
+        let mut filled = 0;
+        while bufs.len() - filled >= IDEAL_BATCH_SIZE {
+            match s.tun.recv_batch(
+                &mut scratch,
+                &mut bufs[filled..],
+                &mut sizes[filled..],
+                TRANSPORT_HEADER_LEN,
+            ) {
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        debug!("reading {}: {e}", s.tun.name());
+                    }
+                    break;
                 }
-                continue;
             }
-        };
+        }
+        if filled == 0 {
+            if let Err(e) = s.tun.wait_readable(Duration::from_millis(200)) {
+                debug!("waiting for {}: {e}", s.tun.name());
+            }
+            continue;
+        }
         let now = clock::now();
         ready.clear();
-        for (i, buf) in bufs.iter_mut().enumerate().take(n) {
+        for (i, buf) in bufs.iter_mut().enumerate().take(filled) {
             if let Sent::Ready { to, len } = s.device.encapsulate(buf, sizes[i], now, &mut out) {
                 ready.push((i, to, len));
             }

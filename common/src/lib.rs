@@ -17,6 +17,7 @@ pub mod config;
 pub mod engine;
 pub mod keys;
 pub mod netlink;
+pub mod poll;
 pub mod proto;
 pub mod status;
 pub mod tun;

@@ -65,6 +65,17 @@ impl Tun {
         &self.name
     }
 
+    /// Non-blocking reads, for reading in batches until EAGAIN.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        self.dev.set_nonblocking(true)
+    }
+
+    /// Waits until a packet can be read, or `timeout` passes (false).
+    pub fn wait_readable(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        crate::poll::wait_readable(self.dev.as_raw_fd(), timeout)
+    }
+
     /// Whether TCP segmentation offload is on (super-packets on read, coalescing on write).
     pub fn offload(&self) -> bool {
         self.offload && self.dev.tcp_gso()
@@ -91,11 +102,6 @@ impl Tun {
         offset: usize,
     ) -> io::Result<usize> {
         self.dev.send_multiple(gro, bufs, offset)
-    }
-
-    /// One packet (blocking).
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.dev.recv(buf)
     }
 
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {

@@ -135,25 +135,6 @@ impl Udp {
 
     /// Waits until a datagram can be read, or `timeout` passes (false).
     pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        let mut fd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `fd` is a valid pollfd for the duration of the call and nfds is 1.
-        let r = unsafe { libc::poll(&mut fd, 1, ms) };
-        match r {
-            r if r > 0 => Ok(true),
-            0 => Ok(false),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        crate::poll::wait_readable(self.sock.as_raw_fd(), timeout)
     }
 }
