@@ -80,7 +80,7 @@ fn sealing_and_opening_allocate_nothing_once_the_session_is_up() {
     b.receive(a_addr, &mut init, now, &mut out);
     let mut resp = out.pop().unwrap().bytes;
     a.receive(b_addr, &mut resp, now, &mut out);
-    let flushed: Vec<_> = out.drain(..).collect();
+    let flushed = std::mem::take(&mut out);
     for o in flushed {
         let mut d = o.bytes;
         b.receive(a_addr, &mut d, now, &mut out);
