@@ -76,6 +76,8 @@ struct Shared {
     stopping: AtomicBool,
     /// A thread died: go down.
     failed: Arc<AtomicBool>,
+    /// The outgoing path's buffers (see `TxState`).
+    tx: std::sync::Mutex<TxState>,
 }
 
 impl Shared {
@@ -272,6 +274,7 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         queued_handshakes: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         failed: Arc::new(AtomicBool::new(false)),
+        tx: std::sync::Mutex::new(TxState::new(config.interface.mtu as usize)),
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -428,59 +431,95 @@ const RX_SLOT: usize = 65536;
 /// Packets written to the TUN per call (and so per GRO coalescing pass).
 const TX_TUN_BATCH: usize = IDEAL_BATCH_SIZE;
 
+/// The outgoing path's buffers. Behind a mutex in `Shared` so that whichever thread reads the
+/// TUN holds it for the whole read-seal-send of a batch: packets leave in the order they were
+/// read, whichever thread does the work.
+struct TxState {
+    scratch: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    ready: Vec<(usize, SocketAddr, usize)>,
+    gso: Vec<u8>,
+    out: Vec<Outgoing>,
+}
+
+impl TxState {
+    fn new(mtu: usize) -> TxState {
+        // Each packet lands at offset 16 (room for the transport header), with room after it
+        // for padding and the tag. Room for two batches: reading goes on while a whole
+        // super-packet's split still fits.
+        let slot = TRANSPORT_HEADER_LEN + mtu.max(1500) + 64;
+        TxState {
+            scratch: vec![0u8; MAX_READ],
+            bufs: vec![vec![0u8; slot]; 2 * IDEAL_BATCH_SIZE],
+            sizes: vec![0usize; 2 * IDEAL_BATCH_SIZE],
+            ready: Vec::with_capacity(2 * IDEAL_BATCH_SIZE),
+            gso: Vec::with_capacity(65536),
+            out: Vec::new(),
+        }
+    }
+}
+
 /// Outgoing: TUN → seal in place → UDP, a batch at a time. A super-packet read from the TUN is
 /// split into MTU-sized packets; runs of sealed datagrams of one size to one endpoint leave in
 /// one GSO system call.
 fn tun_to_udp(s: &Shared) {
-    let mtu = s.device.mtu();
-    // Each packet lands at offset 16 (room for the transport header), with room after it for
-    // padding and the tag.
-    let slot = TRANSPORT_HEADER_LEN + mtu.max(1500) + 64;
-    let mut scratch = vec![0u8; MAX_READ];
-    // Room for two batches: reading goes on while a whole super-packet's split still fits.
-    let mut bufs = vec![vec![0u8; slot]; 2 * IDEAL_BATCH_SIZE];
-    let mut sizes = vec![0usize; 2 * IDEAL_BATCH_SIZE];
-    let mut ready: Vec<(usize, SocketAddr, usize)> = Vec::with_capacity(2 * IDEAL_BATCH_SIZE);
-    let mut gso = Vec::with_capacity(65536);
-    let max_segments = s.udp.max_gso_segments().clamp(1, 64);
-    let mut out = Vec::new();
     while !s.stopping.load(Ordering::Relaxed) {
-        // Read until the TUN has nothing more (or the batch is full), then seal and send it all:
-        // many small packets leave in few system calls too.
-        let mut filled = 0;
-        while bufs.len() - filled >= IDEAL_BATCH_SIZE {
-            match s.tun.recv_batch(
-                &mut scratch,
-                &mut bufs[filled..],
-                &mut sizes[filled..],
-                TRANSPORT_HEADER_LEN,
-            ) {
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        debug!("reading {}: {e}", s.tun.name());
-                    }
-                    break;
-                }
-            }
-        }
-        if filled == 0 {
+        let sent = match s.tx.lock() {
+            Ok(mut tx) => drain_tun(s, &mut tx),
+            Err(poisoned) => drain_tun(s, &mut poisoned.into_inner()),
+        };
+        if sent == 0 {
             if let Err(e) = s.tun.wait_readable(Duration::from_millis(200)) {
                 debug!("waiting for {}: {e}", s.tun.name());
             }
-            continue;
         }
-        let now = clock::now();
-        ready.clear();
-        for (i, buf) in bufs.iter_mut().enumerate().take(filled) {
-            if let Sent::Ready { to, len } = s.device.encapsulate(buf, sizes[i], now, &mut out) {
-                ready.push((i, to, len));
+    }
+}
+
+/// Reads the TUN until it has nothing more (or the batch is full), then seals and sends it all:
+/// many small packets leave in few system calls too. Returns how many packets were read.
+fn drain_tun(s: &Shared, tx: &mut TxState) -> usize {
+    let TxState {
+        scratch,
+        bufs,
+        sizes,
+        ready,
+        gso,
+        out,
+    } = tx;
+    let mut filled = 0;
+    while bufs.len() - filled >= IDEAL_BATCH_SIZE {
+        match s.tun.recv_batch(
+            scratch,
+            &mut bufs[filled..],
+            &mut sizes[filled..],
+            TRANSPORT_HEADER_LEN,
+        ) {
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    debug!("reading {}: {e}", s.tun.name());
+                }
+                break;
             }
         }
-        send_runs(s, &bufs, &ready, &mut gso, max_segments);
-        s.send_all(&mut out);
     }
+    if filled == 0 {
+        return 0;
+    }
+    let now = clock::now();
+    ready.clear();
+    for (i, buf) in bufs.iter_mut().enumerate().take(filled) {
+        if let Sent::Ready { to, len } = s.device.encapsulate(buf, sizes[i], now, out) {
+            ready.push((i, to, len));
+        }
+    }
+    let max_segments = s.udp.max_gso_segments().clamp(1, 64);
+    send_runs(s, bufs, ready, gso, max_segments);
+    s.send_all(out);
+    filled
 }
 
 /// Sends sealed datagrams, grouping consecutive ones to the same endpoint with the same length
@@ -588,8 +627,17 @@ fn udp_to_tun(s: &Shared) {
                 }
             }
         }
+        let wrote = pending > 0;
         write_tun(s, &mut gro, &mut tun_bufs, &mut pending);
         s.send_all(&mut out);
+        // Writing to the TUN often makes the kernel answer at once (a ping's reply, a TCP ack),
+        // and the answer is already waiting in the TUN: send it from here, saving the other
+        // thread's wake-up, unless that thread is already at it.
+        if wrote {
+            if let Ok(mut tx) = s.tx.try_lock() {
+                drain_tun(s, &mut tx);
+            }
+        }
     }
 }
 
