@@ -4,7 +4,7 @@
 //! interleaved so that the machine's noise spreads evenly; medians and ratios.
 
 use crate::interrupt;
-use crate::measure::{iperf3, median, ping_rtt, tcp_bps, udp_pps};
+use crate::measure::{cpu_seconds, iperf3, median, ping_rtt, tcp_bps, udp_pps};
 use crate::require::have_tool;
 use crate::suidao::{Node, NodeSpec, PeerSpec, Role, TempDir};
 use crate::topology::P2p;
@@ -23,6 +23,8 @@ pub struct Options {
 #[derive(Default, Clone)]
 struct Figures {
     tcp1: Vec<f64>,
+    /// CPU seconds both tunnel processes spent per gigabyte of the 1-stream TCP run.
+    cpu_per_gb: Vec<f64>,
     tcp4: Vec<f64>,
     udp64: Vec<f64>,
     rtt: Vec<f64>,
@@ -32,6 +34,8 @@ struct Target {
     name: &'static str,
     /// The address iperf3 and ping aim at (on the server side).
     addr: String,
+    /// The tunnel's processes (both ends), for CPU accounting; none for the raw link.
+    pids: Vec<u32>,
     figures: Figures,
 }
 
@@ -39,7 +43,18 @@ fn measure(lab: &P2p, t: &mut Target, seconds: u32, progress: bool) -> Result<()
     let secs = seconds.to_string();
     let (s, c) = (&lab.server.ns, &lab.client.ns);
     let run = |args: &[&str]| iperf3(s, c, &t.addr, args);
-    let tcp1 = tcp_bps(&run(&["-t", &secs])?);
+    let cpu_before = cpu_seconds(&t.pids);
+    let tcp1_report = run(&["-t", &secs])?;
+    let cpu = cpu_seconds(&t.pids) - cpu_before;
+    let tcp1 = tcp_bps(&tcp1_report);
+    let bytes = tcp1_report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let cpu_per_gb = if t.pids.is_empty() || bytes <= 0.0 {
+        f64::NAN
+    } else {
+        cpu / (bytes / 1e9)
+    };
     interrupt::check()?;
     let tcp4 = tcp_bps(&run(&["-t", &secs, "-P", "4"])?);
     interrupt::check()?;
@@ -48,15 +63,17 @@ fn measure(lab: &P2p, t: &mut Target, seconds: u32, progress: bool) -> Result<()
     let rtt = ping_rtt(c, &t.addr, 50, "0.01")?.unwrap_or(f64::NAN);
     if progress {
         eprintln!(
-            "  {:<13} tcp1 {:>8.0} Mbit/s  tcp4 {:>8.0} Mbit/s  udp64 {:>9.0} pkt/s  rtt {:.3} ms",
+            "  {:<13} tcp1 {:>8.0} Mbit/s  tcp4 {:>8.0} Mbit/s  udp64 {:>9.0} pkt/s  rtt {:.3} ms  cpu {:.2} s/GB",
             t.name,
             tcp1 / 1e6,
             tcp4 / 1e6,
             udp,
-            rtt
+            rtt,
+            cpu_per_gb
         );
     }
     t.figures.tcp1.push(tcp1);
+    t.figures.cpu_per_gb.push(cpu_per_gb);
     t.figures.tcp4.push(tcp4);
     t.figures.udp64.push(udp);
     t.figures.rtt.push(rtt);
@@ -155,11 +172,16 @@ pub fn run(opts: Options) -> Result<()> {
         Target {
             name: "raw veth",
             addr: lab.server.v4.to_string(),
+            pids: vec![],
             figures: Figures::default(),
         },
         Target {
             name: "suidao",
             addr: "10.99.0.1".into(),
+            pids: [suidao_server.process.pid(), suidao_client.process.pid()]
+                .into_iter()
+                .flatten()
+                .collect(),
             figures: Figures::default(),
         },
     ];
@@ -167,6 +189,7 @@ pub fn run(opts: Options) -> Result<()> {
         targets.push(Target {
             name: "wireguard-go",
             addr: "10.98.0.1".into(),
+            pids: wg.iter().filter_map(|w| w.pid()).collect(),
             figures: Figures::default(),
         });
     }
@@ -195,6 +218,7 @@ pub fn run(opts: Options) -> Result<()> {
             median(&t.figures.rtt),
         )
     };
+    let cpu = |t: &Target| median(&t.figures.cpu_per_gb);
     let date = std::process::Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d")
@@ -211,8 +235,10 @@ pub fn run(opts: Options) -> Result<()> {
             results.insert(
                 t.name.into(),
                 json!({"tcp1_bps": a, "tcp4_bps": b, "udp64_pps": c, "rtt_ms": d,
+                       "cpu_seconds_per_gb": if t.pids.is_empty() { None } else { Some(cpu(t)) },
                        "runs": {"tcp1_bps": t.figures.tcp1, "tcp4_bps": t.figures.tcp4,
-                                "udp64_pps": t.figures.udp64, "rtt_ms": t.figures.rtt}}),
+                                "udp64_pps": t.figures.udp64, "rtt_ms": t.figures.rtt,
+                                "cpu_seconds_per_gb": t.figures.cpu_per_gb}}),
             );
         }
         let mut ratios = json!({
@@ -231,12 +257,17 @@ pub fn run(opts: Options) -> Result<()> {
             "\nsuidao-lab bench, {date}, {cores} cores, medians of {} repetitions:\n",
             opts.reps
         );
-        println!("| target | TCP 1 stream | TCP 4 streams | UDP 64 B delivered | ping RTT |");
-        println!("|---|---|---|---|---|");
+        println!("| target | TCP 1 stream | TCP 4 streams | UDP 64 B delivered | ping RTT | CPU per GB (TCP 1 stream, both ends) |");
+        println!("|---|---|---|---|---|---|");
         for t in &targets {
             let (a, b, c, d) = med(t);
+            let per_gb = if t.pids.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.2} s", cpu(t))
+            };
             println!(
-                "| {} | {:.0} Mbit/s | {:.0} Mbit/s | {:.0} pkt/s | {:.3} ms |",
+                "| {} | {:.0} Mbit/s | {:.0} Mbit/s | {:.0} pkt/s | {:.3} ms | {per_gb} |",
                 t.name,
                 a / 1e6,
                 b / 1e6,
@@ -246,7 +277,7 @@ pub fn run(opts: Options) -> Result<()> {
         }
         let fmt = |r: Option<f64>| r.map_or("-".into(), |v| format!("{v:.2}x"));
         println!(
-            "| suidao / raw | {} | {} | {} | {} |",
+            "| suidao / raw | {} | {} | {} | {} | |",
             fmt(ratio(sd.0, raw.0)),
             fmt(ratio(sd.1, raw.1)),
             fmt(ratio(sd.2, raw.2)),
@@ -254,11 +285,15 @@ pub fn run(opts: Options) -> Result<()> {
         );
         if let Some(w) = wgo {
             println!(
-                "| suidao / wireguard-go | {} | {} | {} | {} |",
+                "| suidao / wireguard-go | {} | {} | {} | {} | {} |",
                 fmt(ratio(sd.0, w.0)),
                 fmt(ratio(sd.1, w.1)),
                 fmt(ratio(sd.2, w.2)),
-                fmt(ratio(sd.3, w.3))
+                fmt(ratio(sd.3, w.3)),
+                fmt(ratio(
+                    cpu(&targets[1]),
+                    targets.get(2).map_or(f64::NAN, cpu)
+                ))
             );
         } else {
             println!("\n(wireguard-go is not installed: no comparison)");

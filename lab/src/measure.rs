@@ -107,6 +107,23 @@ pub fn udp_pps(report: &serde_json::Value) -> f64 {
     }
 }
 
+/// CPU time (user + system, all threads) that processes have used so far, in seconds.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which is in parentheses and may hold spaces):
+            // utime and stime are the 12th and 13th of them.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks_per_second
+}
+
 /// The median of some numbers (NaN-free), or 0 for none.
 pub fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();

@@ -149,6 +149,11 @@ impl WireguardGo {
         self.wg(&ns, &["show".into(), self.ifname.clone(), "dump".into()])
     }
 
+    /// The wireguard-go process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// What wireguard-go logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("wireguard-go.log")).unwrap_or_default()
