@@ -1,6 +1,6 @@
 //! suidao-client: parses the command line and hands the work to `suidao_common`.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use std::process::ExitCode;
 use suidao_common::cli::{self, Common};
 
@@ -17,5 +17,5 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    cli::run("suidao-client", Cli::parse().command)
+    cli::run("suidao-client", Cli::parse().command, Cli::command)
 }

@@ -33,6 +33,32 @@ pub enum Common {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the config of a running interface and apply the difference: peers added,
+    /// removed or changed take effect, the sessions of unchanged peers go on (as SIGHUP does).
+    Reload {
+        /// Interface name.
+        name: Option<String>,
+        /// Take the interface name from this configuration file.
+        #[arg(short, long, value_name = "FILE", conflicts_with = "name")]
+        config: Option<PathBuf>,
+    },
+    /// Turn a wg-quick .conf into a suidao TOML config (printed, or written with -o).
+    Import {
+        /// The wg-quick file (its name, less .conf, becomes the interface name).
+        file: PathBuf,
+        /// Write the TOML here (mode 600: it holds the private key).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print a suidao config as a wg-quick .conf (it holds the private key).
+    Export {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Read a private key on standard input and print its public key, like `wg pubkey`.
@@ -49,13 +75,100 @@ pub fn init_logging() {
         .try_init();
 }
 
-fn fail(program: &str, msg: impl std::fmt::Display) -> ExitCode {
+pub fn fail(program: &str, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("{program}: {msg}");
     ExitCode::FAILURE
 }
 
-pub fn run(program: &str, cmd: Common) -> ExitCode {
+/// The interface a command is about: by name, from a config, or the only one up.
+fn interface_name(name: Option<String>, config: Option<PathBuf>) -> Result<String, String> {
+    match (name, config) {
+        (Some(n), _) => Ok(n),
+        (None, Some(path)) => Config::load(&path)
+            .map(|c| c.interface.name)
+            .map_err(|e| e.to_string()),
+        (None, None) => {
+            let mut all = status::interfaces();
+            match all.len() {
+                1 => Ok(all.remove(0)),
+                0 => Err("no interface is up".into()),
+                _ => Err(format!(
+                    "several interfaces are up ({}): name one",
+                    all.join(", ")
+                )),
+            }
+        }
+    }
+}
+
+/// Runs a shared command. `command` builds the binary's whole clap command (for completions
+/// and the man page).
+pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCode {
     match cmd {
+        Common::Reload { name, config } => {
+            let ifname = match interface_name(name, config) {
+                Ok(n) => n,
+                Err(e) => return fail(program, e),
+            };
+            match crate::uapi::request(&ifname, "suidao_reload=1") {
+                Ok(pairs) => {
+                    let msg = pairs
+                        .iter()
+                        .find(|(k, _)| k == "message")
+                        .map(|(_, m)| m.as_str());
+                    println!("{ifname}: {}", msg.unwrap_or("reloaded"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(program, e),
+            }
+        }
+        Common::Import { file, output } => {
+            let name = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("wg0")
+                .to_string();
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => return fail(program, format!("{}: {e}", file.display())),
+            };
+            let toml = match crate::wgquick::import(&text, &name) {
+                Ok(t) => t,
+                Err(e) => return fail(program, format!("{}: {e}", file.display())),
+            };
+            match output {
+                None => {
+                    print!("{toml}");
+                    ExitCode::SUCCESS
+                }
+                Some(out) => match crate::provision::write_atomic(&out, &toml, 0o600) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(program, e),
+                },
+            }
+        }
+        Common::Export { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", crate::wgquick::export(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(program, e),
+        },
+        Common::Completions { shell } => {
+            let mut cmd = command();
+            clap_complete::generate(shell, &mut cmd, program, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Common::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(command()).render(&mut out) {
+                Ok(()) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), &out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(program, e),
+            }
+        }
         Common::Genkey => {
             println!("{}", *keys::genkey_text());
             ExitCode::SUCCESS
@@ -87,12 +200,11 @@ pub fn run(program: &str, cmd: Common) -> ExitCode {
         }
         Common::Status { name, config, json } => {
             let names = match (name, config) {
-                (Some(n), _) => vec![n],
-                (None, Some(path)) => match Config::load(&path) {
-                    Ok(c) => vec![c.interface.name],
+                (None, None) => status::interfaces(),
+                (n, c) => match interface_name(n, c) {
+                    Ok(n) => vec![n],
                     Err(e) => return fail(program, e),
                 },
-                (None, None) => status::interfaces(),
             };
             if names.is_empty() {
                 return fail(program, "no interface is up");

@@ -38,6 +38,36 @@ struct RawInterface {
     address: Vec<Spanned<String>>,
     mtu: Option<Spanned<u32>>,
     hairpin: Option<bool>,
+    /// host:port the server's clients should use (for `add-client`).
+    public_endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    pre_up: Commands,
+    #[serde(default)]
+    post_up: Commands,
+    #[serde(default)]
+    pre_down: Commands,
+    #[serde(default)]
+    post_down: Commands,
+}
+
+/// A hook: one shell command, or a list of them.
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(untagged)]
+enum Commands {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Commands {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Commands::None => vec![],
+            Commands::One(c) => vec![c],
+            Commands::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -94,6 +124,19 @@ pub struct Interface {
     pub mtu: u32,
     /// Relay packets between peers inside the process (server).
     pub hairpin: bool,
+    /// host:port clients should use to reach this server (for `add-client`).
+    pub public_endpoint: Option<String>,
+    /// Shell commands run around `up` and its teardown (`%i` is the interface name), as in
+    /// wg-quick.
+    pub hooks: Hooks,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub pre_up: Vec<String>,
+    pub post_up: Vec<String>,
+    pub pre_down: Vec<String>,
+    pub post_down: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +399,13 @@ impl Config {
             addresses,
             mtu,
             hairpin: ri.hairpin.unwrap_or(true),
+            public_endpoint: ri.public_endpoint.map(|e| e.into_inner()),
+            hooks: Hooks {
+                pre_up: ri.pre_up.into_vec(),
+                post_up: ri.post_up.into_vec(),
+                pre_down: ri.pre_down.into_vec(),
+                post_down: ri.post_down.into_vec(),
+            },
         };
 
         let own_public = interface.private_key.public_key();

@@ -16,7 +16,6 @@
 //! On SIGINT/SIGTERM the routes and addresses `up` added are removed in reverse order, the API
 //! socket file is removed, and the process exits (the TUN interface goes with it).
 
-use crate::clock;
 use crate::config::{Config, InterfaceAddress};
 use crate::keys::PublicKey;
 use crate::netlink::{self, Added, NetlinkError, Teardown};
@@ -26,6 +25,7 @@ use crate::proto::{ip, Device, Outgoing, PeerConfig, Received, Sent};
 use crate::tun::{GROTable, Tun, IDEAL_BATCH_SIZE, MAX_READ};
 use crate::uapi::{self, ApiState};
 use crate::udp::Udp;
+use crate::{clock, hooks, notify};
 use quinn_udp::RecvMeta;
 use std::collections::{HashMap, HashSet};
 use std::io::IoSliceMut;
@@ -70,7 +70,7 @@ struct Shared {
     own_addrs: Vec<IpAddr>,
     names: Arc<RwLock<HashMap<PublicKey, String>>>,
     /// Peers whose endpoint the config gives (not remembered across restarts).
-    configured_endpoints: HashSet<PublicKey>,
+    configured_endpoints: RwLock<HashSet<PublicKey>>,
     handshakes: SyncSender<(SocketAddr, Vec<u8>)>,
     queued_handshakes: AtomicUsize,
     stopping: AtomicBool,
@@ -226,6 +226,8 @@ pub fn up(config: Config) -> Result<(), EngineError> {
     let ifname = config.interface.name.clone();
     let sock_path = uapi::socket_path(&ifname);
     claim_socket_path(&sock_path, &ifname)?;
+    let hooks = config.interface.hooks.clone();
+    hooks::run("pre_up", &hooks.pre_up, &ifname).map_err(setup)?;
 
     let udp = Udp::bind(config.interface.listen_port)?;
     let listen_port = udp.local_port()?;
@@ -264,12 +266,7 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         hairpin: config.interface.hairpin,
         own_addrs: config.interface.addresses.iter().map(|a| a.addr).collect(),
         names: names.clone(),
-        configured_endpoints: config
-            .peers
-            .iter()
-            .filter(|p| p.endpoint.is_some())
-            .map(|p| p.public_key)
-            .collect(),
+        configured_endpoints: RwLock::new(configured_endpoints(&config)),
         handshakes: hs_tx,
         queued_handshakes: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
@@ -296,11 +293,13 @@ pub fn up(config: Config) -> Result<(), EngineError> {
             unsafe_umask(old);
             l.map_err(|e| setup(format!("creating {}: {e}", sock_path.display())))?
         };
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
         let api = Arc::new(ApiState {
             ifname: ifname.clone(),
             device: device.clone(),
             listen_port,
-            names: RwLock::new(names.read().map(|n| n.clone()).unwrap_or_default()),
+            names: names.clone(),
+            reload: Some(reload_tx),
         });
         let failed = &shared.failed;
         spawn("uapi", failed, move || serve_api(listener, api))?;
@@ -322,20 +321,225 @@ pub fn up(config: Config) -> Result<(), EngineError> {
             shared.udp.max_gso_segments(),
             shared.udp.gro_segments()
         );
-        let result = control_loop(&shared, &ifname).await;
+        let mut live = Live {
+            h: &h,
+            td: &mut td,
+            config,
+            listen_port,
+        };
+        let result = match hooks::run("post_up", &hooks.post_up, &ifname) {
+            Ok(()) => {
+                notify::notify(&format!("READY=1\nSTATUS={ifname} is up"));
+                control_loop(&shared, &ifname, &mut live, &mut reload_rx).await
+            }
+            Err(e) => Err(setup(e)),
+        };
 
+        notify::notify("STOPPING=1");
         shared.stopping.store(true, Ordering::Relaxed);
         info!("{ifname} going down");
+        if let Err(e) = hooks::run("pre_down", &hooks.pre_down, &ifname) {
+            warn!("{e}");
+        }
         let _ = save_endpoints(
             &ifname,
-            &endpoints_text(&device, &shared.configured_endpoints),
+            &endpoints_text(&device, &read_lock(&shared.configured_endpoints)),
         );
         for e in td.undo(&h).await {
             warn!("teardown: {e}");
         }
         let _ = std::fs::remove_file(&sock_path);
+        if let Err(e) = hooks::run("post_down", &hooks.post_down, &ifname) {
+            warn!("{e}");
+        }
         result
     })
+}
+
+/// What a reload needs: the netlink connection, what `up` added, and the config in force.
+struct Live<'a> {
+    h: &'a rtnetlink::Handle,
+    td: &'a mut Teardown,
+    config: Config,
+    listen_port: u16,
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn configured_endpoints(config: &Config) -> HashSet<PublicKey> {
+    config
+        .peers
+        .iter()
+        .filter(|p| p.endpoint.is_some())
+        .map(|p| p.public_key)
+        .collect()
+}
+
+/// Adds the routes of `prefixes` (all but /0) and remembers them for teardown.
+async fn add_routes(
+    live: &mut Live<'_>,
+    prefixes: &[crate::allowed_ips::Cidr],
+) -> Result<(), String> {
+    let dev = live.config.interface.name.clone();
+    for c in prefixes.iter().filter(|c| c.prefix_len() > 0) {
+        if netlink::add_route(live.h, c.addr(), c.prefix_len(), &dev)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            live.td.push(Added::Route {
+                dev: dev.clone(),
+                dst: c.addr(),
+                len: c.prefix_len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes the routes of `prefixes` that `up` (or a reload) added.
+async fn remove_routes(
+    live: &mut Live<'_>,
+    prefixes: &[crate::allowed_ips::Cidr],
+) -> Result<(), String> {
+    let dev = live.config.interface.name.clone();
+    for c in prefixes.iter().filter(|c| c.prefix_len() > 0) {
+        let a = Added::Route {
+            dev: dev.clone(),
+            dst: c.addr(),
+            len: c.prefix_len(),
+        };
+        if live.td.forget(&a) {
+            netlink::del_route(live.h, c.addr(), c.prefix_len(), &dev)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// SIGHUP / `reload`: re-reads the config and applies the difference. Peers added, removed or
+/// changed take effect; unchanged peers are not touched, so their sessions go on.
+async fn reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<String, String> {
+    notify::notify("RELOADING=1");
+    let result = apply_reload(shared, live).await;
+    match &result {
+        Ok(m) => info!("reload: {m}"),
+        Err(e) => warn!("reload refused: {e}"),
+    }
+    notify::notify("READY=1");
+    result
+}
+
+async fn apply_reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<String, String> {
+    let new = Config::load(&live.config.path).map_err(|e| e.to_string())?;
+    let (old_i, new_i) = (&live.config.interface, &new.interface);
+    if new_i.name != old_i.name {
+        return Err("the interface name cannot change on reload (restart instead)".into());
+    }
+    if new_i.private_key.public_key() != old_i.private_key.public_key() {
+        return Err("the private key cannot change on reload (restart instead)".into());
+    }
+    if new_i.listen_port.is_some_and(|p| p != live.listen_port) {
+        return Err("the listen port cannot change on reload (restart instead)".into());
+    }
+    if new_i.addresses != old_i.addresses
+        || new_i.mtu != old_i.mtu
+        || new_i.hairpin != old_i.hairpin
+    {
+        warn!("reload: changes to address, mtu or hairpin take effect at the next restart");
+    }
+    let d = &shared.device;
+    let old_peers: HashMap<PublicKey, crate::config::Peer> = live
+        .config
+        .peers
+        .iter()
+        .map(|p| (p.public_key, p.clone()))
+        .collect();
+    let (mut added, mut removed, mut changed) = (0, 0, 0);
+    for (key, p) in &old_peers {
+        if !new.peers.iter().any(|n| n.public_key == *key) {
+            let _ = d.remove_peer(key);
+            remove_routes(live, &p.allowed_ips).await?;
+            removed += 1;
+        }
+    }
+    for p in &new.peers {
+        match old_peers.get(&p.public_key) {
+            None => {
+                let mut pc = PeerConfig::new(p.public_key);
+                pc.preshared_key = p.preshared_key.clone();
+                pc.endpoint = p.endpoint;
+                pc.persistent_keepalive = p.persistent_keepalive;
+                pc.allowed_ips = p.allowed_ips.clone();
+                d.add_peer(pc).map_err(|e| e.to_string())?;
+                add_routes(live, &p.allowed_ips).await?;
+                added += 1;
+            }
+            Some(o) => {
+                let id = d.peer_id(&p.public_key).ok_or("peer vanished")?;
+                let mut touched = false;
+                if o.preshared_key != p.preshared_key {
+                    d.set_preshared_key(id, p.preshared_key.clone())
+                        .map_err(|e| e.to_string())?;
+                    touched = true;
+                }
+                if o.endpoint_text != p.endpoint_text && p.endpoint.is_some() {
+                    d.set_endpoint(id, p.endpoint, false)
+                        .map_err(|e| e.to_string())?;
+                    touched = true;
+                }
+                if o.persistent_keepalive != p.persistent_keepalive {
+                    d.set_persistent_keepalive(id, p.persistent_keepalive)
+                        .map_err(|e| e.to_string())?;
+                    touched = true;
+                }
+                if o.allowed_ips != p.allowed_ips {
+                    d.clear_allowed_ips(id).map_err(|e| e.to_string())?;
+                    for c in &p.allowed_ips {
+                        d.add_allowed_ip(id, *c).map_err(|e| e.to_string())?;
+                    }
+                    let gone: Vec<_> = o
+                        .allowed_ips
+                        .iter()
+                        .filter(|c| !p.allowed_ips.contains(c))
+                        .copied()
+                        .collect();
+                    let new_ones: Vec<_> = p
+                        .allowed_ips
+                        .iter()
+                        .filter(|c| !o.allowed_ips.contains(c))
+                        .copied()
+                        .collect();
+                    remove_routes(live, &gone).await?;
+                    add_routes(live, &new_ones).await?;
+                    touched = true;
+                }
+                if touched || o.name != p.name {
+                    changed += 1;
+                }
+            }
+        }
+    }
+    {
+        let mut names = write_lock(&shared.names);
+        names.clear();
+        for p in &new.peers {
+            if let Some(n) = &p.name {
+                names.insert(p.public_key, n.clone());
+            }
+        }
+    }
+    *write_lock(&shared.configured_endpoints) = configured_endpoints(&new);
+    live.config = new;
+    Ok(format!(
+        "{added} peer(s) added, {removed} removed, {changed} changed"
+    ))
 }
 
 /// umask(2) around the socket bind, so that the socket file is never group/world accessible
@@ -367,10 +571,18 @@ fn spawn(
 }
 
 /// Timers, endpoint memory and signals, until SIGINT or SIGTERM.
-async fn control_loop(shared: &Arc<Shared>, ifname: &str) -> Result<(), EngineError> {
+async fn control_loop(
+    shared: &Arc<Shared>,
+    ifname: &str,
+    live: &mut Live<'_>,
+    reloads: &mut tokio::sync::mpsc::UnboundedReceiver<
+        std::sync::mpsc::SyncSender<Result<String, String>>,
+    >,
+) -> Result<(), EngineError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut out = Vec::new();
     let mut saved = String::new();
     let mut last_save = Instant::now();
@@ -382,7 +594,7 @@ async fn control_loop(shared: &Arc<Shared>, ifname: &str) -> Result<(), EngineEr
         shared.send_all(&mut out);
         if last_save.elapsed() >= Duration::from_secs(2) {
             last_save = Instant::now();
-            let text = endpoints_text(&shared.device, &shared.configured_endpoints);
+            let text = endpoints_text(&shared.device, &read_lock(&shared.configured_endpoints));
             if text != saved {
                 match save_endpoints(ifname, &text) {
                     Ok(()) => saved = text,
@@ -402,6 +614,13 @@ async fn control_loop(shared: &Arc<Shared>, ifname: &str) -> Result<(), EngineEr
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake.max(now))) => {}
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
+            _ = sighup.recv() => {
+                let _ = reload(shared, live).await;
+            }
+            Some(reply) = reloads.recv() => {
+                let r = reload(shared, live).await;
+                let _ = reply.send(r);
+            }
         }
     }
 }

@@ -191,6 +191,17 @@ impl Teardown {
         &self.added
     }
 
+    /// Stops tracking `a` (it is being removed now); false if it was not tracked.
+    pub fn forget(&mut self, a: &Added) -> bool {
+        match self.added.iter().position(|x| x == a) {
+            Some(i) => {
+                self.added.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes everything in reverse order; keeps going past errors and returns them.
     pub async fn undo(&mut self, h: &Handle) -> Vec<NetlinkError> {
         let mut errors = Vec::new();

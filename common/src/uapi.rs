@@ -34,8 +34,13 @@ pub struct ApiState {
     pub ifname: String,
     pub device: Arc<Device>,
     pub listen_port: u16,
-    /// Configured peer names, by public key.
-    pub names: RwLock<HashMap<PublicKey, String>>,
+    /// Configured peer names, by public key (shared with the engine, which updates them on
+    /// reload).
+    pub names: Arc<RwLock<HashMap<PublicKey, String>>>,
+    /// Where `suidao_reload=1` requests go: the engine answers each on the channel it sends.
+    pub reload: Option<
+        tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::SyncSender<Result<String, String>>>,
+    >,
 }
 
 fn parse_bool(v: &str) -> Result<bool, i32> {
@@ -53,6 +58,7 @@ impl ApiState {
         match lines.next() {
             Some("get=1") => self.get(true),
             Some("suidao_status=1") => self.get(false),
+            Some("suidao_reload=1") => self.reload(),
             Some("set=1") => {
                 let errno = match self.set(lines) {
                     Ok(()) => 0,
@@ -61,6 +67,22 @@ impl ApiState {
                 format!("errno={errno}\n\n")
             }
             _ => format!("errno={EINVAL}\n\n"),
+        }
+    }
+
+    /// Asks the engine to re-read the config; the answer is `message=...` and an errno.
+    fn reload(&self) -> String {
+        let Some(tx) = &self.reload else {
+            return format!("message=reload is not available here\nerrno={EOPNOTSUPP}\n\n");
+        };
+        let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+        if tx.send(reply_tx).is_err() {
+            return format!("message=the interface is going down\nerrno={EINVAL}\n\n");
+        }
+        match reply_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(m)) => format!("message={m}\nerrno=0\n\n"),
+            Ok(Err(m)) => format!("message={m}\nerrno={EINVAL}\n\n"),
+            Err(_) => format!("message=no answer from the engine\nerrno={EINVAL}\n\n"),
         }
     }
 
@@ -276,7 +298,14 @@ pub fn request(ifname: &str, op: &str) -> io::Result<Vec<(String, String)>> {
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some((k, v)) = line.split_once('=') {
             if k == "errno" && v != "0" {
-                return Err(io::Error::other(format!("{ifname} answered errno {v}")));
+                let message = pairs
+                    .iter()
+                    .find(|(k, _)| k == "message")
+                    .map(|(_, m): &(String, String)| format!(": {m}"))
+                    .unwrap_or_default();
+                return Err(io::Error::other(format!(
+                    "{ifname} answered errno {v}{message}"
+                )));
             }
             pairs.push((k.to_string(), v.to_string()));
         }
@@ -296,7 +325,8 @@ mod tests {
                 ifname: "sdtest".into(),
                 device,
                 listen_port: 51820,
-                names: RwLock::new(HashMap::new()),
+                names: Arc::new(RwLock::new(HashMap::new())),
+                reload: None,
             },
             key,
         )
