@@ -256,6 +256,37 @@ mod tests {
         )
     }
 
+    /// Two more files: an IPv4-only client and an IPv6-only server.
+    fn samples() -> Vec<String> {
+        let k = || PrivateKey::generate().to_base64().to_string();
+        let p = || PrivateKey::generate().public_key().to_string();
+        vec![
+            sample(),
+            format!(
+                "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.2/24\n\n[Peer]\nPublicKey = {}\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 0.0.0.0/0\nPersistentKeepalive = 25\n",
+                k(),
+                p()
+            ),
+            format!(
+                "[Interface]\nPrivateKey = {}\nAddress = fd10::1/64\nListenPort = 443\nPreUp = true\nPostDown = echo bye\n\n[Peer]\nPublicKey = {}\nAllowedIPs = fd10::2/128\n\n[Peer]\nPublicKey = {}\nAllowedIPs = fd10::3/128, fd10:3::/48\n",
+                k(),
+                p(),
+                p()
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_sample_round_trips() {
+        for conf in samples() {
+            let toml = import(&conf, "wg1").unwrap();
+            let c = Config::parse(Path::new("wg1.toml"), &toml).unwrap();
+            let back = export(&c);
+            let again = import(&back, "wg1").unwrap();
+            assert_eq!(toml, again, "import(export(import(x))) == import(x)");
+        }
+    }
+
     #[test]
     fn import_then_export_round_trips() {
         let conf = sample();
