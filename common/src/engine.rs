@@ -168,24 +168,82 @@ fn save_endpoints(ifname: &str, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, &path)
 }
 
-/// Routes `up` adds: one per allowed-IPs prefix of every peer. A default route (full tunnel)
-/// needs policy routing so the tunnel's own packets do not loop into it; that is not done yet,
-/// so such prefixes get no route (and a warning).
-pub fn planned_routes(
-    config: &Config,
-) -> (Vec<crate::allowed_ips::Cidr>, Vec<crate::allowed_ips::Cidr>) {
-    let mut routes = Vec::new();
-    let mut skipped = Vec::new();
-    for p in &config.peers {
-        for c in &p.allowed_ips {
-            if c.prefix_len() == 0 {
-                skipped.push(*c);
-            } else {
-                routes.push(*c);
-            }
+/// Routes `up` adds: one per allowed-IPs prefix of every peer, except the default routes
+/// (`0.0.0.0/0`, `::/0`), which make a full tunnel instead (see `full_tunnel`).
+pub fn planned_routes(config: &Config) -> Vec<crate::allowed_ips::Cidr> {
+    config
+        .peers
+        .iter()
+        .flat_map(|p| p.allowed_ips.iter())
+        .filter(|c| c.prefix_len() > 0)
+        .copied()
+        .collect()
+}
+
+/// Which families are tunnelled in full (some peer's allowed IPs hold the default route):
+/// (IPv4, IPv6).
+pub fn full_tunnel(config: &Config) -> (bool, bool) {
+    let all = config.peers.iter().flat_map(|p| p.allowed_ips.iter());
+    let (mut v4, mut v6) = (false, false);
+    for c in all.filter(|c| c.prefix_len() == 0) {
+        if c.is_ipv4() {
+            v4 = true;
+        } else {
+            v6 = true;
         }
     }
-    (routes, skipped)
+    (v4, v6)
+}
+
+/// A full tunnel, as wg-quick makes it: the default route goes into a table of its own,
+/// which everything but suidao's own (marked) UDP packets looks up, while the main table still
+/// wins for everything but its default route.
+async fn configure_full_tunnel(
+    h: &rtnetlink::Handle,
+    config: &Config,
+    td: &mut Teardown,
+) -> Result<(), EngineError> {
+    let name = &config.interface.name;
+    let (v4, v6) = full_tunnel(config);
+    for (on, v6, dst) in [
+        (v4, false, IpAddr::from([0u8; 4])),
+        (v6, true, IpAddr::from([0u8; 16])),
+    ] {
+        if !on {
+            continue;
+        }
+        if netlink::add_table_route(h, dst, 0, name, netlink::FULL_TUNNEL_TABLE).await? {
+            td.push(Added::TableRoute {
+                dev: name.clone(),
+                dst,
+                len: 0,
+                table: netlink::FULL_TUNNEL_TABLE,
+            });
+        }
+        for rule in [
+            netlink::FullTunnelRule::NotMarked,
+            netlink::FullTunnelRule::MainWithoutDefault,
+        ] {
+            if netlink::add_rule(h, v6, rule).await? {
+                td.push(Added::Rule { v6, rule });
+            }
+        }
+        if !v6 {
+            // Reverse-path filtering must take the mark into account (wg-quick does the same).
+            let path = "/proc/sys/net/ipv4/conf/all/src_valid_mark".to_string();
+            if let Ok(old) = std::fs::read_to_string(&path) {
+                if old.trim() != "1" && std::fs::write(&path, "1").is_ok() {
+                    td.push(Added::Sysctl { path, old });
+                }
+            }
+        }
+        info!(
+            "full tunnel for {}: default route in table {}",
+            if v6 { "IPv6" } else { "IPv4" },
+            netlink::FULL_TUNNEL_TABLE
+        );
+    }
+    Ok(())
 }
 
 async fn configure(
@@ -205,11 +263,7 @@ async fn configure(
         }
     }
     netlink::set_up(h, name).await?;
-    let (routes, skipped) = planned_routes(config);
-    for c in skipped {
-        warn!("no route added for {c}: full-tunnel routing is not supported yet");
-    }
-    for c in routes {
+    for c in planned_routes(config) {
         if netlink::add_route(h, c.addr(), c.prefix_len(), name).await? {
             td.push(Added::Route {
                 dev: name.clone(),
@@ -218,7 +272,7 @@ async fn configure(
             });
         }
     }
-    Ok(())
+    configure_full_tunnel(h, config, td).await
 }
 
 /// `up`: runs the interface until SIGINT or SIGTERM, then removes what it added.
@@ -231,6 +285,10 @@ pub fn up(config: Config) -> Result<(), EngineError> {
 
     let udp = Udp::bind(config.interface.listen_port)?;
     let listen_port = udp.local_port()?;
+    if full_tunnel(&config) != (false, false) {
+        udp.set_mark(netlink::FULL_TUNNEL_TABLE)
+            .map_err(|e| setup(format!("marking the UDP socket for the full tunnel: {e}")))?;
+    }
     let tun = Tun::create(&ifname)?;
     tun.set_nonblocking()?;
 
@@ -1001,14 +1059,18 @@ pub fn describe(config: &Config) -> String {
     for a in &i.addresses {
         s.push_str(&format!("  address      {a}\n"));
     }
-    let (routes, skipped) = planned_routes(config);
-    for r in routes {
+    for r in planned_routes(config) {
         s.push_str(&format!("  route        {r} dev {}\n", i.name));
     }
-    for r in skipped {
-        s.push_str(&format!(
-            "  no route     {r} (full tunnel is not supported yet)\n"
-        ));
+    let (v4, v6) = full_tunnel(config);
+    for (on, family) in [(v4, "IPv4"), (v6, "IPv6")] {
+        if on {
+            s.push_str(&format!(
+                "  full tunnel  {family}: default route dev {} in table {t}, rules `not fwmark {t}` and `main suppress_prefixlength 0`\n",
+                i.name,
+                t = netlink::FULL_TUNNEL_TABLE
+            ));
+        }
     }
     s.push_str(&format!(
         "  hairpin      {}\n",

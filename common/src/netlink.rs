@@ -169,11 +169,138 @@ pub async fn del_route(h: &Handle, dst: IpAddr, len: u8, dev: &str) -> Result<()
     }
 }
 
+/// The routing table (and socket mark) of a full tunnel, as wg-quick uses by default.
+pub const FULL_TUNNEL_TABLE: u32 = 51820;
+const MAIN_TABLE: u32 = 254;
+
+/// The two policy rules of a full tunnel, per address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullTunnelRule {
+    /// `ip rule add not fwmark MARK table TABLE`: everything but the tunnel's own packets
+    /// looks up the tunnel's table.
+    NotMarked,
+    /// `ip rule add table main suppress_prefixlength 0`: the main table still wins, except its
+    /// default route.
+    MainWithoutDefault,
+}
+
+fn rule_message(
+    h: &Handle,
+    v6: bool,
+    rule: FullTunnelRule,
+) -> rtnetlink::packet_route::rule::RuleMessage {
+    use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags};
+    let req = h.rule().add();
+    let mut req = match (v6, rule) {
+        (false, FullTunnelRule::NotMarked) => req
+            .v4()
+            .fw_mark(FULL_TUNNEL_TABLE)
+            .table_id(FULL_TUNNEL_TABLE)
+            .action(RuleAction::ToTable)
+            .message_mut()
+            .clone(),
+        (true, FullTunnelRule::NotMarked) => req
+            .v6()
+            .fw_mark(FULL_TUNNEL_TABLE)
+            .table_id(FULL_TUNNEL_TABLE)
+            .action(RuleAction::ToTable)
+            .message_mut()
+            .clone(),
+        (false, FullTunnelRule::MainWithoutDefault) => req
+            .v4()
+            .table_id(MAIN_TABLE)
+            .action(RuleAction::ToTable)
+            .message_mut()
+            .clone(),
+        (true, FullTunnelRule::MainWithoutDefault) => req
+            .v6()
+            .table_id(MAIN_TABLE)
+            .action(RuleAction::ToTable)
+            .message_mut()
+            .clone(),
+    };
+    match rule {
+        FullTunnelRule::NotMarked => req.header.flags |= RuleFlags::Invert,
+        FullTunnelRule::MainWithoutDefault => {
+            req.attributes.push(RuleAttribute::SuppressPrefixLen(0))
+        }
+    }
+    req
+}
+
+/// Adds a full-tunnel rule; false when it was there already.
+pub async fn add_rule(h: &Handle, v6: bool, rule: FullTunnelRule) -> Result<bool, NetlinkError> {
+    let msg = rule_message(h, v6, rule);
+    let mut req = h.rule().add();
+    *req.message_mut() = msg;
+    match req.execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(fail(format!("adding policy rule {rule:?}"), e)),
+    }
+}
+
+/// Removes a full-tunnel rule (gone already is success).
+pub async fn del_rule(h: &Handle, v6: bool, rule: FullTunnelRule) -> Result<(), NetlinkError> {
+    match h.rule().del(rule_message(h, v6, rule)).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ESRCH)) => Ok(()),
+        Err(e) => Err(fail(format!("removing policy rule {rule:?}"), e)),
+    }
+}
+
+/// `ip route add DST/LEN dev NAME table TABLE`. Returns false when it was there already.
+pub async fn add_table_route(
+    h: &Handle,
+    dst: IpAddr,
+    len: u8,
+    dev: &str,
+    table: u32,
+) -> Result<bool, NetlinkError> {
+    let i = index(h, dev).await?;
+    let mut msg = route(dst, len, i)?;
+    msg.attributes
+        .push(rtnetlink::packet_route::route::RouteAttribute::Table(table));
+    match h.route().add(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(fail(
+            format!("adding a route to {dst}/{len} in table {table}"),
+            e,
+        )),
+    }
+}
+
 /// One thing `up` added, to be undone on the way down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Added {
-    Address { dev: String, addr: IpAddr, len: u8 },
-    Route { dev: String, dst: IpAddr, len: u8 },
+    Address {
+        dev: String,
+        addr: IpAddr,
+        len: u8,
+    },
+    Route {
+        dev: String,
+        dst: IpAddr,
+        len: u8,
+    },
+    /// A full tunnel's default route in its own table (goes with the device; listed for
+    /// completeness).
+    TableRoute {
+        dev: String,
+        dst: IpAddr,
+        len: u8,
+        table: u32,
+    },
+    Rule {
+        v6: bool,
+        rule: FullTunnelRule,
+    },
+    /// A sysctl changed from `old`.
+    Sysctl {
+        path: String,
+        old: String,
+    },
 }
 
 /// What `up` added, in order; `undo` removes it in reverse.
@@ -209,6 +336,14 @@ impl Teardown {
             let r = match &a {
                 Added::Address { dev, addr, len } => del_addr(h, dev, *addr, *len).await,
                 Added::Route { dev, dst, len } => del_route(h, *dst, *len, dev).await,
+                Added::TableRoute { .. } => Ok(()),
+                Added::Rule { v6, rule } => del_rule(h, *v6, *rule).await,
+                Added::Sysctl { path, old } => {
+                    std::fs::write(path, old).map_err(|e| NetlinkError {
+                        what: format!("restoring {path}"),
+                        source: e,
+                    })
+                }
             };
             if let Err(e) = r {
                 errors.push(e);

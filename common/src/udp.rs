@@ -78,6 +78,12 @@ impl Udp {
         })
     }
 
+    /// Marks every packet the socket sends (SO_MARK), so that policy routing can tell the
+    /// tunnel's own packets from those to be tunnelled (full tunnel).
+    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
+        socket2::SockRef::from(&self.sock).set_mark(mark)
+    }
+
     pub fn local_port(&self) -> io::Result<u16> {
         Ok(self.sock.local_addr()?.port())
     }

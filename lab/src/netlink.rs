@@ -106,6 +106,15 @@ pub async fn snapshot(h: &Handle) -> Result<Vec<String>> {
             ));
         }
     }
+    for version in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+        let mut rules = h.rule().get(version).execute();
+        while let Some(r) = rules.try_next().await? {
+            lines.push(format!(
+                "rule {:?} {:?} {:?}",
+                r.header.family, r.header.flags, r.attributes
+            ));
+        }
+    }
     lines.sort();
     Ok(lines)
 }

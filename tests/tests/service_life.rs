@@ -160,10 +160,34 @@ fn add_client_and_reload_keep_others_undisturbed_then_remove_client() {
         "Alice's session survived the reload (no new handshake)"
     );
 
-    // remove-client + reload: Bob is cut off, Alice is not.
+    // remove-client + reload (by SIGHUP this time, as systemd's ExecReload sends): Bob is cut
+    // off, Alice is not.
     server_bin(&["remove-client", "bob"], &server_cfg);
-    let out = server_bin(&["reload"], &server_cfg);
-    assert!(out.contains("0 peer(s) added, 1 removed"), "{out}");
+    server_node
+        .process
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server_node.status().unwrap()["peers"]
+        .as_array()
+        .unwrap()
+        .len()
+        != 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not remove bob\n{}",
+            server_node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server_node
+            .log()
+            .contains("reload: 0 peer(s) added, 1 removed"),
+        "{}",
+        server_node.log()
+    );
     assert!(
         !ping(&lab.clients[1].ns, "10.99.0.1", 2).unwrap(),
         "Bob is gone"

@@ -1,0 +1,124 @@
+//! A full-tunnel client: its only way out is the tunnel. It reaches an "internet" namespace
+//! behind the server (which forwards and masquerades through its hooks), its own UDP to the
+//! server does not loop into the tunnel, and after exit its routes and rules are as before.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use suidao_lab::suidao::{ping, ping_until, Node, NodeSpec, PeerSpec, Role, TempDir};
+use suidao_lab::topology::{End, Lab, Link, Spec};
+use suidao_lab::Netns;
+
+fn end(host: &str, dev: &str, addr: &str) -> End {
+    End {
+        host: host.into(),
+        dev: dev.into(),
+        addresses: vec![addr.into()],
+        master: None,
+    }
+}
+
+fn snapshot(ns: &Netns) -> Vec<String> {
+    ns.netlink(|h| async move { suidao_lab::netlink::snapshot(&h).await })
+        .unwrap()
+}
+
+#[test]
+fn full_tunnel_client_reaches_the_internet_behind_the_server_and_cleans_up() {
+    if !suidao_lab::require("full tunnel", &["ping", "nft"]) {
+        return;
+    }
+    let spec = Spec {
+        name: "full-tunnel".into(),
+        hosts: vec!["client".into(), "server".into(), "internet".into()],
+        bridges: vec![],
+        links: vec![
+            Link {
+                a: end("server", "wan", "198.18.0.1/24"),
+                b: end("client", "eth0", "198.18.0.2/24"),
+            },
+            Link {
+                a: end("server", "out", "198.18.2.1/24"),
+                b: end("internet", "eth0", "198.18.2.2/24"),
+            },
+        ],
+        routes: vec![],
+        forwarding: vec![],
+        masquerade: vec![],
+        vpn: None,
+    };
+    let lab = Lab::build(spec, false).unwrap();
+    let (client_ns, server_ns) = (lab.ns("client").unwrap(), lab.ns("server").unwrap());
+    let dir = TempDir::new().unwrap();
+    assert!(
+        !ping(client_ns, "198.18.2.2", 1).unwrap(),
+        "no way out without the tunnel"
+    );
+
+    let mut server = NodeSpec::new("sds");
+    let mut client = NodeSpec::new("sdc");
+    server.listen_port = Some(51820);
+    server.addresses = vec!["10.99.0.1/24".into()];
+    // The server forwards and masquerades for its clients through hooks, as with wg-quick.
+    server.extra = "post_up = [\"sysctl -qw net.ipv4.ip_forward=1\", \"nft 'add table ip sdft; add chain ip sdft post { type nat hook postrouting priority srcnat; }; add rule ip sdft post oifname out masquerade'\"]\npre_down = \"nft delete table ip sdft\"\n".into();
+    server.peers.push(PeerSpec {
+        name: Some("client".into()),
+        public_key: Some(client.public_key()),
+        allowed_ips: vec!["10.99.0.2/32".into()],
+        ..Default::default()
+    });
+    client.addresses = vec!["10.99.0.2/24".into()];
+    client.peers.push(PeerSpec {
+        name: Some("server".into()),
+        public_key: Some(server.public_key()),
+        endpoint: Some("198.18.0.1:51820".into()),
+        allowed_ips: vec!["0.0.0.0/0".into()],
+        persistent_keepalive: Some(25),
+        ..Default::default()
+    });
+    let server_node = Node::start(
+        server_ns,
+        Role::Server,
+        &server.write(dir.path()).unwrap(),
+        &server.ifname,
+    )
+    .unwrap();
+    let before = snapshot(client_ns);
+    let mut client_node = Node::start(
+        client_ns,
+        Role::Client,
+        &client.write(dir.path()).unwrap(),
+        &client.ifname,
+    )
+    .unwrap();
+    assert!(
+        ping_until(client_ns, "198.18.2.2", std::time::Duration::from_secs(10)).unwrap(),
+        "the internet through the tunnel\n{}\n{}",
+        server_node.log(),
+        client_node.log()
+    );
+    let during = snapshot(client_ns);
+    assert!(
+        during
+            .iter()
+            .any(|l| l.starts_with("rule") && l.contains("Invert")),
+        "{during:#?}"
+    );
+    // The tunnel works because its own packets leave directly: a handshake, and traffic counted.
+    let status = client_node.status().unwrap();
+    assert!(status["peers"][0]["latest_handshake"].as_u64().unwrap() > 0);
+    assert!(status["peers"][0]["tx_bytes"].as_u64().unwrap() > 0);
+    // The server itself stays reachable (the main table wins for it).
+    assert!(ping(client_ns, "198.18.0.1", 1).unwrap());
+
+    let exit = client_node
+        .process
+        .stop_with(
+            nix::sys::signal::Signal::SIGTERM,
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(exit.success());
+    assert_eq!(snapshot(client_ns), before, "routes and rules as before");
+    assert!(!ping(client_ns, "198.18.2.2", 1).unwrap());
+    drop(server_node);
+}
