@@ -937,7 +937,7 @@ fn receive_one(
         Message::parse(datagram),
         Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
     ) {
-        queue_handshake(s, from, datagram);
+        queue_handshake(s, from, datagram, now, out);
         return;
     }
     match s.device.receive(from, datagram, now, out) {
@@ -991,7 +991,23 @@ fn hairpin(s: &Shared, from_peer: crate::proto::PeerId, packet: &[u8]) -> bool {
     matches!(s.device.route(dst), Some(to) if to != from_peer)
 }
 
-fn queue_handshake(s: &Shared, from: SocketAddr, datagram: &[u8]) {
+/// A handshake message: the cheap checks here (mac1; under load, mac2 with a cookie reply and
+/// the per-source rate limit), the costly rest in the handshake thread. Under a flood, then,
+/// the queue holds only messages that proved their source address, and a real client's retry
+/// is not lost behind the attacker's.
+fn queue_handshake(
+    s: &Shared,
+    from: SocketAddr,
+    datagram: &[u8],
+    now: crate::proto::Time,
+    out: &mut Vec<Outgoing>,
+) {
+    if let Some(verdict) = s.device.triage_handshake(from, datagram, now, out) {
+        if let Received::Dropped(reason) = verdict {
+            debug!("dropped a handshake message from {from}: {}", reason.name());
+        }
+        return;
+    }
     // Counted before it is sent, so the handshake thread never counts below zero.
     let queued = s.queued_handshakes.fetch_add(1, Ordering::Relaxed) + 1;
     match s.handshakes.try_send((from, datagram.to_vec())) {
@@ -1026,7 +1042,7 @@ fn handshakes(s: &Shared, rx: Receiver<(SocketAddr, Vec<u8>)>) {
         let kind = datagram.first().copied();
         match s
             .device
-            .receive(from, &mut datagram, clock::now(), &mut out)
+            .receive_checked(from, &mut datagram, clock::now(), &mut out)
         {
             Received::Handshake { peer } => match kind {
                 Some(1) => info!(

@@ -148,3 +148,34 @@ mod tests {
         assert_eq!(super::median(&[]), 0.0);
     }
 }
+
+/// Resident memory of a process, in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A counter of the namespace's UDP statistics (/proc/net/snmp: read through
+/// /proc/thread-self, since /proc/net follows the process, not the thread; e.g. "InDatagrams",
+/// "RcvbufErrors"), read from a thread inside the namespace.
+pub fn udp_counter(ns: &Netns, name: &str) -> Result<u64> {
+    let name = name.to_string();
+    ns.run(move || -> Result<u64> {
+        let text = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+        let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(head), Some(values)) = (lines.next(), lines.next()) else {
+            bail!("no Udp lines in /proc/net/snmp");
+        };
+        let i = head
+            .split_whitespace()
+            .position(|h| h == name)
+            .with_context(|| format!("no UDP counter {name}"))?;
+        Ok(values.split_whitespace().nth(i).unwrap_or("0").parse()?)
+    })?
+}

@@ -152,3 +152,20 @@ pub async fn rename(h: &Handle, old: &str, new: &str) -> Result<()> {
         .await
         .with_context(|| format!("renaming {old} to {new}"))
 }
+
+/// Packets a link has received and sent (`ip -s link show NAME`).
+pub async fn link_packets(h: &Handle, name: &str) -> Result<(u64, u64)> {
+    use futures_util::TryStreamExt;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    let link = links
+        .try_next()
+        .await?
+        .with_context(|| format!("no interface {name}"))?;
+    for a in &link.attributes {
+        if let LinkAttribute::Stats64(s) = a {
+            return Ok((s.rx_packets, s.tx_packets));
+        }
+    }
+    anyhow::bail!("no statistics for {name}")
+}

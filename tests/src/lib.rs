@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
+pub mod attack;
 pub mod core_peer;
 pub mod icmp;
 pub mod transfer;

@@ -690,6 +690,52 @@ impl Device {
         now: Time,
         out: &mut Vec<Outgoing>,
     ) -> Received {
+        self.receive_inner(src, datagram, now, out, false)
+    }
+
+    /// The cheap first look at a handshake message, for an engine that hands the costly part
+    /// (Diffie-Hellman) to another thread: mac1, and under load mac2 (answering with a cookie
+    /// reply) and the per-source rate limit. `None`: the message deserves the costly part, to be
+    /// done with `receive_checked`. `Some`: it was dealt with here (dropped, or a cookie reply
+    /// pushed to `out`). Messages other than initiations and responses pass through (`None`).
+    pub fn triage_handshake(
+        &self,
+        src: SocketAddr,
+        datagram: &[u8],
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Option<Received> {
+        match Message::parse(datagram) {
+            Ok(Message::Initiation(m)) => {
+                self.check_handshake_macs(src, m.bytes(), m.sender(), now, out)
+            }
+            Ok(Message::Response(m)) => {
+                self.check_handshake_macs(src, m.bytes(), m.sender(), now, out)
+            }
+            _ => None,
+        }
+    }
+
+    /// `receive` for a handshake message that already passed `triage_handshake` (its macs and
+    /// the rate limit are not checked, nor counted, twice).
+    pub fn receive_checked(
+        &self,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Received {
+        self.receive_inner(src, datagram, now, out, true)
+    }
+
+    fn receive_inner(
+        &self,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        now: Time,
+        out: &mut Vec<Outgoing>,
+        macs_checked: bool,
+    ) -> Received {
         let msg = match Message::parse(datagram) {
             Ok(m) => m,
             Err(
@@ -705,10 +751,12 @@ impl Device {
                 self.receive_transport(src, receiver, counter, datagram, now, out)
             }
             Message::Initiation(init) => {
-                if let Some(r) =
-                    self.check_handshake_macs(src, init.bytes(), init.sender(), now, out)
-                {
-                    return r;
+                if !macs_checked {
+                    if let Some(r) =
+                        self.check_handshake_macs(src, init.bytes(), init.sender(), now, out)
+                    {
+                        return r;
+                    }
                 }
                 let start = match begin_consume_initiation(&self.private, &init) {
                     Ok(s) => s,
@@ -728,10 +776,12 @@ impl Device {
                 self.consume_initiation(&peer, start, src, now, out)
             }
             Message::Response(resp) => {
-                if let Some(r) =
-                    self.check_handshake_macs(src, resp.bytes(), resp.sender(), now, out)
-                {
-                    return r;
+                if !macs_checked {
+                    if let Some(r) =
+                        self.check_handshake_macs(src, resp.bytes(), resp.sender(), now, out)
+                    {
+                        return r;
+                    }
                 }
                 let peer_id = match read(&self.indices).get(&resp.receiver()) {
                     Some(Slot::Handshake(id)) => *id,

@@ -697,3 +697,45 @@ fn own_key_and_duplicates_are_refused() {
     dev.add_peer(PeerConfig::new(other)).unwrap();
     assert!(dev.add_peer(PeerConfig::new(other)).is_err());
 }
+
+#[test]
+fn triage_answers_cookies_cheaply_and_passes_the_rest_once() {
+    let mut net = net();
+    net.b.set_under_load(true);
+    let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 8));
+    let mut out = Vec::new();
+    // No mac2 yet: dealt with by triage, a cookie reply.
+    let verdict = net
+        .b
+        .triage_handshake(net.a_addr, &wire[0], net.now, &mut out);
+    assert_eq!(verdict, Some(Received::Dropped(DropReason::CookieRequired)));
+    assert_eq!(
+        kinds(&out.iter().map(|o| o.bytes.clone()).collect::<Vec<_>>()),
+        vec![MESSAGE_COOKIE_REPLY]
+    );
+    let replies: Vec<Vec<u8>> = out.drain(..).map(|o| o.bytes).collect();
+    net.deliver(Side::A, replies);
+    // The retry carries mac2: triage lets it through, and the checked path completes it.
+    net.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    let mut retry = net.timers(Side::A).remove(0);
+    assert_eq!(
+        net.b
+            .triage_handshake(net.a_addr, &retry, net.now, &mut out),
+        None
+    );
+    assert!(out.is_empty());
+    let r = net
+        .b
+        .receive_checked(net.a_addr, &mut retry, net.now, &mut out);
+    assert!(matches!(r, Received::Handshake { .. }), "{r:?}");
+    assert_eq!(
+        kinds(&out.iter().map(|o| o.bytes.clone()).collect::<Vec<_>>()),
+        vec![MESSAGE_RESPONSE]
+    );
+    // Junk and transport data pass through triage untouched (None), for `receive` to judge.
+    assert_eq!(
+        net.b
+            .triage_handshake(net.a_addr, &[4, 0, 0, 0], net.now, &mut out),
+        None
+    );
+}
