@@ -139,16 +139,6 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(super::median(&[]), 0.0);
-    }
-}
-
 /// Resident memory of a process, in KiB (VmRSS).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -178,4 +168,14 @@ pub fn udp_counter(ns: &Netns, name: &str) -> Result<u64> {
             .with_context(|| format!("no UDP counter {name}"))?;
         Ok(values.split_whitespace().nth(i).unwrap_or("0").parse()?)
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(super::median(&[]), 0.0);
+    }
 }
