@@ -44,6 +44,9 @@ const HANDSHAKE_QUEUE: usize = 4096;
 const UNDER_LOAD_AT: usize = HANDSHAKE_QUEUE / 8;
 /// Under load stays on this long after the queue drains.
 const UNDER_LOAD_LINGER: Duration = Duration::from_secs(1);
+/// How often the endpoint memory is compared with the peers' endpoints (and written when
+/// different): often, so that a server killed right after a client connected still knows it.
+const ENDPOINT_SAVE_EVERY: Duration = Duration::from_millis(250);
 /// Where the server remembers its peers' endpoints across restarts.
 pub const STATE_DIR: &str = "/run/suidao";
 
@@ -650,7 +653,7 @@ async fn control_loop(
         }
         shared.device.update_timers(clock::now(), &mut out);
         shared.send_all(&mut out);
-        if last_save.elapsed() >= Duration::from_secs(2) {
+        if last_save.elapsed() >= ENDPOINT_SAVE_EVERY {
             last_save = Instant::now();
             let text = endpoints_text(&shared.device, &read_lock(&shared.configured_endpoints));
             if text != saved {

@@ -115,6 +115,9 @@ pub async fn snapshot(h: &Handle) -> Result<Vec<String>> {
             ));
         }
     }
+    // IPv6 link-local addresses and their routes come and go by themselves (after duplicate
+    // address detection), whatever suidao does: leave them out.
+    lines.retain(|l| !l.contains("fe80:"));
     lines.sort();
     Ok(lines)
 }
