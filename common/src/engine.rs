@@ -663,16 +663,16 @@ async fn control_loop(
                 }
             }
         }
-        // Wake for the next timer, but at least every 100 ms.
-        let now = Instant::now();
-        let wake = shared
+        // Wake for the next timer (deadlines are in protocol time: see `clock`), but at least
+        // every 100 ms.
+        let proto_now = clock::now().instant;
+        let until_due = shared
             .device
             .next_deadline()
-            .map_or(now + Duration::from_millis(100), |d| {
-                d.min(now + Duration::from_millis(100))
-            });
+            .map_or(Duration::MAX, |d| d.saturating_duration_since(proto_now));
+        let nap = clock::real(until_due).min(Duration::from_millis(100));
         tokio::select! {
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake.max(now))) => {}
+            _ = tokio::time::sleep(nap) => {}
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
             _ = sighup.recv() => {
