@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
 pub mod attack;
+pub mod badnet;
 pub mod core_peer;
 pub mod icmp;
 pub mod transfer;

@@ -1,0 +1,115 @@
+//! A bad network between client and server: 30% loss, 50 ms delay, reordering and duplication
+//! (a relay of the test's own: this kernel has no netem). A TCP transfer through the tunnel
+//! completes with a matching digest; after the link is cut for 60 s and restored, traffic
+//! resumes within 10 s without restarting anything.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+use suidao_lab::suidao::{ping_until, Node, NodeSpec, PeerSpec, Role, TempDir};
+use suidao_lab::topology::Hub;
+use suidao_tests::badnet::{Impairment, Relay};
+use suidao_tests::vpn::{hub_client_v4, PORT, SERVER_V4};
+
+#[test]
+fn lossy_reordering_network_then_a_60_s_cut() {
+    if !suidao_lab::require("bad network", &["ping"]) {
+        return;
+    }
+    // Hub: server, client1 (the suidao client), client2 (the relay in the middle).
+    let lab = Hub::new(2).unwrap();
+    let dir = TempDir::new().unwrap();
+    let relay_addr = SocketAddr::new(lab.clients[1].v4, 40000);
+    let server_addr = SocketAddr::new(lab.server.v4, PORT);
+    let front = lab.clients[1]
+        .ns
+        .run(move || UdpSocket::bind(relay_addr))
+        .unwrap()
+        .unwrap();
+    let back = lab.clients[1]
+        .ns
+        .run(|| UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    let relay = Relay::start(
+        front,
+        back,
+        server_addr,
+        Impairment {
+            loss: 0.30,
+            delay: Duration::from_millis(50),
+            jitter: Duration::from_millis(20),
+            duplicate: 0.05,
+        },
+    );
+
+    let mut server = NodeSpec::new("sds");
+    let mut client = NodeSpec::new("sdc");
+    server.listen_port = Some(PORT);
+    server.addresses = vec![format!("{SERVER_V4}/24")];
+    client.addresses = vec![format!("{}/24", hub_client_v4(1))];
+    server.peers.push(PeerSpec {
+        name: Some("client".into()),
+        public_key: Some(client.public_key()),
+        allowed_ips: vec![format!("{}/32", hub_client_v4(1))],
+        ..Default::default()
+    });
+    client.peers.push(PeerSpec {
+        name: Some("server".into()),
+        public_key: Some(server.public_key()),
+        endpoint: Some(relay_addr.to_string()),
+        allowed_ips: vec!["10.99.0.0/24".into()],
+        persistent_keepalive: Some(25),
+        ..Default::default()
+    });
+    let s = Node::start(
+        &lab.server.ns,
+        Role::Server,
+        &server.write(dir.path()).unwrap(),
+        &server.ifname,
+    )
+    .unwrap();
+    let c = Node::start(
+        &lab.clients[0].ns,
+        Role::Client,
+        &client.write(dir.path()).unwrap(),
+        &client.ifname,
+    )
+    .unwrap();
+    let client_ns = &lab.clients[0].ns;
+    assert!(
+        ping_until(client_ns, SERVER_V4, Duration::from_secs(30)).unwrap(),
+        "{}\n{}",
+        s.log(),
+        c.log()
+    );
+
+    let to: SocketAddr = format!("{SERVER_V4}:5001").parse().unwrap();
+    let t = suidao_tests::transfer::tcp(client_ns, &lab.server.ns, to, 1 << 20).unwrap();
+    assert_eq!(
+        t.sent, t.received,
+        "the digest matches across the bad network"
+    );
+    eprintln!(
+        "1 MiB across 30% loss, 50 ms delay, reordering, duplicates: {:.1} s",
+        t.seconds
+    );
+
+    relay.set_cut(true);
+    std::thread::sleep(Duration::from_secs(60));
+    relay.set_cut(false);
+    let restored = Instant::now();
+    let back = ping_until(client_ns, SERVER_V4, Duration::from_secs(10)).unwrap();
+    eprintln!(
+        "after a 60 s cut, traffic back in {:.1} s",
+        restored.elapsed().as_secs_f64()
+    );
+    assert!(
+        back,
+        "traffic did not resume within 10 s\n{}\n{}",
+        s.log(),
+        c.log()
+    );
+    drop(relay);
+}
