@@ -106,7 +106,13 @@ pub struct HubVpn {
 
 impl HubVpn {
     pub fn start(n: usize) -> Result<HubVpn> {
-        let lab = suidao_lab::topology::Hub::new(n)?;
+        HubVpn::start_on(n, n)
+    }
+
+    /// A hub of `hosts` client hosts of which only the first `n` run suidao (and are known to
+    /// the server); the others are left free, e.g. for an attacker.
+    pub fn start_on(hosts: usize, n: usize) -> Result<HubVpn> {
+        let lab = suidao_lab::topology::Hub::new(hosts)?;
         let dir = TempDir::new()?;
         let mut server_spec = NodeSpec::new("sds");
         server_spec.listen_port = Some(PORT);

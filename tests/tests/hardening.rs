@@ -10,68 +10,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use suidao_common::proto::constants::COOKIE_REPLY_LEN;
 use suidao_lab::measure::{rss_kib, udp_counter};
-use suidao_lab::suidao::{ping, ping_until, Node, NodeSpec, PeerSpec, Role, TempDir};
-use suidao_lab::topology::Hub;
+use suidao_lab::suidao::{ping, ping_until, Node, Role, TempDir};
 use suidao_tests::attack::{
     initiation_from_stranger, junk, send_paced, split_transport, udp_payloads, Rng,
 };
-use suidao_tests::vpn::{hub_client_v4, PORT, SERVER_V4};
+use suidao_tests::vpn::{HubVpn, PORT, SERVER_V4};
 
-/// A server and one real client on a hub whose second host is the attacker.
-struct Arena {
-    client: Node,
-    server: Node,
-    server_spec: NodeSpec,
-    client_spec: NodeSpec,
-    dir: TempDir,
-    lab: Hub,
+/// One attack at a time: they are measured (memory, timing), and two floods at once on two
+/// cores would only measure each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn arena() -> Arena {
-    let lab = Hub::new(2).unwrap();
-    let dir = TempDir::new().unwrap();
-    let mut server_spec = NodeSpec::new("sds");
-    server_spec.listen_port = Some(PORT);
-    server_spec.addresses = vec![format!("{SERVER_V4}/24")];
-    let mut client_spec = NodeSpec::new("sdc");
-    client_spec.addresses = vec![format!("{}/24", hub_client_v4(1))];
-    client_spec.peers.push(PeerSpec {
-        name: Some("server".into()),
-        public_key: Some(server_spec.public_key()),
-        endpoint: Some(format!("{}:{PORT}", lab.server.v4)),
-        allowed_ips: vec!["10.99.0.0/24".into()],
-        persistent_keepalive: Some(25),
-        ..Default::default()
-    });
-    server_spec.peers.push(PeerSpec {
-        name: Some("client".into()),
-        public_key: Some(client_spec.public_key()),
-        allowed_ips: vec![format!("{}/32", hub_client_v4(1))],
-        ..Default::default()
-    });
-    let server = Node::start(
-        &lab.server.ns,
-        Role::Server,
-        &server_spec.write(dir.path()).unwrap(),
-        &server_spec.ifname,
-    )
-    .unwrap();
-    let client_cfg = client_spec.write(dir.path()).unwrap();
-    let client = Node::start(
-        &lab.clients[0].ns,
-        Role::Client,
-        &client_cfg,
-        &client_spec.ifname,
-    )
-    .unwrap();
-    Arena {
-        client,
-        server,
-        server_spec,
-        client_spec,
-        dir,
-        lab,
-    }
+/// A server and one real client on a hub whose second host is the attacker.
+fn arena() -> HubVpn {
+    HubVpn::start_on(2, 1).unwrap()
 }
 
 fn total_drops(n: &Node) -> u64 {
@@ -105,6 +60,7 @@ fn a_million_junk_datagrams_during_a_256_mib_transfer() {
     if !suidao_lab::require("junk flood", &["ping"]) {
         return;
     }
+    let _alone = one_at_a_time();
     let mut a = arena();
     let (server_ns, client_ns, attacker_ns) =
         (&a.lab.server.ns, &a.lab.clients[0].ns, &a.lab.clients[1].ns);
@@ -188,6 +144,7 @@ fn replayed_transport_packets_reach_nothing_and_move_nothing() {
     if !suidao_lab::require("replay", &["ping", "tcpdump"]) {
         return;
     }
+    let _alone = one_at_a_time();
     let a = arena();
     let (server_ns, client_ns, attacker_ns) =
         (&a.lab.server.ns, &a.lab.clients[0].ns, &a.lab.clients[1].ns);
@@ -303,9 +260,10 @@ fn handshake_flood_gets_cookies_and_the_real_client_still_gets_in() {
     if !suidao_lab::require("handshake flood", &["ping"]) {
         return;
     }
+    let _alone = one_at_a_time();
     let mut a = arena();
     // The real client connects in the middle of the flood: stop the one the arena started.
-    a.client.process.stop();
+    a.clients[0].process.stop();
     let (server_ns, client_ns, attacker_ns) =
         (&a.lab.server.ns, &a.lab.clients[0].ns, &a.lab.clients[1].ns);
     let pid = a.server.process.pid().unwrap();
@@ -358,16 +316,17 @@ fn handshake_flood_gets_cookies_and_the_real_client_still_gets_in() {
     std::thread::sleep(Duration::from_secs(3));
     // Now the legitimate client starts, in the thick of it.
     let started = Instant::now();
-    a.client = Node::start(
-        client_ns,
-        Role::Client,
-        &a.client.config,
-        &a.client_spec.ifname,
-    )
-    .unwrap();
+    let config = a.clients[0].config.clone();
+    a.clients[0] =
+        Node::start(client_ns, Role::Client, &config, &a.client_specs[0].ifname).unwrap();
     let mut handshake_after = None;
     while started.elapsed() < Duration::from_secs(10) {
-        if a.client.handshakes().unwrap().iter().any(|(_, t)| *t > 0) {
+        if a.clients[0]
+            .handshakes()
+            .unwrap()
+            .iter()
+            .any(|(_, t)| *t > 0)
+        {
             handshake_after = Some(started.elapsed());
             break;
         }
@@ -392,7 +351,7 @@ fn handshake_flood_gets_cookies_and_the_real_client_still_gets_in() {
     let handshake_after = handshake_after.unwrap_or_else(|| {
         panic!(
             "no handshake within 10 s\n{}\ndrops: {}\n{}",
-            a.client.log(),
+            a.clients[0].log(),
             a.server.status().unwrap()["drops"],
             a.server.log()
         )
@@ -416,6 +375,7 @@ fn no_log_line_at_any_level_holds_key_material() {
     if !suidao_lab::require("secrets in logs", &["ping"]) {
         return;
     }
+    let _alone = one_at_a_time();
     // Trace level, a pre-shared key, traffic, a reload, status: then grep every key in play.
     std::env::set_var("SUIDAO_LOG", "trace");
     let lab = suidao_lab::topology::P2p::new().unwrap();
