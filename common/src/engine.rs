@@ -349,9 +349,9 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         std::fs::create_dir_all(uapi::SOCKET_DIR)?;
         let listener = {
             // The socket carries the private key (`get=1`): owner only.
-            let old = unsafe_umask(0o077);
+            let old = set_umask(0o077);
             let l = UnixListener::bind(&sock_path);
-            unsafe_umask(old);
+            set_umask(old);
             l.map_err(|e| setup(format!("creating {}: {e}", sock_path.display())))?
         };
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -605,7 +605,7 @@ async fn apply_reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<Strin
 
 /// umask(2) around the socket bind, so that the socket file is never group/world accessible
 /// even for an instant.
-fn unsafe_umask(mask: libc::mode_t) -> libc::mode_t {
+fn set_umask(mask: libc::mode_t) -> libc::mode_t {
     // SAFETY: umask has no failure mode and touches only the process's file mode mask.
     unsafe { libc::umask(mask) }
 }
