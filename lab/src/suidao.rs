@@ -306,21 +306,7 @@ impl Drop for Node {
 
 /// `ping -c COUNT` from `ns` to `target` with a short interval; true when every reply came.
 pub fn ping(ns: &Netns, target: &str, count: u32) -> Result<bool> {
-    let out = ns
-        .command("ping")?
-        .args([
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-q",
-            target,
-        ])
-        .output()
-        .context("running ping")?;
-    Ok(out.status.success())
+    Ok(crate::measure::ping_rtt(ns, target, count, "0.2")?.is_some())
 }
 
 /// Pings until one reply comes or `timeout` passes.
