@@ -10,10 +10,8 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use suidao_common::keys::PrivateKey;
-use suidao_common::proto::handshake::SessionKeys;
 use suidao_common::proto::session::Keypair;
 use suidao_common::proto::{Device, PeerConfig, Received, Time};
-use zeroize::Zeroizing;
 
 fn x25519(c: &mut Criterion) {
     let a = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
@@ -66,24 +64,7 @@ fn handshake(c: &mut Criterion) {
 }
 
 fn keypairs() -> (Keypair, Keypair) {
-    let a = Zeroizing::new([1u8; 32]);
-    let b = Zeroizing::new([2u8; 32]);
-    let now = Instant::now();
-    let i = SessionKeys {
-        send: a.clone(),
-        recv: b.clone(),
-        local_index: 1,
-        remote_index: 2,
-        initiator: true,
-    };
-    let r = SessionKeys {
-        send: b,
-        recv: a,
-        local_index: 2,
-        remote_index: 1,
-        initiator: false,
-    };
-    (Keypair::new(&i, now), Keypair::new(&r, now))
+    Keypair::test_pair(Instant::now())
 }
 
 fn transport(c: &mut Criterion) {

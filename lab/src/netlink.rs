@@ -54,6 +54,11 @@ pub async fn move_to(h: &Handle, name: &str, ns: &Netns) -> Result<()> {
         .with_context(|| format!("moving {name} into namespace {}", ns.name()))
 }
 
+/// `snapshot` of a namespace, on a connection opened inside it.
+pub fn snapshot_of(ns: &Netns) -> Result<Vec<String>> {
+    ns.netlink(|h| async move { snapshot(&h).await })
+}
+
 /// Everything a namespace has, one line per link, address and route (all tables), sorted: two
 /// snapshots compare equal when nothing was left behind.
 pub async fn snapshot(h: &Handle) -> Result<Vec<String>> {

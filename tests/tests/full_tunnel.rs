@@ -18,8 +18,7 @@ fn end(host: &str, dev: &str, addr: &str) -> End {
 }
 
 fn snapshot(ns: &Netns) -> Vec<String> {
-    ns.netlink(|h| async move { suidao_lab::netlink::snapshot(&h).await })
-        .unwrap()
+    suidao_lab::netlink::snapshot_of(ns).unwrap()
 }
 
 #[test]

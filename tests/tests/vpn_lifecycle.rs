@@ -11,8 +11,7 @@ use suidao_lab::Netns;
 use suidao_tests::vpn::*;
 
 fn snapshot(ns: &Netns) -> Vec<String> {
-    ns.netlink(|h| async move { suidao_lab::netlink::snapshot(&h).await })
-        .unwrap()
+    suidao_lab::netlink::snapshot_of(ns).unwrap()
 }
 
 #[test]

@@ -152,26 +152,13 @@ impl Keypair {
     }
 }
 
-/// Plaintext length after padding: up to the next multiple of 16, but a packet never grows
-/// past the MTU because of padding (the kernel's rule).
-pub fn padded_len(len: usize, mtu: usize) -> usize {
-    let rounded = len.div_ceil(PADDING_MULTIPLE) * PADDING_MULTIPLE;
-    if len <= mtu {
-        rounded.min(mtu)
-    } else {
-        rounded
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use zeroize::Zeroizing;
-
-    fn pair() -> (Keypair, Keypair) {
-        let a = Zeroizing::new([1u8; 32]);
-        let b = Zeroizing::new([2u8; 32]);
-        let now = Instant::now();
+impl Keypair {
+    /// Two matching sessions (initiator, responder) with fixed keys, for tests and benchmarks
+    /// that need transport data without a handshake. Never for real traffic.
+    #[doc(hidden)]
+    pub fn test_pair(created: Instant) -> (Keypair, Keypair) {
+        let a = zeroize::Zeroizing::new([1u8; 32]);
+        let b = zeroize::Zeroizing::new([2u8; 32]);
         let i = SessionKeys {
             send: a.clone(),
             recv: b.clone(),
@@ -186,7 +173,27 @@ mod tests {
             remote_index: 1,
             initiator: false,
         };
-        (Keypair::new(&i, now), Keypair::new(&r, now))
+        (Keypair::new(&i, created), Keypair::new(&r, created))
+    }
+}
+
+/// Plaintext length after padding: up to the next multiple of 16, but a packet never grows
+/// past the MTU because of padding (the kernel's rule).
+pub fn padded_len(len: usize, mtu: usize) -> usize {
+    let rounded = len.div_ceil(PADDING_MULTIPLE) * PADDING_MULTIPLE;
+    if len <= mtu {
+        rounded.min(mtu)
+    } else {
+        rounded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Keypair, Keypair) {
+        Keypair::test_pair(Instant::now())
     }
 
     #[test]
