@@ -36,12 +36,23 @@ impl Transfer {
 
 /// Sends `bytes` from `from_ns` to a listener at `to` inside `to_ns`, over TCP.
 pub fn tcp(from_ns: &Netns, to_ns: &Netns, to: SocketAddr, bytes: u64) -> Result<Transfer> {
+    tcp_patient(from_ns, to_ns, to, bytes, Duration::from_secs(30))
+}
+
+/// `tcp`, waiting up to `stall` for progress (over a lossy link TCP backs off for long).
+pub fn tcp_patient(
+    from_ns: &Netns,
+    to_ns: &Netns,
+    to: SocketAddr,
+    bytes: u64,
+    stall: Duration,
+) -> Result<Transfer> {
     let listener = to_ns
         .run(|| TcpListener::bind(to))?
         .with_context(|| format!("listening on {to}"))?;
     let receiver = std::thread::spawn(move || -> Result<([u8; 32], u64)> {
         let (mut s, _) = listener.accept()?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_read_timeout(Some(stall))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut total = 0u64;
@@ -58,7 +69,7 @@ pub fn tcp(from_ns: &Netns, to_ns: &Netns, to: SocketAddr, bytes: u64) -> Result
     let mut stream = from_ns
         .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(10)))?
         .with_context(|| format!("connecting to {to}"))?;
-    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(stall))?;
     let start = Instant::now();
     let mut h = Sha256::new();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
