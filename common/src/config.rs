@@ -18,6 +18,16 @@ use zeroize::Zeroizing;
 pub const DEFAULT_MTU: u32 = 1420;
 /// Linux interface names are at most 15 bytes.
 pub const IFNAME_MAX: usize = 15;
+/// At most this many data-path workers (the kernel allows 256 TUN queues; more workers than
+/// CPUs only adds switching).
+pub const MAX_WORKERS: usize = 64;
+
+/// Workers when the config does not say: one per two CPUs (each worker has a thread per
+/// direction), at least one, at most eight.
+pub fn default_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / 2).clamp(1, 8)
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +47,7 @@ struct RawInterface {
     #[serde(default)]
     address: Vec<Spanned<String>>,
     mtu: Option<Spanned<u32>>,
+    workers: Option<Spanned<u32>>,
     hairpin: Option<bool>,
     /// host:port the server's clients should use (for `add-client`).
     public_endpoint: Option<Spanned<String>>,
@@ -122,6 +133,9 @@ pub struct Interface {
     pub listen_port: Option<u16>,
     pub addresses: Vec<InterfaceAddress>,
     pub mtu: u32,
+    /// Data-path workers: each has a TUN queue, a UDP socket on the listen port and a thread
+    /// per direction (see `engine`). `None`: `default_workers()`.
+    pub workers: Option<usize>,
     /// Relay packets between peers inside the process (server).
     pub hairpin: bool,
     /// host:port clients should use to reach this server (for `add-client`).
@@ -383,6 +397,22 @@ impl Config {
                 v
             }
         };
+        let workers = match &ri.workers {
+            None => None,
+            Some(w) => {
+                let v = *w.get_ref();
+                if !(1..=MAX_WORKERS as u32).contains(&v) {
+                    return cx.err(
+                        Some(w.span()),
+                        "interface.workers",
+                        format!(
+                            "{v} is out of range (1-{MAX_WORKERS}; leave the key out for one per two CPUs)"
+                        ),
+                    );
+                }
+                Some(v as usize)
+            }
+        };
         if let Some(p) = &ri.listen_port {
             if *p.get_ref() == 0 {
                 return cx.err(
@@ -398,6 +428,7 @@ impl Config {
             listen_port: ri.listen_port.map(|p| *p.get_ref()),
             addresses,
             mtu,
+            workers,
             hairpin: ri.hairpin.unwrap_or(true),
             public_endpoint: ri.public_endpoint.map(|e| e.into_inner()),
             hooks: Hooks {

@@ -2,10 +2,12 @@
 //! core, and runs the control plane around it.
 //!
 //! ```text
+//!  per worker (`workers`; each has a TUN queue and a UDP socket on the listen port):
 //!  thread tun→udp    TUN read → Device::encapsulate (in place) → UDP send
 //!  thread udp→tun    UDP read → transport data: Device::receive (in place) → TUN write,
 //!                                or straight back out to another peer (hairpin)
 //!                              → handshake messages: bounded queue → handshake thread
+//!  shared:
 //!  thread handshake  Device::receive of initiations, responses, cookie replies: the costly
 //!                    Diffie-Hellman work never stalls the data path. A backed-up queue
 //!                    puts the device "under load" (cookies and rate limits).
@@ -64,11 +66,21 @@ fn setup(msg: impl Into<String>) -> EngineError {
     EngineError::Setup(msg.into())
 }
 
+/// One data-path worker: a queue of the TUN interface, a UDP socket on the listen port, and a
+/// thread per direction. Flows are spread over workers by the kernel: outgoing by the TUN's
+/// per-flow queue choice, incoming by SO_REUSEPORT's per-sender socket choice, so the packets
+/// of one flow (or one peer) always go through one worker, in order.
+struct Worker {
+    tun: Tun,
+    udp: Udp,
+    /// The outgoing path's buffers (see `TxState`).
+    tx: std::sync::Mutex<TxState>,
+}
+
 /// What every thread shares.
 struct Shared {
     device: Arc<Device>,
-    tun: Tun,
-    udp: Udp,
+    workers: Vec<Worker>,
     hairpin: bool,
     own_addrs: Vec<IpAddr>,
     names: Arc<RwLock<HashMap<PublicKey, String>>>,
@@ -79,14 +91,18 @@ struct Shared {
     stopping: AtomicBool,
     /// A thread died: go down.
     failed: Arc<AtomicBool>,
-    /// The outgoing path's buffers (see `TxState`).
-    tx: std::sync::Mutex<TxState>,
 }
 
 impl Shared {
+    /// Sends what the protocol asked for (handshakes, keepalives, cookie replies) from the
+    /// first worker's socket: every worker's socket has the listen port.
     fn send_all(&self, out: &mut Vec<Outgoing>) {
+        let Some(w) = self.workers.first() else {
+            out.clear();
+            return;
+        };
         for o in out.drain(..) {
-            if let Err(e) = self.udp.send_to(&o.bytes, o.to) {
+            if let Err(e) = w.udp.send_to(&o.bytes, o.to) {
                 debug!("sending to {}: {e}", o.to);
             }
         }
@@ -286,14 +302,28 @@ pub fn up(config: Config) -> Result<(), EngineError> {
     let hooks = config.interface.hooks.clone();
     hooks::run("pre_up", &hooks.pre_up, &ifname).map_err(setup)?;
 
-    let udp = Udp::bind(config.interface.listen_port)?;
-    let listen_port = udp.local_port()?;
+    let worker_count = config
+        .interface
+        .workers
+        .unwrap_or_else(crate::config::default_workers);
+    let sockets = Udp::bind_group(config.interface.listen_port, worker_count)?;
+    let listen_port = sockets[0].local_port()?;
     if full_tunnel(&config) != (false, false) {
-        udp.set_mark(netlink::FULL_TUNNEL_TABLE)
-            .map_err(|e| setup(format!("marking the UDP socket for the full tunnel: {e}")))?;
+        for udp in &sockets {
+            udp.set_mark(netlink::FULL_TUNNEL_TABLE)
+                .map_err(|e| setup(format!("marking the UDP socket for the full tunnel: {e}")))?;
+        }
     }
-    let tun = Tun::create(&ifname)?;
-    tun.set_nonblocking()?;
+    let queues = Tun::create_queues(&ifname, worker_count)?;
+    let mut workers = Vec::with_capacity(worker_count);
+    for (tun, udp) in queues.into_iter().zip(sockets) {
+        tun.set_nonblocking()?;
+        workers.push(Worker {
+            tun,
+            udp,
+            tx: std::sync::Mutex::new(TxState::new(config.interface.mtu as usize)),
+        });
+    }
 
     let device = Arc::new(Device::new(config.interface.private_key.clone()));
     device.set_mtu(config.interface.mtu as usize);
@@ -322,8 +352,7 @@ pub fn up(config: Config) -> Result<(), EngineError> {
     let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
     let shared = Arc::new(Shared {
         device: device.clone(),
-        tun,
-        udp,
+        workers,
         hairpin: config.interface.hairpin,
         own_addrs: config.interface.addresses.iter().map(|a| a.addr).collect(),
         names: names.clone(),
@@ -332,7 +361,6 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         queued_handshakes: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         failed: Arc::new(AtomicBool::new(false)),
-        tx: std::sync::Mutex::new(TxState::new(config.interface.mtu as usize)),
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -364,10 +392,12 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         });
         let failed = &shared.failed;
         spawn("uapi", failed, move || serve_api(listener, api))?;
-        let s = shared.clone();
-        spawn("tun-to-udp", failed, move || tun_to_udp(&s))?;
-        let s = shared.clone();
-        spawn("udp-to-tun", failed, move || udp_to_tun(&s))?;
+        for i in 0..shared.workers.len() {
+            let s = shared.clone();
+            spawn("tun-to-udp", failed, move || tun_to_udp(&s, &s.workers[i]))?;
+            let s = shared.clone();
+            spawn("udp-to-tun", failed, move || udp_to_tun(&s, &s.workers[i]))?;
+        }
         let s = shared.clone();
         spawn("handshakes", failed, move || handshakes(&s, hs_rx))?;
 
@@ -376,11 +406,13 @@ pub fn up(config: Config) -> Result<(), EngineError> {
             device.public_key(),
             device.peer_ids().len()
         );
+        let w0 = &shared.workers[0];
         info!(
-            "offloads: TUN segmentation {}, UDP GSO {} segments, UDP GRO {} segments",
-            if shared.tun.offload() { "on" } else { "off" },
-            shared.udp.max_gso_segments(),
-            shared.udp.gro_segments()
+            "{} worker(s); offloads: TUN segmentation {}, UDP GSO {} segments, UDP GRO {} segments",
+            shared.workers.len(),
+            if w0.tun.offload() { "on" } else { "off" },
+            w0.udp.max_gso_segments(),
+            w0.udp.gro_segments()
         );
         let mut live = Live {
             h: &h,
@@ -743,15 +775,15 @@ impl TxState {
 /// Outgoing: TUN → seal in place → UDP, a batch at a time. A super-packet read from the TUN is
 /// split into MTU-sized packets; runs of sealed datagrams of one size to one endpoint leave in
 /// one GSO system call.
-fn tun_to_udp(s: &Shared) {
+fn tun_to_udp(s: &Shared, w: &Worker) {
     while !s.stopping.load(Ordering::Relaxed) {
-        let sent = match s.tx.lock() {
-            Ok(mut tx) => drain_tun(s, &mut tx),
-            Err(poisoned) => drain_tun(s, &mut poisoned.into_inner()),
+        let sent = match w.tx.lock() {
+            Ok(mut tx) => drain_tun(s, w, &mut tx),
+            Err(poisoned) => drain_tun(s, w, &mut poisoned.into_inner()),
         };
         if sent == 0 {
-            if let Err(e) = s.tun.wait_readable(Duration::from_millis(200)) {
-                debug!("waiting for {}: {e}", s.tun.name());
+            if let Err(e) = w.tun.wait_readable(Duration::from_millis(200)) {
+                debug!("waiting for {}: {e}", w.tun.name());
             }
         }
     }
@@ -759,7 +791,7 @@ fn tun_to_udp(s: &Shared) {
 
 /// Reads the TUN until it has nothing more (or the batch is full), then seals and sends it all:
 /// many small packets leave in few system calls too. Returns how many packets were read.
-fn drain_tun(s: &Shared, tx: &mut TxState) -> usize {
+fn drain_tun(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
     let TxState {
         scratch,
         bufs,
@@ -770,7 +802,7 @@ fn drain_tun(s: &Shared, tx: &mut TxState) -> usize {
     } = tx;
     let mut filled = 0;
     while bufs.len() - filled >= IDEAL_BATCH_SIZE {
-        match s.tun.recv_batch(
+        match w.tun.recv_batch(
             scratch,
             &mut bufs[filled..],
             &mut sizes[filled..],
@@ -780,7 +812,7 @@ fn drain_tun(s: &Shared, tx: &mut TxState) -> usize {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::Interrupted {
-                    debug!("reading {}: {e}", s.tun.name());
+                    debug!("reading {}: {e}", w.tun.name());
                 }
                 break;
             }
@@ -796,8 +828,8 @@ fn drain_tun(s: &Shared, tx: &mut TxState) -> usize {
             ready.push((i, to, len));
         }
     }
-    let max_segments = s.udp.max_gso_segments().clamp(1, 64);
-    send_runs(s, bufs, ready, gso, max_segments);
+    let max_segments = w.udp.max_gso_segments().clamp(1, 64);
+    send_runs(&w.udp, bufs, ready, gso, max_segments);
     s.send_all(out);
     filled
 }
@@ -805,7 +837,7 @@ fn drain_tun(s: &Shared, tx: &mut TxState) -> usize {
 /// Sends sealed datagrams, grouping consecutive ones to the same endpoint with the same length
 /// (the last of a run may be shorter) into one GSO send.
 fn send_runs(
-    s: &Shared,
+    udp: &Udp,
     bufs: &[Vec<u8>],
     ready: &[(usize, SocketAddr, usize)],
     gso: &mut Vec<u8>,
@@ -813,9 +845,9 @@ fn send_runs(
 ) {
     let flush = |gso: &mut Vec<u8>, to: SocketAddr, seg: usize, count: usize, first: usize| {
         let r = if count == 1 {
-            s.udp.send(&bufs[first][..seg], to, None)
+            udp.send(&bufs[first][..seg], to, None)
         } else {
-            s.udp.send(gso, to, Some(seg))
+            udp.send(gso, to, Some(seg))
         };
         if let Err(e) = r {
             debug!("sending to {to}: {e}");
@@ -851,7 +883,7 @@ fn send_runs(
 /// Incoming: UDP → open in place → TUN, a batch at a time. One receive may carry many
 /// datagrams (recvmmsg, and GRO runs of one size); the opened packets are written to the TUN
 /// together so that segments of one TCP flow are coalesced into one write.
-fn udp_to_tun(s: &Shared) {
+fn udp_to_tun(s: &Shared, w: &Worker) {
     let mut rx = vec![0u8; RX_MESSAGES * RX_SLOT];
     let mut meta = [RecvMeta::default(); RX_MESSAGES];
     // GRO coalesces a flow's segments into the first one's buffer, and only within that
@@ -869,10 +901,10 @@ fn udp_to_tun(s: &Shared) {
             let mut chunks = rx.chunks_mut(RX_SLOT);
             let mut iovs: [IoSliceMut<'_>; RX_MESSAGES] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            match s.udp.recv(&mut iovs, &mut meta) {
+            match w.udp.recv(&mut iovs, &mut meta) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Err(e) = s.udp.wait_readable(Duration::from_millis(200)) {
+                    if let Err(e) = w.udp.wait_readable(Duration::from_millis(200)) {
                         debug!("waiting for the socket: {e}");
                     }
                     continue;
@@ -894,6 +926,7 @@ fn udp_to_tun(s: &Shared) {
             for datagram in msg.chunks_mut(stride) {
                 receive_one(
                     s,
+                    w,
                     m.addr,
                     datagram,
                     now,
@@ -903,19 +936,19 @@ fn udp_to_tun(s: &Shared) {
                     &mut pending,
                 );
                 if pending == TX_TUN_BATCH {
-                    write_tun(s, &mut gro, &mut tun_bufs, &mut pending);
+                    write_tun(w, &mut gro, &mut tun_bufs, &mut pending);
                 }
             }
         }
         let wrote = pending > 0;
-        write_tun(s, &mut gro, &mut tun_bufs, &mut pending);
+        write_tun(w, &mut gro, &mut tun_bufs, &mut pending);
         s.send_all(&mut out);
         // Writing to the TUN often makes the kernel answer at once (a ping's reply, a TCP ack),
         // and the answer is already waiting in the TUN: send it from here, saving the other
         // thread's wake-up, unless that thread is already at it.
         if wrote {
-            if let Ok(mut tx) = s.tx.try_lock() {
-                drain_tun(s, &mut tx);
+            if let Ok(mut tx) = w.tx.try_lock() {
+                drain_tun(s, w, &mut tx);
             }
         }
     }
@@ -926,6 +959,7 @@ fn udp_to_tun(s: &Shared) {
 #[allow(clippy::too_many_arguments)]
 fn receive_one(
     s: &Shared,
+    w: &Worker,
     from: SocketAddr,
     datagram: &mut [u8],
     now: crate::proto::Time,
@@ -952,7 +986,7 @@ fn receive_one(
                 let len = packet.len();
                 relay[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].copy_from_slice(packet);
                 if let Sent::Ready { to, len } = s.device.encapsulate(relay, len, now, out) {
-                    if let Err(e) = s.udp.send(&relay[..len], to, None) {
+                    if let Err(e) = w.udp.send(&relay[..len], to, None) {
                         debug!("relaying to {to}: {e}");
                     }
                 }
@@ -970,15 +1004,15 @@ fn receive_one(
     }
 }
 
-fn write_tun(s: &Shared, gro: &mut GROTable, tun_bufs: &mut [Vec<u8>], pending: &mut usize) {
+fn write_tun(w: &Worker, gro: &mut GROTable, tun_bufs: &mut [Vec<u8>], pending: &mut usize) {
     if *pending == 0 {
         return;
     }
-    if let Err(e) = s
+    if let Err(e) = w
         .tun
         .send_batch(gro, &mut tun_bufs[..*pending], TRANSPORT_HEADER_LEN)
     {
-        debug!("writing to {}: {e}", s.tun.name());
+        debug!("writing to {}: {e}", w.tun.name());
     }
     *pending = 0;
 }
@@ -1075,6 +1109,13 @@ pub fn describe(config: &Config) -> String {
             .map_or("random".to_string(), |p| p.to_string()),
         i.mtu
     );
+    match i.workers {
+        Some(n) => s.push_str(&format!("  workers      {n}\n")),
+        None => s.push_str(&format!(
+            "  workers      {} (one per two CPUs)\n",
+            crate::config::default_workers()
+        )),
+    }
     for a in &i.addresses {
         s.push_str(&format!("  address      {a}\n"));
     }

@@ -31,34 +31,49 @@ fn explain(name: &str, e: io::Error) -> io::Error {
 impl Tun {
     /// Creates the TUN interface `name`, with offloads where the kernel supports them.
     pub fn create(name: &str) -> io::Result<Tun> {
-        match tun_rs::DeviceBuilder::new()
-            .name(name)
-            .offload(true)
-            .build_sync()
-        {
-            Ok(dev) => Ok(Tun {
-                dev,
-                name: name.to_string(),
-                offload: true,
-            }),
+        Ok(Tun::create_queues(name, 1)?.remove(0))
+    }
+
+    /// Creates the TUN interface `name` with `queues` queues (IFF_MULTI_QUEUE when more than
+    /// one): each queue is a file descriptor of its own, and the kernel hands each flow's
+    /// packets to one queue, so one flow stays in order while flows are read in parallel.
+    pub fn create_queues(name: &str, queues: usize) -> io::Result<Vec<Tun>> {
+        let multi = queues > 1;
+        let build = |offload: bool| {
+            tun_rs::DeviceBuilder::new()
+                .name(name)
+                .offload(offload)
+                .multi_queue(multi)
+                .build_sync()
+        };
+        let (first, offload) = match build(true) {
+            Ok(dev) => (dev, true),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
                 ) =>
             {
-                let dev = tun_rs::DeviceBuilder::new()
-                    .name(name)
-                    .build_sync()
-                    .map_err(|e| explain(name, e))?;
-                Ok(Tun {
-                    dev,
-                    name: name.to_string(),
-                    offload: false,
-                })
+                (build(false).map_err(|e| explain(name, e))?, false)
             }
-            Err(e) => Err(explain(name, e)),
+            Err(e) => return Err(explain(name, e)),
+        };
+        let mut devs = Vec::with_capacity(queues);
+        for _ in 1..queues.max(1) {
+            let q = first.try_clone().map_err(|e| {
+                io::Error::new(e.kind(), format!("opening another queue of {name}: {e}"))
+            })?;
+            devs.push(q);
         }
+        devs.insert(0, first);
+        Ok(devs
+            .into_iter()
+            .map(|dev| Tun {
+                dev,
+                name: name.to_string(),
+                offload,
+            })
+            .collect())
     }
 
     pub fn name(&self) -> &str {

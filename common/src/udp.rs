@@ -37,34 +37,76 @@ impl Udp {
     /// Binds `[::]:port` (dual stack), or `0.0.0.0:port` where IPv6 is unavailable. `None`: a
     /// random port.
     pub fn bind(port: Option<u16>) -> io::Result<Udp> {
+        Ok(Udp::bind_group(port, 1)?.remove(0))
+    }
+
+    /// `count` sockets on one port (SO_REUSEPORT when more than one): the kernel hands each
+    /// sender's datagrams to one of them, always the same one for one source address and port,
+    /// so one peer's packets stay in order. `None`: a random port.
+    ///
+    /// SO_REUSEPORT would also let another process of the same user share a port in use, and
+    /// steal part of its traffic: the port is first bound alone, without the option, so that a
+    /// port in use is refused as it is with one socket.
+    pub fn bind_group(port: Option<u16>, count: usize) -> io::Result<Vec<Udp>> {
+        let count = count.max(1);
         let port = port.unwrap_or(0);
-        let in_use = |e: io::Error| {
+        let in_use = |e: io::Error, port: u16| {
             if e.kind() == io::ErrorKind::AddrInUse {
                 io::Error::new(e.kind(), format!("UDP port {port} is already in use"))
             } else {
                 io::Error::new(e.kind(), format!("binding UDP port {port}: {e}"))
             }
         };
-        let (sock, dual_stack) = match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
-            Ok(s) => {
-                s.set_only_v6(false)?;
-                s.bind(&SockAddr::from(SocketAddr::new(
-                    Ipv6Addr::UNSPECIFIED.into(),
-                    port,
-                )))
-                .map_err(in_use)?;
-                (s, true)
-            }
-            Err(_) => {
-                let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-                s.bind(&SockAddr::from(SocketAddr::new(
-                    Ipv4Addr::UNSPECIFIED.into(),
-                    port,
-                )))
-                .map_err(in_use)?;
-                (s, false)
+        let open = |port: u16, reuse: bool| -> io::Result<(Socket, bool)> {
+            let reuse_port = |s: &Socket| {
+                if reuse {
+                    s.set_reuse_port(true)
+                } else {
+                    Ok(())
+                }
+            };
+            match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
+                Ok(s) => {
+                    s.set_only_v6(false)?;
+                    reuse_port(&s)?;
+                    s.bind(&SockAddr::from(SocketAddr::new(
+                        Ipv6Addr::UNSPECIFIED.into(),
+                        port,
+                    )))
+                    .map_err(|e| in_use(e, port))?;
+                    Ok((s, true))
+                }
+                Err(_) => {
+                    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+                    reuse_port(&s)?;
+                    s.bind(&SockAddr::from(SocketAddr::new(
+                        Ipv4Addr::UNSPECIFIED.into(),
+                        port,
+                    )))
+                    .map_err(|e| in_use(e, port))?;
+                    Ok((s, false))
+                }
             }
         };
+        if count == 1 {
+            return Ok(vec![Udp::new(open(port, false)?)?]);
+        }
+        // Claim the port alone (this fails if anyone has it, with or without SO_REUSEPORT),
+        // then let the group in. For a random port, the kernel's pick is free.
+        let port = {
+            let (probe, _) = open(port, false)?;
+            let p = probe
+                .local_addr()?
+                .as_socket()
+                .map(|a| a.port())
+                .unwrap_or(port);
+            drop(probe);
+            p
+        };
+        (0..count).map(|_| Udp::new(open(port, true)?)).collect()
+    }
+
+    fn new((sock, dual_stack): (Socket, bool)) -> io::Result<Udp> {
         let sock: UdpSocket = sock.into();
         // Sets the socket non-blocking and turns on GRO and the ancillary data it reads.
         let state = UdpSocketState::new(UdpSockRef::from(&sock))?;

@@ -17,6 +17,8 @@ pub struct Options {
     pub reps: usize,
     pub seconds: u32,
     pub json: bool,
+    /// `workers` for both suidao ends (None: suidao's default).
+    pub workers: Option<u32>,
 }
 
 /// The figures of one target.
@@ -100,6 +102,11 @@ pub fn run(opts: Options) -> Result<()> {
     server.listen_port = Some(51820);
     server.addresses = vec!["10.99.0.1/24".into()];
     client.addresses = vec!["10.99.0.2/24".into()];
+    if let Some(n) = opts.workers {
+        for spec in [&mut server, &mut client] {
+            spec.extra.push_str(&format!("workers = {n}\n"));
+        }
+    }
     server.peers.push(PeerSpec {
         name: Some("client".into()),
         public_key: Some(client.public_key()),
@@ -194,9 +201,12 @@ pub fn run(opts: Options) -> Result<()> {
         });
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let workers = opts
+        .workers
+        .map_or_else(suidao_common::config::default_workers, |n| n as usize);
     if !opts.json {
         eprintln!(
-            "suidao-lab bench: p2p, {} repetition(s) of {} s per iperf3 run, {cores} cores",
+            "suidao-lab bench: p2p, {} repetition(s) of {} s per iperf3 run, {cores} cores, suidao workers {workers}",
             opts.reps, opts.seconds
         );
     }
@@ -249,12 +259,12 @@ pub fn run(opts: Options) -> Result<()> {
         }
         println!(
             "{}",
-            json!({"date": date, "cores": cores, "repetitions": opts.reps, "seconds": opts.seconds,
+            json!({"date": date, "cores": cores, "workers": workers, "repetitions": opts.reps, "seconds": opts.seconds,
                    "medians": results, "ratios": ratios})
         );
     } else {
         println!(
-            "\nsuidao-lab bench, {date}, {cores} cores, medians of {} repetitions:\n",
+            "\nsuidao-lab bench, {date}, {cores} cores, suidao workers {workers}, medians of {} repetitions:\n",
             opts.reps
         );
         println!("| target | TCP 1 stream | TCP 4 streams | UDP 64 B delivered | ping RTT | CPU per GB (TCP 1 stream, both ends) |");

@@ -57,6 +57,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// suidao's data-path workers at both ends (`workers` in the config; default: the
+        /// config's default, one per two CPUs).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: Option<u32>,
     },
 }
 
@@ -112,10 +116,12 @@ fn main() -> ExitCode {
             reps,
             seconds,
             json,
+            workers,
         } => bench::run(bench::Options {
             reps: reps.max(1),
             seconds: seconds.max(1),
             json,
+            workers,
         })
         .map(|()| ExitCode::SUCCESS),
     };

@@ -100,3 +100,97 @@ pub fn tcp_patient(
 }
 
 pub use suidao_lab::measure::iperf3;
+
+/// What arrived of one numbered UDP flow.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UdpFlow {
+    pub sent: u64,
+    pub received: u64,
+    /// Datagrams that arrived after one with a higher number.
+    pub out_of_order: u64,
+}
+
+/// Sends `count` numbered datagrams of `size` bytes on each of `flows` UDP flows at once (one
+/// source port each) from `from_ns` to `to` inside `to_ns`, and reports per flow what arrived
+/// and in what order. Sending is unpaced; what the receiver's buffer cannot hold is lost, which
+/// is fine: order is what is measured.
+/// Each flow sends in bursts of 64 datagrams with a millisecond's pause between them.
+pub fn udp_flows(
+    from_ns: &Netns,
+    to_ns: &Netns,
+    to: SocketAddr,
+    flows: usize,
+    count: u64,
+    size: usize,
+) -> Result<Vec<UdpFlow>> {
+    use std::net::UdpSocket;
+    let size = size.max(16);
+    let receiver = to_ns
+        .run(|| UdpSocket::bind(to))?
+        .with_context(|| format!("binding {to}"))?;
+    receiver.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let senders = (0..flows)
+        .map(|_| -> Result<UdpSocket> {
+            let any: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            Ok(from_ns.run(|| UdpSocket::bind(any))??)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ports: Vec<u16> = senders
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?;
+    let reader = std::thread::spawn(move || {
+        // per flow: (received, highest seen, out of order)
+        let mut seen = vec![(0u64, None::<u64>, 0u64); ports.len()];
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = receiver.recv_from(&mut buf) {
+            let Some(i) = ports.iter().position(|p| *p == from.port()) else {
+                continue;
+            };
+            if n < 16 {
+                continue;
+            }
+            let seq = u64::from_be_bytes(buf[8..16].try_into().unwrap_or_default());
+            let f = &mut seen[i];
+            f.0 += 1;
+            match f.1 {
+                Some(max) if seq < max => f.2 += 1,
+                _ => f.1 = Some(seq),
+            }
+        }
+        seen
+    });
+    std::thread::scope(|sc| {
+        for (i, s) in senders.iter().enumerate() {
+            sc.spawn(move || {
+                let mut buf = vec![0u8; size];
+                buf[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                for seq in 0..count {
+                    buf[8..16].copy_from_slice(&seq.to_be_bytes());
+                    // A full buffer drops the datagram (ENOBUFS): counted as lost.
+                    let _ = s.send_to(&buf, to);
+                    // Bursts of 64 with a pause: fast enough that several workers are busy
+                    // at once, slow enough that most datagrams arrive.
+                    if seq % 64 == 63 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            });
+        }
+    });
+    let seen = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
+    Ok(seen
+        .into_iter()
+        .map(|(received, _, out_of_order)| UdpFlow {
+            sent: count,
+            received,
+            out_of_order,
+        })
+        .collect())
+}

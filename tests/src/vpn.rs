@@ -54,9 +54,16 @@ pub fn specs(lab: &P2p, underlay_v6: bool) -> (NodeSpec, NodeSpec) {
 
 impl P2pVpn {
     pub fn start(underlay_v6: bool) -> Result<P2pVpn> {
+        P2pVpn::start_with(underlay_v6, "")
+    }
+
+    /// `start`, with `extra` added to both ends' `[interface]` section (verbatim TOML lines).
+    pub fn start_with(underlay_v6: bool, extra: &str) -> Result<P2pVpn> {
         let lab = P2p::new()?;
         let dir = TempDir::new()?;
-        let (server_spec, client_spec) = specs(&lab, underlay_v6);
+        let (mut server_spec, mut client_spec) = specs(&lab, underlay_v6);
+        server_spec.extra.push_str(extra);
+        client_spec.extra.push_str(extra);
         let server = Node::start(
             &lab.server.ns,
             Role::Server,

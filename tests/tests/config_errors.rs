@@ -41,6 +41,11 @@ fn bad_configs_fail_with_one_clear_line() {
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("unknown.toml", format!("{head}colour = \"blue\"\n"), vec!["unknown.toml:5", "colour"]),
         (
+            "workers.toml",
+            format!("{head}workers = 0\n"),
+            vec!["workers.toml:5", "interface.workers", "out of range"],
+        ),
+        (
             "base64.toml",
             "[interface]\nname = \"sdbad\"\nprivate_key = \"not base64!\"\n".into(),
             vec!["base64.toml:3", "interface.private_key", "base64"],

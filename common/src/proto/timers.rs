@@ -43,9 +43,23 @@ pub struct Timers {
     pub persistent_interval: Option<Duration>,
 }
 
+/// Jitter needs no secrecy, only spread: a per-thread xorshift generator seeded once from the
+/// OS, so that arming a timer (once per packet sent after a quiet spell) costs no system call.
 fn jitter() -> Duration {
-    let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32;
-    Duration::from_millis(u64::from(OsRng.next_u32() % (max + 1)))
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(OsRng.next_u64() | 1);
+    }
+    let r = STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    });
+    let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u64;
+    Duration::from_millis((r >> 32) % (max + 1))
 }
 
 fn expired(deadline: &mut Option<Instant>, now: Instant) -> bool {
