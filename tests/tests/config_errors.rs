@@ -151,30 +151,45 @@ fn a_port_in_use_fails_with_one_clear_line() {
     let ns = suidao_lab::Netns::create(&suidao_lab::unique(suidao_lab::PREFIX)).unwrap();
     let dir = TempDir::new().unwrap();
     let key = PrivateKey::generate().to_base64().to_string();
-    let cfg = write(
-        dir.path(),
-        "port.toml",
-        &format!("[interface]\nname = \"sdport\"\nprivate_key = \"{key}\"\nlisten_port = 51820\n"),
-    );
-    let _holder = ns
-        .run(|| std::net::UdpSocket::bind("[::]:51820"))
-        .unwrap()
-        .unwrap();
-    let out = ns
-        .command(bin_path("suidao-server").unwrap())
-        .unwrap()
-        .args(["up", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(
-        lines[0].contains("UDP port 51820 is already in use"),
-        "{err}"
-    );
+    // The port held by a plain socket; and by another suidao's worker sockets (SO_REUSEPORT,
+    // which would let a second group of the same user share the port if asked naively).
+    for workers in [1, 2] {
+        let cfg = write(
+            dir.path(),
+            "port.toml",
+            &format!(
+                "[interface]\nname = \"sdport\"\nprivate_key = \"{key}\"\nlisten_port = 51820\nworkers = {workers}\n"
+            ),
+        );
+        let _holder: Box<dyn std::any::Any> = if workers == 1 {
+            Box::new(
+                ns.run(|| std::net::UdpSocket::bind("[::]:51820"))
+                    .unwrap()
+                    .unwrap(),
+            )
+        } else {
+            Box::new(
+                ns.run(|| suidao_common::udp::Udp::bind_group(Some(51820), 2))
+                    .unwrap()
+                    .unwrap(),
+            )
+        };
+        let out = ns
+            .command(bin_path("suidao-server").unwrap())
+            .unwrap()
+            .args(["up", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "workers = {workers}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].contains("UDP port 51820 is already in use"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
