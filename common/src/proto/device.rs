@@ -36,6 +36,9 @@ use crate::keys::{PrivateKey, PublicKey};
 use rand_core::{OsRng, RngCore};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+// Integer keys we chose ourselves (random session indices, sequential peer ids): nobody else can
+// pick what goes in, so a fast non-keyed hash is safe where SipHash would cost every packet.
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -225,7 +228,7 @@ enum Slot {
 
 #[derive(Default)]
 struct Peers {
-    by_id: HashMap<PeerId, Arc<Peer>>,
+    by_id: FxHashMap<PeerId, Arc<Peer>>,
     by_key: HashMap<PublicKey, PeerId>,
     allowed: AllowedIps<PeerId>,
     next_id: PeerId,
@@ -239,7 +242,7 @@ pub struct Device {
     under_load: AtomicBool,
     mtu: AtomicUsize,
     peers: RwLock<Peers>,
-    indices: RwLock<HashMap<u32, Slot>>,
+    indices: RwLock<FxHashMap<u32, Slot>>,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -264,7 +267,7 @@ impl Device {
             under_load: AtomicBool::new(false),
             mtu: AtomicUsize::new(1420),
             peers: RwLock::new(Peers::default()),
-            indices: RwLock::new(HashMap::new()),
+            indices: RwLock::new(FxHashMap::default()),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -943,22 +946,25 @@ impl Device {
         debug_assert_eq!(plain + AEAD_TAG_LEN, sealed_len);
         let inner = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plain];
         // Cryptokey routing, receive side: the inner source must route back to this very peer.
-        let verdict = if plain == 0 {
-            Ok(None)
-        } else {
-            match ip::parse(inner) {
-                None => Err(DropReason::BadInnerPacket),
-                Some(info) => {
-                    let peers = read(&self.peers);
-                    if peers.allowed.lookup(info.src) == Some(&peer_id) {
-                        Ok(Some(info.len))
-                    } else {
-                        Err(DropReason::SourceNotAllowed)
+        let (verdict, peer) = {
+            let peers = read(&self.peers);
+            let verdict = if plain == 0 {
+                Ok(None)
+            } else {
+                match ip::parse(inner) {
+                    None => Err(DropReason::BadInnerPacket),
+                    Some(info) => {
+                        if peers.allowed.lookup(info.src) == Some(&peer_id) {
+                            Ok(Some(info.len))
+                        } else {
+                            Err(DropReason::SourceNotAllowed)
+                        }
                     }
                 }
-            }
+            };
+            (verdict, peers.by_id.get(&peer_id).cloned())
         };
-        let Some(peer) = self.peer(peer_id) else {
+        let Some(peer) = peer else {
             return self.dropped(DropReason::UnknownIndex);
         };
         peer.add_rx(datagram.len());
