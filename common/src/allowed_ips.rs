@@ -5,7 +5,9 @@
 //! handful of distinct lengths (/32, /24, /128, /64, /0 ...), so this is a few hash probes, and
 //! it is simple enough to check against a linear scan (see the tests).
 
-use std::collections::HashMap;
+// The keys come from the configuration (or `wg set`), never from packets: a fast non-keyed hash
+// is safe, and every packet looks up here.
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -128,7 +130,7 @@ impl<T> Table<T> {
         let pos = match self.by_len.binary_search_by(|(l, _)| len.cmp(l)) {
             Ok(pos) => pos,
             Err(pos) => {
-                self.by_len.insert(pos, (len, HashMap::new()));
+                self.by_len.insert(pos, (len, HashMap::default()));
                 pos
             }
         };

@@ -21,7 +21,7 @@
 use crate::config::{Config, InterfaceAddress};
 use crate::keys::PublicKey;
 use crate::netlink::{self, Added, NetlinkError, Teardown};
-use crate::proto::constants::TRANSPORT_HEADER_LEN;
+use crate::proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
 use crate::proto::messages::Message;
 use crate::proto::{ip, Device, Outgoing, PeerConfig, Received, Sent};
 use crate::tun::{GROTable, Tun, IDEAL_BATCH_SIZE, MAX_READ};
@@ -318,10 +318,11 @@ pub fn up(config: Config) -> Result<(), EngineError> {
     let mut workers = Vec::with_capacity(worker_count);
     for (tun, udp) in queues.into_iter().zip(sockets) {
         tun.set_nonblocking()?;
+        let tx = TxState::new(config.interface.mtu as usize, tun.offload());
         workers.push(Worker {
             tun,
             udp,
-            tx: std::sync::Mutex::new(TxState::new(config.interface.mtu as usize)),
+            tx: std::sync::Mutex::new(tx),
         });
     }
 
@@ -743,29 +744,45 @@ const RX_SLOT: usize = 65536;
 /// Packets written to the TUN per call (and so per GRO coalescing pass).
 const TX_TUN_BATCH: usize = IDEAL_BATCH_SIZE;
 
-/// The outgoing path's buffers. Behind a mutex in `Shared` so that whichever thread reads the
+/// Packet slots of the outgoing path: two batches, so reading goes on while a whole
+/// super-packet's split still fits.
+const TX_SLOTS: usize = 2 * IDEAL_BATCH_SIZE;
+
+/// The outgoing path's buffers. Behind a mutex in `Worker` so that whichever thread reads the
 /// TUN holds it for the whole read-seal-send of a batch: packets leave in the order they were
 /// read, whichever thread does the work.
 struct TxState {
     scratch: Vec<u8>,
-    bufs: Vec<Vec<u8>>,
+    /// `TX_SLOTS` slots of `stride` bytes, back to back. Packet i is read at
+    /// `data[i * stride + 16..]` (room for the transport header) and sealed in place (padding
+    /// and tag after it). With offload the stride is exactly a full-size sealed packet, so a run
+    /// of full-size packets is already one contiguous GSO buffer: no copy before sending.
+    data: Vec<u8>,
+    stride: usize,
     sizes: Vec<usize>,
     ready: Vec<(usize, SocketAddr, usize)>,
+    /// Runs that are not contiguous in `data` (shorter packets) are gathered here for GSO.
     gso: Vec<u8>,
     out: Vec<Outgoing>,
 }
 
 impl TxState {
-    fn new(mtu: usize) -> TxState {
-        // Each packet lands at offset 16 (room for the transport header), with room after it
-        // for padding and the tag. Room for two batches: reading goes on while a whole
-        // super-packet's split still fits.
-        let slot = TRANSPORT_HEADER_LEN + mtu.max(1500) + 64;
+    fn new(mtu: usize, offload: bool) -> TxState {
+        // With offload, the TUN hands over super-packets split to at most the MTU, so a slot
+        // of header + MTU + tag holds any packet (padding never goes past the MTU). Without
+        // it, each read is one packet straight into a slot: leave room for an MTU raised
+        // behind our back rather than read a truncated packet.
+        let stride = if offload {
+            TRANSPORT_OVERHEAD + mtu
+        } else {
+            TRANSPORT_OVERHEAD + mtu.max(1500) + 64
+        };
         TxState {
             scratch: vec![0u8; MAX_READ],
-            bufs: vec![vec![0u8; slot]; 2 * IDEAL_BATCH_SIZE],
-            sizes: vec![0usize; 2 * IDEAL_BATCH_SIZE],
-            ready: Vec::with_capacity(2 * IDEAL_BATCH_SIZE),
+            data: vec![0u8; TX_SLOTS * stride],
+            stride,
+            sizes: vec![0usize; TX_SLOTS],
+            ready: Vec::with_capacity(TX_SLOTS),
             gso: Vec::with_capacity(65536),
             out: Vec::new(),
         }
@@ -794,89 +811,131 @@ fn tun_to_udp(s: &Shared, w: &Worker) {
 fn drain_tun(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
     let TxState {
         scratch,
-        bufs,
+        data,
+        stride,
         sizes,
         ready,
         gso,
         out,
     } = tx;
+    let stride = *stride;
     let mut filled = 0;
-    while bufs.len() - filled >= IDEAL_BATCH_SIZE {
-        match w.tun.recv_batch(
-            scratch,
-            &mut bufs[filled..],
-            &mut sizes[filled..],
-            TRANSPORT_HEADER_LEN,
-        ) {
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    debug!("reading {}: {e}", w.tun.name());
+    {
+        let mut chunks = data.chunks_mut(stride);
+        let mut slots: [&mut [u8]; TX_SLOTS] =
+            std::array::from_fn(|_| chunks.next().unwrap_or_default());
+        while TX_SLOTS - filled >= IDEAL_BATCH_SIZE {
+            match w.tun.recv_batch(
+                scratch,
+                &mut slots[filled..],
+                &mut sizes[filled..],
+                TRANSPORT_HEADER_LEN,
+            ) {
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        debug!("reading {}: {e}", w.tun.name());
+                    }
+                    break;
                 }
-                break;
+            }
+        }
+        if filled == 0 {
+            return 0;
+        }
+        let now = clock::now();
+        ready.clear();
+        for (i, slot) in slots.iter_mut().enumerate().take(filled) {
+            if let Sent::Ready { to, len } = s.device.encapsulate(slot, sizes[i], now, out) {
+                ready.push((i, to, len));
             }
         }
     }
-    if filled == 0 {
-        return 0;
-    }
-    let now = clock::now();
-    ready.clear();
-    for (i, buf) in bufs.iter_mut().enumerate().take(filled) {
-        if let Sent::Ready { to, len } = s.device.encapsulate(buf, sizes[i], now, out) {
-            ready.push((i, to, len));
-        }
-    }
     let max_segments = w.udp.max_gso_segments().clamp(1, 64);
-    send_runs(&w.udp, bufs, ready, gso, max_segments);
+    send_runs(&w.udp, data, stride, ready, gso, max_segments);
     s.send_all(out);
     filled
 }
 
+/// A run of sealed datagrams to one endpoint: all `seg` bytes long but the last.
+struct Run {
+    to: SocketAddr,
+    seg: usize,
+    count: usize,
+    first: usize,
+    last: usize,
+    bytes: usize,
+    /// Still back to back in the slots (else gathered in the GSO buffer).
+    in_place: bool,
+}
+
 /// Sends sealed datagrams, grouping consecutive ones to the same endpoint with the same length
-/// (the last of a run may be shorter) into one GSO send.
+/// (the last of a run may be shorter) into one GSO send: straight from the slots when they are
+/// back to back (full-size packets), else gathered into `gso` first.
 fn send_runs(
     udp: &Udp,
-    bufs: &[Vec<u8>],
+    data: &[u8],
+    stride: usize,
     ready: &[(usize, SocketAddr, usize)],
     gso: &mut Vec<u8>,
     max_segments: usize,
 ) {
-    let flush = |gso: &mut Vec<u8>, to: SocketAddr, seg: usize, count: usize, first: usize| {
-        let r = if count == 1 {
-            udp.send(&bufs[first][..seg], to, None)
+    let packet = |i: usize, len: usize| &data[i * stride..i * stride + len];
+    let flush = |gso: &mut Vec<u8>, r: &Run| {
+        let result = if r.count == 1 {
+            udp.send(packet(r.first, r.bytes), r.to, None)
+        } else if r.in_place {
+            udp.send(
+                &data[r.first * stride..r.first * stride + r.bytes],
+                r.to,
+                Some(r.seg),
+            )
         } else {
-            udp.send(gso, to, Some(seg))
+            udp.send(gso, r.to, Some(r.seg))
         };
-        if let Err(e) = r {
-            debug!("sending to {to}: {e}");
+        if let Err(e) = result {
+            debug!("sending to {}: {e}", r.to);
         }
         gso.clear();
     };
-    let mut run: Option<(SocketAddr, usize, usize, usize)> = None; // (to, segment, count, first)
+    let mut run: Option<Run> = None;
     for &(i, to, len) in ready {
-        let packet = &bufs[i][..len];
-        if let Some((rto, seg, count, first)) = run {
-            let joins = rto == to && len <= seg && count < max_segments && gso.len() + len <= 65535;
+        if let Some(r) = &mut run {
+            let joins =
+                r.to == to && len <= r.seg && r.count < max_segments && r.bytes + len <= 65535;
             if joins {
-                if count == 1 {
-                    gso.extend_from_slice(&bufs[first][..seg]);
+                if r.in_place && !(r.seg == stride && i == r.last + 1) {
+                    // Not back to back: gather what the run holds so far.
+                    gso.extend_from_slice(&data[r.first * stride..r.first * stride + r.seg]);
+                    r.in_place = false;
                 }
-                gso.extend_from_slice(packet);
-                run = Some((rto, seg, count + 1, first));
-                if len < seg {
-                    flush(gso, rto, seg, count + 1, first);
+                if !r.in_place {
+                    gso.extend_from_slice(packet(i, len));
+                }
+                r.count += 1;
+                r.last = i;
+                r.bytes += len;
+                if len < r.seg {
+                    flush(gso, r);
                     run = None;
                 }
                 continue;
             }
-            flush(gso, rto, seg, count, first);
+            flush(gso, r);
         }
-        run = Some((to, len, 1, i));
+        run = Some(Run {
+            to,
+            seg: len,
+            count: 1,
+            first: i,
+            last: i,
+            bytes: len,
+            in_place: true,
+        });
     }
-    if let Some((to, seg, count, first)) = run {
-        flush(gso, to, seg, count, first);
+    if let Some(r) = &run {
+        flush(gso, r);
     }
 }
 
@@ -1172,4 +1231,54 @@ pub fn describe(config: &Config) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed unwrap is a failed test.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Runs of sealed packets leave as the same datagrams, in order, whether they go straight
+    /// from the slots (full-size, back to back) or are gathered first (shorter, or with a gap
+    /// where a packet was dropped), over loopback.
+    #[test]
+    fn send_runs_sends_every_datagram_in_order() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other_to = other.local_addr().unwrap();
+        let udp = Udp::bind(None).unwrap();
+        let stride = 64;
+        let mut data = vec![0u8; 16 * stride];
+        for (i, slot) in data.chunks_mut(stride).enumerate() {
+            slot.fill(i as u8 + 1);
+        }
+        // (slot, destination, length)
+        let ready = [
+            (0, to, 64), // full-size, back to back: in place
+            (1, to, 64),
+            (2, to, 64),
+            (3, to, 40),       // shorter: ends the run
+            (4, to, 64),       // a new run...
+            (6, to, 64),       // ...with a gap (slot 5 dropped): gathered
+            (7, to, 64),       //
+            (8, other_to, 64), // another endpoint
+            (9, to, 30),       // short packets, one size: gathered
+            (10, to, 30),
+            (11, to, 30),
+            (12, to, 64), // longer than the run's size: a new run
+        ];
+        let mut gso = Vec::new();
+        send_runs(&udp, &data, stride, &ready, &mut gso, 64);
+        let mut buf = [0u8; 256];
+        for &(slot, dest, len) in ready.iter().filter(|r| r.1 == to) {
+            let (n, _) = rx.recv_from(&mut buf).unwrap();
+            assert_eq!(n, len, "slot {slot} ({dest})");
+            assert!(buf[..n].iter().all(|b| *b == slot as u8 + 1), "slot {slot}");
+        }
+        let (n, _) = other.recv_from(&mut buf).unwrap();
+        assert_eq!((n, buf[0]), (64, 9));
+    }
 }

@@ -98,10 +98,10 @@ impl Tun {
 
     /// Reads one packet or super-packet (blocking) and splits it into `bufs`, each packet at
     /// `bufs[i][offset..offset + sizes[i]]`; returns how many.
-    pub fn recv_batch(
+    pub fn recv_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
         scratch: &mut [u8],
-        bufs: &mut [Vec<u8>],
+        bufs: &mut [B],
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
