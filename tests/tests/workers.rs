@@ -73,7 +73,7 @@ fn three_workers_keep_flows_in_order_and_data_intact() {
     if !suidao_lab::require("three_workers_keep_flows_in_order_and_data_intact", &[]) {
         return;
     }
-    let vpn = P2pVpn::start_with(false, &format!("workers = {WORKERS}\n")).unwrap();
+    let mut vpn = P2pVpn::start_with(false, &format!("workers = {WORKERS}\n")).unwrap();
     let (s, c) = (&vpn.lab.server.ns, &vpn.lab.client.ns);
 
     // The TUN has one queue per worker, and the listen port one socket per worker.
@@ -161,4 +161,24 @@ fn three_workers_keep_flows_in_order_and_data_intact() {
     )
     .unwrap();
     check_flows("client to server, IPv6 inside", &flows, &vpn.logs());
+
+    // SIGTERM: every queue and socket goes, and the interface with them.
+    let status = vpn
+        .server
+        .process
+        .stop_with(
+            nix::sys::signal::Signal::SIGTERM,
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(status.success(), "{}", vpn.server.log());
+    let s = &vpn.lab.server.ns;
+    assert_eq!(sockets_on_port(s, PORT), 0, "no socket left on {PORT}");
+    let link = s
+        .command("ip")
+        .unwrap()
+        .args(["link", "show", &vpn.server_spec.ifname])
+        .output()
+        .unwrap();
+    assert!(!link.status.success(), "the TUN interface is gone");
 }
