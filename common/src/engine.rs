@@ -19,12 +19,13 @@
 //! socket file is removed, and the process exits (the TUN interface goes with it).
 
 use crate::config::{Config, InterfaceAddress};
+use crate::gro::Coalescer;
 use crate::keys::PublicKey;
 use crate::netlink::{self, Added, NetlinkError, Teardown};
 use crate::proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
 use crate::proto::messages::Message;
 use crate::proto::{ip, Device, Outgoing, PeerConfig, Received, Sent};
-use crate::tun::{GROTable, Tun, IDEAL_BATCH_SIZE, MAX_READ};
+use crate::tun::{Tun, IDEAL_BATCH_SIZE, MAX_READ};
 use crate::uapi::{self, ApiState};
 use crate::udp::Udp;
 use crate::{clock, hooks, notify};
@@ -409,9 +410,10 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         );
         let w0 = &shared.workers[0];
         info!(
-            "{} worker(s); offloads: TUN segmentation {}, UDP GSO {} segments, UDP GRO {} segments",
+            "{} worker(s); offloads: TUN segmentation {} (UDP {}), UDP GSO {} segments, UDP GRO {} segments",
             shared.workers.len(),
             if w0.tun.offload() { "on" } else { "off" },
+            if w0.tun.udp_offload() { "on" } else { "off" },
             w0.udp.max_gso_segments(),
             w0.udp.gro_segments()
         );
@@ -741,8 +743,10 @@ fn serve_api(listener: UnixListener, api: Arc<ApiState>) {
 /// Datagrams received per recvmmsg call, each up to 64 KB (GRO).
 const RX_MESSAGES: usize = 16;
 const RX_SLOT: usize = 65536;
-/// Packets written to the TUN per call (and so per GRO coalescing pass).
-const TX_TUN_BATCH: usize = IDEAL_BATCH_SIZE;
+/// Opened packets are written to the TUN (coalesced) once this many wait, at the end of a
+/// received message: a whole receive batch at once (up to a thousand small datagrams) would
+/// overflow the receiving socket's buffer behind the TUN, where a few smaller bursts do not.
+const TUN_WRITE_BATCH: usize = IDEAL_BATCH_SIZE;
 
 /// Packet slots of the outgoing path: two batches, so reading goes on while a whole
 /// super-packet's split still fits.
@@ -940,19 +944,13 @@ fn send_runs(
 }
 
 /// Incoming: UDP → open in place → TUN, a batch at a time. One receive may carry many
-/// datagrams (recvmmsg, and GRO runs of one size); the opened packets are written to the TUN
-/// together so that segments of one TCP flow are coalesced into one write.
+/// datagrams (recvmmsg, and GRO runs of one size); the opened packets stay where they are and
+/// are written to the TUN together, consecutive segments of one flow as one super-packet
+/// (`gro`): no copy in between.
 fn udp_to_tun(s: &Shared, w: &Worker) {
     let mut rx = vec![0u8; RX_MESSAGES * RX_SLOT];
     let mut meta = [RecvMeta::default(); RX_MESSAGES];
-    // GRO coalesces a flow's segments into the first one's buffer, and only within that
-    // buffer's capacity: each gets room for a whole 64 KB super-packet (the pages are touched
-    // only as far as they are used).
-    let mut tun_bufs: Vec<Vec<u8>> = (0..TX_TUN_BATCH)
-        .map(|_| Vec::with_capacity(2 * TRANSPORT_HEADER_LEN + 65535))
-        .collect();
-    let mut pending = 0usize;
-    let mut gro = GROTable::default();
+    let mut gro = Coalescer::new(w.tun.offload(), w.tun.udp_offload());
     let mut out = Vec::new();
     let mut relay = vec![0u8; RX_SLOT + 64];
     while !s.stopping.load(Ordering::Relaxed) {
@@ -976,31 +974,34 @@ fn udp_to_tun(s: &Shared, w: &Worker) {
         };
         let now = clock::now();
         for (k, m) in meta.iter().enumerate().take(n) {
-            let msg = &mut rx[k * RX_SLOT..k * RX_SLOT + m.len.min(RX_SLOT)];
+            let base = k * RX_SLOT;
+            let end = base + m.len.min(RX_SLOT);
             let stride = if m.stride == 0 {
-                msg.len().max(1)
+                (end - base).max(1)
             } else {
                 m.stride
             };
-            for datagram in msg.chunks_mut(stride) {
-                receive_one(
-                    s,
-                    w,
-                    m.addr,
-                    datagram,
-                    now,
-                    &mut out,
-                    &mut relay,
-                    &mut tun_bufs,
-                    &mut pending,
-                );
-                if pending == TX_TUN_BATCH {
-                    write_tun(w, &mut gro, &mut tun_bufs, &mut pending);
+            let mut at = base;
+            while at < end {
+                let next = (at + stride).min(end);
+                let datagram = &mut rx[at..next];
+                if let Some(range) = receive_one(s, w, m.addr, datagram, now, &mut out, &mut relay)
+                {
+                    gro.push(&rx, at + range.start, range.len());
+                    if gro.is_full() {
+                        write_tun(w, &mut gro, &mut rx);
+                    }
                 }
+                at = next;
+            }
+            // Between messages (one message is usually one run the sender sent in one go,
+            // such as one TCP super-packet's segments), so that a group is not cut in two.
+            if gro.len() >= TUN_WRITE_BATCH {
+                write_tun(w, &mut gro, &mut rx);
             }
         }
-        let wrote = pending > 0;
-        write_tun(w, &mut gro, &mut tun_bufs, &mut pending);
+        let wrote = !gro.is_empty();
+        write_tun(w, &mut gro, &mut rx);
         s.send_all(&mut out);
         // Writing to the TUN often makes the kernel answer at once (a ping's reply, a TCP ack),
         // and the answer is already waiting in the TUN: send it from here, saving the other
@@ -1013,9 +1014,8 @@ fn udp_to_tun(s: &Shared, w: &Worker) {
     }
 }
 
-/// One datagram: handshake messages to the handshake thread; transport data opened, then
-/// queued for the TUN (or relayed to another peer).
-#[allow(clippy::too_many_arguments)]
+/// One datagram: handshake messages to the handshake thread; transport data opened (or
+/// relayed to another peer). Returns where in `datagram` an opened packet for the TUN lies.
 fn receive_one(
     s: &Shared,
     w: &Worker,
@@ -1024,9 +1024,7 @@ fn receive_one(
     now: crate::proto::Time,
     out: &mut Vec<Outgoing>,
     relay: &mut [u8],
-    tun_bufs: &mut [Vec<u8>],
-    pending: &mut usize,
-) {
+) -> Option<std::ops::Range<usize>> {
     // Well-formed handshake messages go to the handshake thread; transport data and
     // malformed datagrams (dropped and counted at once) are handled here.
     if matches!(
@@ -1034,11 +1032,11 @@ fn receive_one(
         Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
     ) {
         queue_handshake(s, from, datagram, now, out);
-        return;
+        return None;
     }
     match s.device.receive(from, datagram, now, out) {
         Received::Packet { peer, range } => {
-            let packet = &datagram[range];
+            let packet = &datagram[range.clone()];
             if s.hairpin && hairpin(s, peer, packet) {
                 // For another peer: seal it again (in a buffer of its own, with room for the
                 // header, padding and tag) and send it on.
@@ -1049,31 +1047,25 @@ fn receive_one(
                         debug!("relaying to {to}: {e}");
                     }
                 }
+                None
             } else {
-                let b = &mut tun_bufs[*pending];
-                b.clear();
-                // Room in front for the virtio header the TUN write needs.
-                b.resize(TRANSPORT_HEADER_LEN, 0);
-                b.extend_from_slice(packet);
-                *pending += 1;
+                // The transport header in front of it is free now: room for the virtio
+                // header the TUN write needs.
+                Some(range)
             }
         }
-        Received::Dropped(reason) => debug!("dropped a datagram from {from}: {}", reason.name()),
-        _ => {}
+        Received::Dropped(reason) => {
+            debug!("dropped a datagram from {from}: {}", reason.name());
+            None
+        }
+        _ => None,
     }
 }
 
-fn write_tun(w: &Worker, gro: &mut GROTable, tun_bufs: &mut [Vec<u8>], pending: &mut usize) {
-    if *pending == 0 {
-        return;
-    }
-    if let Err(e) = w
-        .tun
-        .send_batch(gro, &mut tun_bufs[..*pending], TRANSPORT_HEADER_LEN)
-    {
+fn write_tun(w: &Worker, gro: &mut Coalescer, rx: &mut [u8]) {
+    if let Err(e) = gro.flush(rx, |iov| w.tun.write_vectored(iov)) {
         debug!("writing to {}: {e}", w.tun.name());
     }
-    *pending = 0;
 }
 
 /// Whether an opened packet is for another peer (relay it) rather than for this host.

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod gro;
 pub mod hooks;
 pub mod keys;
 pub mod netlink;

@@ -4,7 +4,7 @@
 //! and link state are set through netlink (see `netlink`), not here.
 
 use std::io;
-pub use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+pub use tun_rs::{VirtioNetHdr, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// Room to read one super-packet with its virtio header.
 pub const MAX_READ: usize = VIRTIO_NET_HDR_LEN + 65535;
@@ -108,15 +108,30 @@ impl Tun {
         self.dev.recv_multiple(scratch, bufs, sizes, offset)
     }
 
-    /// Writes the packets `bufs[i][offset..]` (each buffer truncated to its packet), coalescing
-    /// segments of one flow where possible. `offset` leaves room for the virtio header.
-    pub fn send_batch(
-        &self,
-        gro: &mut GROTable,
-        bufs: &mut [Vec<u8>],
-        offset: usize,
-    ) -> io::Result<usize> {
-        self.dev.send_multiple(gro, bufs, offset)
+    /// Whether UDP segmentation offload is on too (the TUN takes UDP super-packets).
+    pub fn udp_offload(&self) -> bool {
+        self.offload() && self.dev.udp_gso()
+    }
+
+    /// Writes one packet gathered from `iov` (with offload, a virtio header first).
+    pub fn write_vectored(&self, iov: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let count = libc::c_int::try_from(iov.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: on Unix `IoSlice` is guaranteed ABI-compatible with `struct iovec`; the
+        // slices outlive the call, and the descriptor is the device's, open while `self` is.
+        let n = unsafe {
+            libc::writev(
+                self.dev.as_raw_fd(),
+                iov.as_ptr().cast::<libc::iovec>(),
+                count,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
