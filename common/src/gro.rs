@@ -155,6 +155,20 @@ impl Coalescer {
         }
         let pkt = &buf[start..start + len];
         let Some(c) = candidate(pkt, self.udp) else {
+            // It may belong to a flow with an open group (a pure ACK, a FIN): nothing of that
+            // flow may join a group begun before it, or it would be overtaken. Close the
+            // groups it could belong to.
+            let proto = match pkt.first().map(|b| b >> 4) {
+                Some(4) if pkt.len() >= 20 => Some(pkt[9]),
+                Some(6) if pkt.len() >= 40 => Some(pkt[6]),
+                _ => None,
+            };
+            self.open.retain(|o| {
+                !matches!(
+                    (proto, o.cand.proto),
+                    (Some(6), Proto::Tcp) | (Some(17), Proto::Udp) | (None, _)
+                )
+            });
             return;
         };
         self.packets[idx as usize].payload_total = c.payload;

@@ -178,8 +178,16 @@ fn split(write: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The flow a packet belongs to, as the tests tell them apart (junk: (0, 0)).
 fn ports(p: &[u8]) -> (u16, u16) {
-    let ip_len = if p[0] >> 4 == 6 { 40 } else { 20 };
+    let ip_len = if p.first().is_some_and(|b| b >> 4 == 6) {
+        40
+    } else {
+        20
+    };
+    if p.len() < ip_len + 4 {
+        return (0, 0);
+    }
     (be16(p, ip_len), be16(p, ip_len + 2))
 }
 
@@ -331,6 +339,24 @@ fn what_must_not_be_coalesced_is_not() {
             "in sequence",
             vec![p(0, 1, TCP_ACK, 9, 100), p(100, 1, TCP_ACK, 9, 100)],
             1,
+        ),
+        (
+            "a pure ack of the flow between two segments is not overtaken",
+            vec![
+                p(0, 1, TCP_ACK, 9, 100),
+                p(100, 1, TCP_ACK, 9, 0),
+                p(100, 1, TCP_ACK, 9, 100),
+            ],
+            3,
+        ),
+        (
+            "nor is a packet that cannot be parsed",
+            vec![
+                p(0, 1, TCP_ACK, 9, 100),
+                vec![0x45, 0, 0],
+                p(100, 1, TCP_ACK, 9, 100),
+            ],
+            3,
         ),
         (
             "IPv4 identifications not counting up",
