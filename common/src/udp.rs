@@ -58,33 +58,23 @@ impl Udp {
             }
         };
         let open = |port: u16, reuse: bool| -> io::Result<(Socket, bool)> {
-            let reuse_port = |s: &Socket| {
+            let bind = |s: Socket, ip: IpAddr| -> io::Result<Socket> {
                 if reuse {
-                    s.set_reuse_port(true)
-                } else {
-                    Ok(())
+                    s.set_reuse_port(true)?;
                 }
+                s.bind(&SockAddr::from(SocketAddr::new(ip, port)))
+                    .map_err(|e| in_use(e, port))?;
+                Ok(s)
             };
             match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
                 Ok(s) => {
                     s.set_only_v6(false)?;
-                    reuse_port(&s)?;
-                    s.bind(&SockAddr::from(SocketAddr::new(
-                        Ipv6Addr::UNSPECIFIED.into(),
-                        port,
-                    )))
-                    .map_err(|e| in_use(e, port))?;
-                    Ok((s, true))
+                    Ok((bind(s, Ipv6Addr::UNSPECIFIED.into())?, true))
                 }
+                // No IPv6 on this machine: IPv4 alone.
                 Err(_) => {
                     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-                    reuse_port(&s)?;
-                    s.bind(&SockAddr::from(SocketAddr::new(
-                        Ipv4Addr::UNSPECIFIED.into(),
-                        port,
-                    )))
-                    .map_err(|e| in_use(e, port))?;
-                    Ok((s, false))
+                    Ok((bind(s, Ipv4Addr::UNSPECIFIED.into())?, false))
                 }
             }
         };
