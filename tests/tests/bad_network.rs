@@ -85,6 +85,13 @@ fn lossy_reordering_network_then_a_60_s_cut() {
         c.log()
     );
 
+    // At 30% loss each way a lost retransmission doubles TCP's timeout, up to 120 s by
+    // default: one CI run saw no progress for 180 s. That is TCP's back-off, not the tunnel,
+    // so the two ends' TCP (in their own namespaces only) back off to 10 s at most, where the
+    // kernel allows it (net.ipv4.tcp_rto_max_ms, Linux 6.15 and later).
+    for ns in [client_ns, &lab.server.ns] {
+        let _ = ns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_rto_max_ms", "10000"));
+    }
     let to: SocketAddr = format!("{SERVER_V4}:5001").parse().unwrap();
     let t = suidao_tests::transfer::tcp_patient(
         client_ns,
