@@ -29,14 +29,10 @@ fn explain(name: &str, e: io::Error) -> io::Error {
 }
 
 impl Tun {
-    /// Creates the TUN interface `name`, with offloads where the kernel supports them.
-    pub fn create(name: &str) -> io::Result<Tun> {
-        Ok(Tun::create_queues(name, 1)?.remove(0))
-    }
-
-    /// Creates the TUN interface `name` with `queues` queues (IFF_MULTI_QUEUE when more than
-    /// one): each queue is a file descriptor of its own, and the kernel hands each flow's
-    /// packets to one queue, so one flow stays in order while flows are read in parallel.
+    /// Creates the TUN interface `name`, with offloads where the kernel supports them, and
+    /// `queues` queues (IFF_MULTI_QUEUE when more than one): each queue is a file descriptor of
+    /// its own, and the kernel hands each flow's packets to one queue, so one flow stays in
+    /// order while flows are read in parallel.
     pub fn create_queues(name: &str, queues: usize) -> io::Result<Vec<Tun>> {
         let multi = queues > 1;
         let build = |offload: bool| {
@@ -132,9 +128,5 @@ impl Tun {
         } else {
             Ok(n as usize)
         }
-    }
-
-    pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        self.dev.send(packet)
     }
 }
