@@ -663,18 +663,9 @@ impl Device {
         write(&self.indices).remove(&index);
     }
 
-    fn drop_keypair(&self, kp: Option<Arc<Keypair>>) {
-        if let Some(kp) = kp {
-            self.unregister(kp.local_index);
-        }
-    }
-
     /// Erases all key material of a peer: sessions, the handshake in flight, staged packets.
     fn zero_keys(&self, st: &mut PeerState) {
-        let kps = std::mem::take(&mut st.keypairs);
-        self.drop_keypair(kps.current);
-        self.drop_keypair(kps.previous);
-        self.drop_keypair(kps.next);
+        st.keypairs.clear(&mut |i| self.unregister(i));
         if let Some(i) = st.handshake.pending_index() {
             self.unregister(i);
         }
@@ -801,17 +792,8 @@ impl Device {
                 peer.add_rx(resp.bytes().len());
                 let kp = Arc::new(Keypair::new(&keys, now.instant));
                 self.replace(kp.local_index, Slot::Keypair(peer.id, kp.clone()));
-                // As initiator the new session is usable at once (kernel add_new_keypair).
-                let old = std::mem::take(&mut st.keypairs);
-                if let Some(next) = old.next {
-                    self.drop_keypair(old.current);
-                    self.drop_keypair(old.previous);
-                    st.keypairs.previous = Some(next);
-                } else {
-                    self.drop_keypair(old.previous);
-                    st.keypairs.previous = old.current;
-                }
-                st.keypairs.current = Some(kp);
+                st.keypairs
+                    .initiator_complete(kp, &mut |i| self.unregister(i));
                 st.endpoint = Some(src);
                 st.timers.any_authenticated_packet_received();
                 st.timers.any_authenticated_packet_traversal(now.instant);
@@ -905,11 +887,8 @@ impl Device {
         st.cookie.add_macs(&mut resp, now.instant);
         let kp = Arc::new(Keypair::new(&keys, now.instant));
         self.replace(index, Slot::Keypair(peer.id, kp.clone()));
-        // As responder the session waits in `next` until the initiator uses it.
-        let old_next = st.keypairs.next.replace(kp);
-        self.drop_keypair(old_next);
-        let old_previous = st.keypairs.previous.take();
-        self.drop_keypair(old_previous);
+        st.keypairs
+            .responder_derived(kp, &mut |i| self.unregister(i));
         st.endpoint = Some(src);
         st.timers.any_authenticated_packet_received();
         st.timers.any_authenticated_packet_traversal(now.instant);
@@ -969,18 +948,8 @@ impl Device {
         };
         peer.add_rx(datagram.len());
         let mut st = peer.lock();
-        // The first packet on the responder's `next` session confirms it (kernel
-        // received_with_keypair): it becomes current, the old current becomes previous.
-        if st
-            .keypairs
-            .next
-            .as_ref()
-            .is_some_and(|n| Arc::ptr_eq(n, &kp))
-        {
-            let old_previous = st.keypairs.previous.take();
-            self.drop_keypair(old_previous);
-            st.keypairs.previous = st.keypairs.current.take();
-            st.keypairs.current = st.keypairs.next.take();
+        // The first packet on the responder's `next` session confirms it.
+        if st.keypairs.received_on(&kp, &mut |i| self.unregister(i)) {
             st.timers.handshake_complete();
             st.last_handshake = Some(now.since_epoch);
             self.send_staged(&peer, &mut st, now, out);

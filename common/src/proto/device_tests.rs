@@ -346,6 +346,79 @@ fn rekey_keeps_the_previous_session_for_packets_in_flight() {
     assert_eq!(net.deliver(Side::A, wire).0.len(), 1);
 }
 
+/// The messages of `wire` of one kind.
+fn of_kind(wire: Vec<Vec<u8>>, kind: u8) -> Vec<Vec<u8>> {
+    wire.into_iter().filter(|d| d[0] == kind).collect()
+}
+
+/// An outage: A and B each send a packet that is lost, and 15 s later each starts a handshake.
+/// Returns their initiations.
+fn outage_then_both_initiate(net: &mut Net) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 8));
+    net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 8));
+    net.advance(NEW_HANDSHAKE_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    let init_a = of_kind(net.timers(Side::A), MESSAGE_INITIATION);
+    let init_b = of_kind(net.timers(Side::B), MESSAGE_INITIATION);
+    assert_eq!((init_a.len(), init_b.len()), (1, 1));
+    (init_a, init_b)
+}
+
+/// Crossed handshakes after an outage, and A misses both of B's messages: B answered A's
+/// initiation, then its own (retried) initiation completed, which in the kernel's three slots
+/// drops the session A still sends on. B keeps opening it, and A moves to the new session
+/// with B's first answer.
+#[test]
+fn crossed_handshakes_keep_the_session_the_peer_still_sends_on() {
+    let mut net = net();
+    net.connect();
+    let p = ipv4(A_TUN, B_TUN, 8);
+    let q = ipv4(B_TUN, A_TUN, 8);
+    let (init_a, _lost) = outage_then_both_initiate(&mut net);
+    let (_, _, lost_response) = net.deliver(Side::B, init_a);
+    assert_eq!(kinds(&lost_response), vec![MESSAGE_RESPONSE]);
+    net.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    let init_b = of_kind(net.timers(Side::B), MESSAGE_INITIATION);
+    assert_eq!(init_b.len(), 1, "B retries its own initiation");
+    let (_, _, response) = net.deliver(Side::A, init_b);
+    let (_, verdicts, lost_keepalive) = net.deliver(Side::B, response);
+    assert!(matches!(verdicts[0], Received::Handshake { .. }));
+    assert_eq!(kinds(&lost_keepalive), vec![MESSAGE_TRANSPORT]);
+    // A has heard nothing on a new session: it sends on the old one.
+    let (_, straggler) = net.send_ip(Side::A, &p);
+    let (_, wire) = net.send_ip(Side::A, &p);
+    assert_eq!(net.deliver(Side::B, wire).0, vec![p.clone()]);
+    // B answers on its new session; A takes it up and B opens that too.
+    let (_, wire) = net.send_ip(Side::B, &q);
+    assert_eq!(net.deliver(Side::A, wire).0, vec![q]);
+    let (_, wire) = net.send_ip(Side::A, &p);
+    assert_eq!(net.deliver(Side::B, wire).0, vec![p]);
+    // Once A has moved on, the old session is forgotten as in the kernel.
+    let (_, verdicts, _) = net.deliver(Side::B, straggler);
+    assert_eq!(verdicts, vec![Received::Dropped(DropReason::UnknownIndex)]);
+    assert_eq!(net.b.index_count(), 2, "current and previous");
+}
+
+/// After an outage B's initiation completes but its keepalive is lost; A's own initiation,
+/// retried 5 s later, reaches B and B's answer is lost. Answering drops `previous` in the
+/// kernel — the session A still sends on. B keeps opening it.
+#[test]
+fn answering_a_retried_initiation_keeps_the_session_the_peer_still_sends_on() {
+    let mut net = net();
+    net.connect();
+    let p = ipv4(A_TUN, B_TUN, 8);
+    let (_lost, init_b) = outage_then_both_initiate(&mut net);
+    let (_, _, response) = net.deliver(Side::A, init_b);
+    let (_, _, lost_keepalive) = net.deliver(Side::B, response);
+    assert_eq!(kinds(&lost_keepalive), vec![MESSAGE_TRANSPORT]);
+    net.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    let retry = of_kind(net.timers(Side::A), MESSAGE_INITIATION);
+    assert_eq!(retry.len(), 1, "A retries its own initiation");
+    let (_, _, lost_response) = net.deliver(Side::B, retry);
+    assert_eq!(kinds(&lost_response), vec![MESSAGE_RESPONSE]);
+    let (_, wire) = net.send_ip(Side::A, &p);
+    assert_eq!(net.deliver(Side::B, wire).0, vec![p]);
+}
+
 #[test]
 fn passive_keepalive_after_10s() {
     let mut net = net();

@@ -37,6 +37,8 @@ pub mod timers;
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod lossy_tests;
 
 pub use device::{Device, DeviceError, DropReason, Outgoing, Received, Sent};
 pub use peer::{PeerConfig, PeerId, PeerInfo};

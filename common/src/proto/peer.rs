@@ -44,11 +44,106 @@ impl PeerConfig {
 /// The current, previous and next sessions (paper, section 6.1 / kernel noise_keypairs).
 /// `next` is a session we derived as responder and may not use until the initiator has sent on
 /// it; `previous` keeps receiving while packets sealed before a rekey are still in flight.
+///
+/// `receiving` is ours, not the kernel's: the session the peer last sent us a packet on. The
+/// kernel's three slots can push out the very session the peer is still sending on. When both
+/// sides initiate at once over a lossy path (after an outage, say), a handshake we answered
+/// puts its session in `next` and drops `previous`; one we initiated drops `current` when
+/// `next` is taken. If the peer missed our side of those handshakes it keeps sending on the
+/// session we dropped, every packet is refused, and it learns of the new session only from a
+/// packet of ours on it — which, when its traffic is requests, never comes until its own next
+/// initiation gets through, 5 s or more later (seen: 18 s at 30% loss each way). So a session
+/// that leaves the slots stays open for receiving while it is the one the peer uses, until a
+/// packet arrives on another; it never sends, and it expires like any other.
 #[derive(Default)]
 pub struct Keypairs {
     pub current: Option<Arc<Keypair>>,
     pub previous: Option<Arc<Keypair>>,
     pub next: Option<Arc<Keypair>>,
+    receiving: Option<Arc<Keypair>>,
+}
+
+fn same(slot: &Option<Arc<Keypair>>, kp: &Arc<Keypair>) -> bool {
+    slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, kp))
+}
+
+impl Keypairs {
+    fn holds(&self, kp: &Arc<Keypair>) -> bool {
+        same(&self.current, kp) || same(&self.previous, kp) || same(&self.next, kp)
+    }
+
+    /// A session left its slot: its receiver index goes (`forget`), unless the peer is still
+    /// sending on it.
+    fn retire(&self, kp: Option<Arc<Keypair>>, forget: &mut impl FnMut(u32)) {
+        if let Some(kp) = kp {
+            if !same(&self.receiving, &kp) {
+                forget(kp.local_index);
+            }
+        }
+    }
+
+    /// A handshake we initiated completed: its session is usable at once (kernel
+    /// add_new_keypair, initiator side).
+    pub fn initiator_complete(&mut self, kp: Arc<Keypair>, forget: &mut impl FnMut(u32)) {
+        let previous = self.previous.take();
+        self.retire(previous, forget);
+        if let Some(next) = self.next.take() {
+            // Both sides initiated: the one we answered waits in `next`; the kernel keeps
+            // it as `previous` and drops `current`.
+            let current = self.current.take();
+            self.retire(current, forget);
+            self.previous = Some(next);
+        } else {
+            self.previous = self.current.take();
+        }
+        self.current = Some(kp);
+    }
+
+    /// We answered an initiation: its session waits in `next` until the initiator uses it;
+    /// `previous` goes (kernel add_new_keypair, responder side).
+    pub fn responder_derived(&mut self, kp: Arc<Keypair>, forget: &mut impl FnMut(u32)) {
+        let next = self.next.replace(kp);
+        self.retire(next, forget);
+        let previous = self.previous.take();
+        self.retire(previous, forget);
+    }
+
+    /// A packet arrived on `kp`. The first one on `next` confirms it: it becomes current and
+    /// the old current previous (kernel received_with_keypair); returns whether that happened.
+    pub fn received_on(&mut self, kp: &Arc<Keypair>, forget: &mut impl FnMut(u32)) -> bool {
+        let confirmed = same(&self.next, kp);
+        if confirmed {
+            let previous = self.previous.take();
+            self.retire(previous, forget);
+            self.previous = self.current.take();
+            self.current = self.next.take();
+        }
+        // A packet on a session that left the slots while we were opening it changes nothing.
+        if !same(&self.receiving, kp) && self.holds(kp) {
+            if let Some(old) = self.receiving.replace(kp.clone()) {
+                if !self.holds(&old) {
+                    forget(old.local_index);
+                }
+            }
+        }
+        confirmed
+    }
+
+    /// Every session goes (keys erased, peer removed).
+    pub fn clear(&mut self, forget: &mut impl FnMut(u32)) {
+        let receiving = self.receiving.take().filter(|r| !self.holds(r));
+        for kp in [
+            receiving,
+            self.current.take(),
+            self.previous.take(),
+            self.next.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            forget(kp.local_index);
+        }
+    }
 }
 
 pub struct PeerState {

@@ -43,14 +43,20 @@ pub struct Timers {
     pub persistent_interval: Option<Duration>,
 }
 
-/// Jitter needs no secrecy, only spread: a per-thread xorshift generator seeded once from the
-/// OS, so that arming a timer (once per packet sent after a quiet spell) costs no system call.
+// Jitter needs no secrecy, only spread: a per-thread xorshift generator seeded once from the
+// OS, so that arming a timer (once per packet sent after a quiet spell) costs no system call.
+thread_local! {
+    static JITTER_STATE: std::cell::Cell<u64> = std::cell::Cell::new(OsRng.next_u64() | 1);
+}
+
+/// Makes this thread's jitter repeatable, for simulations that replay a seed.
+#[cfg(test)]
+pub(crate) fn seed_jitter(seed: u64) {
+    JITTER_STATE.with(|s| s.set(seed | 1));
+}
+
 fn jitter() -> Duration {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(OsRng.next_u64() | 1);
-    }
-    let r = STATE.with(|s| {
+    let r = JITTER_STATE.with(|s| {
         let mut x = s.get();
         x ^= x << 13;
         x ^= x >> 7;
