@@ -309,20 +309,32 @@ pub fn ping(ns: &Netns, target: &str, count: u32) -> Result<bool> {
     Ok(crate::measure::ping_rtt(ns, target, count, "0.2")?.is_some())
 }
 
-/// Pings until one reply comes or `timeout` passes.
+/// Pings until one reply comes or `timeout` passes: a probe every 0.2 s (so on a lossy path
+/// the answer depends on the tunnel, not on the luck of a few probes), and the time to the
+/// first reply is measured to that step.
 pub fn ping_until(ns: &Netns, target: &str, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        // `-w`: exit at the first reply (`-c 1`) or after this many whole seconds. A ping
+        // that fails at once (no route yet, say) is started again; a reply after the
+        // deadline (the last `-w 1` can overrun it) does not count.
+        let secs = left.as_secs().max(1).to_string();
         let out = ns
             .command("ping")?
-            .args(["-c", "1", "-W", "1", "-q", target])
+            .args(["-c", "1", "-i", "0.2", "-w", &secs, "-q", target])
             .output()
             .context("running ping")?;
         if out.status.success() {
-            return Ok(true);
+            return Ok(Instant::now() <= deadline);
+        }
+        if Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
-    Ok(false)
 }
 
 /// Runs a command in `ns` and returns its output (failing on a nonzero exit).
