@@ -503,8 +503,8 @@ impl Device {
         };
         let usable = st
             .keypairs
-            .current
-            .clone()
+            .current()
+            .cloned()
             .filter(|kp| st.staged.is_empty() && kp.can_send(now.instant));
         if let Some((kp, counter)) = usable.and_then(|kp| kp.next_counter().map(|c| (kp, c))) {
             Self::after_send(&mut st, len > 0, now);
@@ -562,7 +562,7 @@ impl Device {
     /// session, asks for a handshake instead and keeps them.
     fn send_staged(&self, peer: &Peer, st: &mut PeerState, now: Time, out: &mut Vec<Outgoing>) {
         let Some(to) = st.endpoint else { return };
-        let kp = match st.keypairs.current.clone() {
+        let kp = match st.keypairs.current().cloned() {
             Some(kp) if kp.can_send(now.instant) => kp,
             _ => {
                 self.initiate(peer, st, now, false, out);
@@ -962,11 +962,7 @@ impl Device {
         }
         // The initiator makes sure a new session exists before this one becomes unusable for
         // receiving, even if it never sends (kernel keep_key_fresh on receive).
-        let is_current = st
-            .keypairs
-            .current
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, &kp));
+        let is_current = st.keypairs.current().is_some_and(|c| Arc::ptr_eq(c, &kp));
         if is_current
             && kp.initiator
             && !st.sent_lastminute_handshake

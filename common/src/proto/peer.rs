@@ -56,10 +56,11 @@ impl PeerConfig {
 /// that leaves the slots stays open for receiving while it is the one the peer uses, until a
 /// packet arrives on another; it never sends, and it expires like any other.
 #[derive(Default)]
+/// The slots change only through the methods below, which keep the index table in step.
 pub struct Keypairs {
-    pub current: Option<Arc<Keypair>>,
-    pub previous: Option<Arc<Keypair>>,
-    pub next: Option<Arc<Keypair>>,
+    current: Option<Arc<Keypair>>,
+    previous: Option<Arc<Keypair>>,
+    next: Option<Arc<Keypair>>,
     receiving: Option<Arc<Keypair>>,
 }
 
@@ -68,6 +69,11 @@ fn same(slot: &Option<Arc<Keypair>>, kp: &Arc<Keypair>) -> bool {
 }
 
 impl Keypairs {
+    /// The session we send on.
+    pub fn current(&self) -> Option<&Arc<Keypair>> {
+        self.current.as_ref()
+    }
+
     fn holds(&self, kp: &Arc<Keypair>) -> bool {
         same(&self.current, kp) || same(&self.previous, kp) || same(&self.next, kp)
     }
