@@ -6,11 +6,12 @@
 use crate::interrupt;
 use crate::measure::{cpu_seconds, iperf3, median, ping_rtt, tcp_bps, udp_pps};
 use crate::require::have_tool;
-use crate::suidao::{Node, NodeSpec, PeerSpec, Role, TempDir};
+use crate::suidao::{NodeSpec, Role, TempDir};
 use crate::topology::P2p;
 use crate::wggo::{WgPeer, WireguardGo};
 use anyhow::{bail, Result};
 use serde_json::json;
+use std::net::SocketAddr;
 use suidao_common::keys::PrivateKey;
 
 pub struct Options {
@@ -97,42 +98,20 @@ pub fn run(opts: Options) -> Result<()> {
     let dir = TempDir::new()?;
 
     // suidao on 10.99.0.0/24, port 51820.
-    let mut server = NodeSpec::new("sdl");
-    let mut client = NodeSpec::new("sdl");
-    server.listen_port = Some(51820);
-    server.addresses = vec!["10.99.0.1/24".into()];
-    client.addresses = vec!["10.99.0.2/24".into()];
+    let (mut server, mut client) = NodeSpec::pair(
+        ["sdl", "sdl"],
+        &["10.99.0.1/24"],
+        &["10.99.0.2/24"],
+        SocketAddr::new(lab.server.v4, 51820),
+        &["10.99.0.0/24"],
+    )?;
     if let Some(n) = opts.workers {
         for spec in [&mut server, &mut client] {
             spec.extra.push_str(&format!("workers = {n}\n"));
         }
     }
-    server.peers.push(PeerSpec {
-        name: Some("client".into()),
-        public_key: Some(client.public_key()),
-        allowed_ips: vec!["10.99.0.2/32".into()],
-        ..Default::default()
-    });
-    client.peers.push(PeerSpec {
-        name: Some("server".into()),
-        public_key: Some(server.public_key()),
-        endpoint: Some(format!("{}:51820", lab.server.v4)),
-        allowed_ips: vec!["10.99.0.0/24".into()],
-        persistent_keepalive: Some(25),
-        ..Default::default()
-    });
-    let suidao_server = Node::start(
-        &lab.server.ns,
-        Role::Server,
-        &server.write(dir.path())?,
-        &server.ifname,
-    )?;
-    let suidao_client = Node::start(
-        &lab.client.ns,
-        Role::Client,
-        &client.write(dir.path())?,
-        &client.ifname,
-    )?;
+    let suidao_server = server.start(&lab.server.ns, Role::Server, dir.path())?;
+    let suidao_client = client.start(&lab.client.ns, Role::Client, dir.path())?;
 
     // wireguard-go on 10.98.0.0/24, port 51830.
     let mut wg = Vec::new();

@@ -4,6 +4,7 @@
 use crate::{unique, Netns, Process};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -163,6 +164,58 @@ impl NodeSpec {
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
+
+    /// Writes the config into `dir` and starts `up` with it in `ns` (`Node::start`).
+    pub fn start(&self, ns: &Netns, role: Role, dir: &Path) -> Result<Node> {
+        Node::start(ns, role, &self.write(dir)?, &self.ifname)
+    }
+
+    /// A server and a client that know each other, the usual pair of tests and the bench:
+    /// the server listens on `endpoint`'s port and allows the client's tunnel addresses (as
+    /// host routes); the client reaches the server at `endpoint`, routes `client_routes`
+    /// through it and keeps the path open every 25 s. Addresses carry their prefix length
+    /// (`10.99.0.1/24`); `stems` start the two interface names (`NodeSpec::new`).
+    pub fn pair(
+        stems: [&str; 2],
+        server_addresses: &[&str],
+        client_addresses: &[&str],
+        endpoint: SocketAddr,
+        client_routes: &[&str],
+    ) -> Result<(NodeSpec, NodeSpec)> {
+        let mut server = NodeSpec::new(stems[0]);
+        let mut client = NodeSpec::new(stems[1]);
+        server.listen_port = Some(endpoint.port());
+        server.addresses = server_addresses.iter().map(|a| a.to_string()).collect();
+        client.addresses = client_addresses.iter().map(|a| a.to_string()).collect();
+        server.peers.push(PeerSpec {
+            name: Some("client".into()),
+            public_key: Some(client.public_key()),
+            allowed_ips: client_addresses
+                .iter()
+                .map(|a| host_route(a))
+                .collect::<Result<_>>()?,
+            ..Default::default()
+        });
+        client.peers.push(PeerSpec {
+            name: Some("server".into()),
+            public_key: Some(server.public_key()),
+            endpoint: Some(endpoint.to_string()),
+            allowed_ips: client_routes.iter().map(|r| r.to_string()).collect(),
+            persistent_keepalive: Some(25),
+            ..Default::default()
+        });
+        Ok((server, client))
+    }
+}
+
+/// `10.99.0.2/24` -> `10.99.0.2/32`, `fd99::2/64` -> `fd99::2/128`.
+fn host_route(address: &str) -> Result<String> {
+    let ip = address.split('/').next().unwrap_or_default();
+    Ok(match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => format!("{ip}/32"),
+        Ok(std::net::IpAddr::V6(_)) => format!("{ip}/128"),
+        Err(e) => bail!("{address}: not an address: {e}"),
+    })
 }
 
 /// `suidao-client` or `suidao-server`.

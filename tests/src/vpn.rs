@@ -21,35 +21,19 @@ pub struct P2pVpn {
     pub lab: P2p,
 }
 
-pub fn specs(lab: &P2p, underlay_v6: bool) -> (NodeSpec, NodeSpec) {
-    let mut server = NodeSpec::new("sds");
-    let mut client = NodeSpec::new("sdc");
-    server.listen_port = Some(PORT);
-    server.addresses = vec![format!("{SERVER_V4}/24"), format!("{SERVER_V6}/64")];
-    client.addresses = vec![format!("{CLIENT_V4}/24"), format!("{CLIENT_V6}/64")];
-    server.peers.push(PeerSpec {
-        name: Some("client".into()),
-        public_key: Some(client.public_key()),
-        allowed_ips: vec![format!("{CLIENT_V4}/32"), format!("{CLIENT_V6}/128")],
-        ..Default::default()
-    });
-    let endpoint = SocketAddr::new(
-        if underlay_v6 {
-            lab.server.v6
-        } else {
-            lab.server.v4
-        },
-        PORT,
-    );
-    client.peers.push(PeerSpec {
-        name: Some("server".into()),
-        public_key: Some(server.public_key()),
-        endpoint: Some(endpoint.to_string()),
-        allowed_ips: vec!["10.99.0.0/24".into(), "fd99::/64".into()],
-        persistent_keepalive: Some(25),
-        ..Default::default()
-    });
-    (server, client)
+pub fn specs(lab: &P2p, underlay_v6: bool) -> Result<(NodeSpec, NodeSpec)> {
+    let server = if underlay_v6 {
+        lab.server.v6
+    } else {
+        lab.server.v4
+    };
+    NodeSpec::pair(
+        ["sds", "sdc"],
+        &[&format!("{SERVER_V4}/24"), &format!("{SERVER_V6}/64")],
+        &[&format!("{CLIENT_V4}/24"), &format!("{CLIENT_V6}/64")],
+        SocketAddr::new(server, PORT),
+        &["10.99.0.0/24", "fd99::/64"],
+    )
 }
 
 impl P2pVpn {
@@ -61,21 +45,11 @@ impl P2pVpn {
     pub fn start_with(underlay_v6: bool, extra: &str) -> Result<P2pVpn> {
         let lab = P2p::new()?;
         let dir = TempDir::new()?;
-        let (mut server_spec, mut client_spec) = specs(&lab, underlay_v6);
+        let (mut server_spec, mut client_spec) = specs(&lab, underlay_v6)?;
         server_spec.extra.push_str(extra);
         client_spec.extra.push_str(extra);
-        let server = Node::start(
-            &lab.server.ns,
-            Role::Server,
-            &server_spec.write(dir.path())?,
-            &server_spec.ifname,
-        )?;
-        let client = Node::start(
-            &lab.client.ns,
-            Role::Client,
-            &client_spec.write(dir.path())?,
-            &client_spec.ifname,
-        )?;
+        let server = server_spec.start(&lab.server.ns, Role::Server, dir.path())?;
+        let client = client_spec.start(&lab.client.ns, Role::Client, dir.path())?;
         Ok(P2pVpn {
             client,
             server,
@@ -144,20 +118,10 @@ impl HubVpn {
             });
             client_specs.push(c);
         }
-        let server = Node::start(
-            &lab.server.ns,
-            Role::Server,
-            &server_spec.write(dir.path())?,
-            &server_spec.ifname,
-        )?;
+        let server = server_spec.start(&lab.server.ns, Role::Server, dir.path())?;
         let mut clients = Vec::new();
         for (spec, host) in client_specs.iter().zip(&lab.clients) {
-            clients.push(Node::start(
-                &host.ns,
-                Role::Client,
-                &spec.write(dir.path())?,
-                &spec.ifname,
-            )?);
+            clients.push(spec.start(&host.ns, Role::Client, dir.path())?);
         }
         Ok(HubVpn {
             clients,

@@ -7,7 +7,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-use suidao_lab::suidao::{ping_until, Node, NodeSpec, PeerSpec, Role, TempDir};
+use suidao_lab::suidao::{ping_until, NodeSpec, Role, TempDir};
 use suidao_lab::topology::Hub;
 use suidao_tests::badnet::{Impairment, Relay};
 use suidao_tests::vpn::{hub_client_v4, PORT, SERVER_V4};
@@ -44,39 +44,22 @@ fn lossy_reordering_network_then_a_60_s_cut() {
         },
     );
 
-    let mut server = NodeSpec::new("sds");
-    let mut client = NodeSpec::new("sdc");
+    // The client's endpoint is the relay; the server listens on its own port behind it.
+    let (mut server, client) = NodeSpec::pair(
+        ["sds", "sdc"],
+        &[&format!("{SERVER_V4}/24")],
+        &[&format!("{}/24", hub_client_v4(1))],
+        relay_addr,
+        &["10.99.0.0/24"],
+    )
+    .unwrap();
     server.listen_port = Some(PORT);
-    server.addresses = vec![format!("{SERVER_V4}/24")];
-    client.addresses = vec![format!("{}/24", hub_client_v4(1))];
-    server.peers.push(PeerSpec {
-        name: Some("client".into()),
-        public_key: Some(client.public_key()),
-        allowed_ips: vec![format!("{}/32", hub_client_v4(1))],
-        ..Default::default()
-    });
-    client.peers.push(PeerSpec {
-        name: Some("server".into()),
-        public_key: Some(server.public_key()),
-        endpoint: Some(relay_addr.to_string()),
-        allowed_ips: vec!["10.99.0.0/24".into()],
-        persistent_keepalive: Some(25),
-        ..Default::default()
-    });
-    let s = Node::start(
-        &lab.server.ns,
-        Role::Server,
-        &server.write(dir.path()).unwrap(),
-        &server.ifname,
-    )
-    .unwrap();
-    let c = Node::start(
-        &lab.clients[0].ns,
-        Role::Client,
-        &client.write(dir.path()).unwrap(),
-        &client.ifname,
-    )
-    .unwrap();
+    let s = server
+        .start(&lab.server.ns, Role::Server, dir.path())
+        .unwrap();
+    let c = client
+        .start(&lab.clients[0].ns, Role::Client, dir.path())
+        .unwrap();
     let client_ns = &lab.clients[0].ns;
     assert!(
         ping_until(client_ns, SERVER_V4, Duration::from_secs(30)).unwrap(),

@@ -81,7 +81,7 @@ fn five_hundred_up_down_cycles_leave_nothing_behind() {
     }
     let lab = suidao_lab::topology::P2p::new().unwrap();
     let dir = suidao_lab::suidao::TempDir::new().unwrap();
-    let (server, _) = specs(&lab, false);
+    let (server, _) = specs(&lab, false).unwrap();
     let cfg = server.write(dir.path()).unwrap();
     let before = snapshot(&lab.server.ns);
     let start = Instant::now();

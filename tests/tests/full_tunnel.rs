@@ -4,7 +4,7 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use suidao_lab::suidao::{ping, ping_until, Node, NodeSpec, PeerSpec, Role, TempDir};
+use suidao_lab::suidao::{ping, ping_until, NodeSpec, Role, TempDir};
 use suidao_lab::topology::{End, Lab, Link, Spec};
 use suidao_lab::Netns;
 
@@ -53,42 +53,19 @@ fn full_tunnel_client_reaches_the_internet_behind_the_server_and_cleans_up() {
         "no way out without the tunnel"
     );
 
-    let mut server = NodeSpec::new("sds");
-    let mut client = NodeSpec::new("sdc");
-    server.listen_port = Some(51820);
-    server.addresses = vec!["10.99.0.1/24".into()];
+    let (mut server, client) = NodeSpec::pair(
+        ["sds", "sdc"],
+        &["10.99.0.1/24"],
+        &["10.99.0.2/24"],
+        "198.18.0.1:51820".parse().unwrap(),
+        &["0.0.0.0/0"],
+    )
+    .unwrap();
     // The server forwards and masquerades for its clients through hooks, as with wg-quick.
     server.extra = "post_up = [\"sysctl -qw net.ipv4.ip_forward=1\", \"nft 'add table ip sdft; add chain ip sdft post { type nat hook postrouting priority srcnat; }; add rule ip sdft post oifname out masquerade'\"]\npre_down = \"nft delete table ip sdft\"\n".into();
-    server.peers.push(PeerSpec {
-        name: Some("client".into()),
-        public_key: Some(client.public_key()),
-        allowed_ips: vec!["10.99.0.2/32".into()],
-        ..Default::default()
-    });
-    client.addresses = vec!["10.99.0.2/24".into()];
-    client.peers.push(PeerSpec {
-        name: Some("server".into()),
-        public_key: Some(server.public_key()),
-        endpoint: Some("198.18.0.1:51820".into()),
-        allowed_ips: vec!["0.0.0.0/0".into()],
-        persistent_keepalive: Some(25),
-        ..Default::default()
-    });
-    let server_node = Node::start(
-        server_ns,
-        Role::Server,
-        &server.write(dir.path()).unwrap(),
-        &server.ifname,
-    )
-    .unwrap();
+    let server_node = server.start(server_ns, Role::Server, dir.path()).unwrap();
     let before = snapshot(client_ns);
-    let mut client_node = Node::start(
-        client_ns,
-        Role::Client,
-        &client.write(dir.path()).unwrap(),
-        &client.ifname,
-    )
-    .unwrap();
+    let mut client_node = client.start(client_ns, Role::Client, dir.path()).unwrap();
     assert!(
         ping_until(client_ns, "198.18.2.2", std::time::Duration::from_secs(10)).unwrap(),
         "the internet through the tunnel\n{}\n{}",

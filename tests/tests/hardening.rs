@@ -380,24 +380,12 @@ fn no_log_line_at_any_level_holds_key_material() {
     std::env::set_var("SUIDAO_LOG", "trace");
     let lab = suidao_lab::topology::P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
-    let (mut s, mut c) = suidao_tests::vpn::specs(&lab, false);
+    let (mut s, mut c) = suidao_tests::vpn::specs(&lab, false).unwrap();
     let psk = suidao_common::keys::PresharedKey::generate();
     s.peers[0].preshared_key = Some(psk.clone());
     c.peers[0].preshared_key = Some(psk.clone());
-    let server = Node::start(
-        &lab.server.ns,
-        Role::Server,
-        &s.write(dir.path()).unwrap(),
-        &s.ifname,
-    )
-    .unwrap();
-    let client = Node::start(
-        &lab.client.ns,
-        Role::Client,
-        &c.write(dir.path()).unwrap(),
-        &c.ifname,
-    )
-    .unwrap();
+    let server = s.start(&lab.server.ns, Role::Server, dir.path()).unwrap();
+    let client = c.start(&lab.client.ns, Role::Client, dir.path()).unwrap();
     std::env::remove_var("SUIDAO_LOG");
     assert!(ping(&lab.client.ns, SERVER_V4, 3).unwrap());
     let _ = suidao_common::uapi::request(&s.ifname, "suidao_reload=1");

@@ -78,13 +78,9 @@ fn add_client_and_reload_keep_others_undisturbed_then_remove_client() {
     let server_cfg = server.write(dir.path()).unwrap();
     let mut server_node =
         Node::start(&lab.server.ns, Role::Server, &server_cfg, &server.ifname).unwrap();
-    let _alice_node = Node::start(
-        &lab.clients[0].ns,
-        Role::Client,
-        &alice.write(dir.path()).unwrap(),
-        &alice.ifname,
-    )
-    .unwrap();
+    let _alice_node = alice
+        .start(&lab.clients[0].ns, Role::Client, dir.path())
+        .unwrap();
     assert!(
         ping(&lab.clients[0].ns, SERVER_V4, 2).unwrap(),
         "{}",

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use suidao_common::keys::{PresharedKey, PrivateKey};
-use suidao_lab::suidao::{ping, Node, NodeSpec, PeerSpec, Role, TempDir};
+use suidao_lab::suidao::{ping, NodeSpec, PeerSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
 use suidao_lab::wggo::{WgPeer, WireguardGo};
 use suidao_tests::vpn::*;
@@ -75,13 +75,9 @@ fn suidao_client_to_wireguard_go_server() {
         }],
     )
     .unwrap();
-    let node = Node::start(
-        &lab.client.ns,
-        Role::Client,
-        &client.write(dir.path()).unwrap(),
-        &client.ifname,
-    )
-    .unwrap();
+    let node = client
+        .start(&lab.client.ns, Role::Client, dir.path())
+        .unwrap();
     traffic_both_ways(&lab, || {
         format!("{}\n--- wireguard-go ---\n{}", node.log(), wg.log())
     });
@@ -109,13 +105,9 @@ fn wireguard_go_client_to_suidao_server() {
         allowed_ips: vec![format!("{CLIENT_V4}/32"), format!("{CLIENT_V6}/128")],
         ..Default::default()
     });
-    let node = Node::start(
-        &lab.server.ns,
-        Role::Server,
-        &server.write(dir.path()).unwrap(),
-        &server.ifname,
-    )
-    .unwrap();
+    let node = server
+        .start(&lab.server.ns, Role::Server, dir.path())
+        .unwrap();
     let server_v6: IpAddr = lab.server.v6;
     let wg = WireguardGo::start(
         &lab.client.ns,

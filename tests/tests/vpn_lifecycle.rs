@@ -21,7 +21,7 @@ fn sigterm_removes_everything_up_added_and_kill_9_leaves_up_working() {
     }
     let lab = P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
-    let (server_spec, client_spec) = specs(&lab, false);
+    let (server_spec, client_spec) = specs(&lab, false).unwrap();
     let server_cfg = server_spec.write(dir.path()).unwrap();
     let client_cfg = client_spec.write(dir.path()).unwrap();
     let before = (snapshot(&lab.server.ns), snapshot(&lab.client.ns));
@@ -240,13 +240,9 @@ fn wg_show_sees_the_peer_and_wg_set_adds_one_that_can_connect() {
         allowed_ips: vec!["10.99.0.0/24".into()],
         ..Default::default()
     });
-    let newcomer = Node::start(
-        &lab.client.ns,
-        Role::Client,
-        &spec.write(dir.path()).unwrap(),
-        &spec.ifname,
-    )
-    .unwrap();
+    let newcomer = spec
+        .start(&lab.client.ns, Role::Client, dir.path())
+        .unwrap();
     let new_pub = spec.public_key().to_base64();
     assert!(
         !ping(&lab.client.ns, SERVER_V4, 1).unwrap(),
