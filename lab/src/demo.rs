@@ -4,10 +4,9 @@
 use crate::interrupt;
 use crate::measure::{iperf3, ping_rtt, tcp_bps};
 use crate::require::have_tool;
-use crate::suidao::{Node, NodeSpec, PeerSpec, Role, TempDir};
+use crate::suidao::{host_of, Node, NodeSpec, PeerSpec, Role, TempDir};
 use crate::topology::{Lab, Spec, VpnNode};
 use anyhow::{bail, Context, Result};
-use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const PORT: u16 = 51820;
@@ -31,12 +30,6 @@ struct Row {
 fn network_of(addr: &str) -> Result<String> {
     let c: suidao_common::allowed_ips::Cidr = addr.parse()?;
     Ok(c.to_string())
-}
-
-/// The host part of a tunnel address ("10.99.0.2/24" -> "10.99.0.2/32").
-fn host_of(addr: &str) -> Result<String> {
-    let ip: IpAddr = addr.split('/').next().unwrap_or(addr).parse()?;
-    Ok(format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
 }
 
 /// Server and client configurations for the topology's VPN.

@@ -192,7 +192,7 @@ impl NodeSpec {
             public_key: Some(client.public_key()),
             allowed_ips: client_addresses
                 .iter()
-                .map(|a| host_route(a))
+                .map(|a| host_of(a))
                 .collect::<Result<_>>()?,
             ..Default::default()
         });
@@ -208,14 +208,16 @@ impl NodeSpec {
     }
 }
 
-/// `10.99.0.2/24` -> `10.99.0.2/32`, `fd99::2/64` -> `fd99::2/128`.
-fn host_route(address: &str) -> Result<String> {
-    let ip = address.split('/').next().unwrap_or_default();
-    Ok(match ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(_)) => format!("{ip}/32"),
-        Ok(std::net::IpAddr::V6(_)) => format!("{ip}/128"),
-        Err(e) => bail!("{address}: not an address: {e}"),
-    })
+/// The host part of a tunnel address as a route: `10.99.0.2/24` -> `10.99.0.2/32`,
+/// `fd99::2/64` -> `fd99::2/128`.
+pub fn host_of(addr: &str) -> Result<String> {
+    let ip: std::net::IpAddr = addr
+        .split('/')
+        .next()
+        .unwrap_or(addr)
+        .parse()
+        .with_context(|| format!("{addr}: not an address"))?;
+    Ok(format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
 }
 
 /// `suidao-client` or `suidao-server`.
