@@ -364,9 +364,9 @@ pub fn ping(ns: &Netns, target: &str, count: u32) -> Result<bool> {
     Ok(crate::measure::ping_rtt(ns, target, count, "0.2")?.is_some())
 }
 
-/// Pings until one reply comes or `timeout` passes: a probe every 0.2 s (so on a lossy path
-/// the answer depends on the tunnel, not on the luck of a few probes), and the time to the
-/// first reply is measured to that step.
+/// Pings until one reply comes or `timeout` passes, with a probe every 0.2 s: on a lossy path
+/// the answer then depends on the tunnel, not on the luck of a few probes, and the time to
+/// the first reply is known to within 0.2 s.
 pub fn ping_until(ns: &Netns, target: &str, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {

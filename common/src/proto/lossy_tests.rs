@@ -1,7 +1,7 @@
 //! Two devices over a simulated bad network (loss, delay, reordering, duplicates, a cut), with
 //! a fake clock and every timer running: how long does traffic take to come back after the
-//! link returns? Thousands of seeded runs in a second, where the end-to-end test in
-//! `tests/tests/bad_network.rs` can afford one.
+//! link returns, and does a rekey ever stall it? Thousands of seeded runs in seconds, where
+//! the end-to-end test in `tests/tests/bad_network.rs` can afford one.
 
 use super::device::{Device, DropReason, Outgoing, Received, Sent};
 use super::ip::tests::ipv4;
@@ -48,10 +48,10 @@ impl Ord for InFlight {
     }
 }
 
-/// What each side's "application" sends, a tick at a time.
+/// One outage scenario (`Sim::run`).
 #[derive(Clone, Copy, Debug)]
 struct Plan {
-    /// Seconds of two-way traffic (A sends every 20 ms, B answers each) before the cut.
+    /// Seconds of two-way traffic (A sends every 100 ms, B answers each) before the cut.
     busy: u64,
     /// A and B keep sending data into the cut (retransmissions of a transfer that was cut).
     a_sends_into_cut: bool,
@@ -124,10 +124,11 @@ impl Sim {
         }
     }
 
-    fn log(&mut self, what: &str) {
+    /// Adds to the trace, when there is one (the text is made only then).
+    fn log(&mut self, what: impl FnOnce() -> String) {
         let at = self.elapsed.as_secs_f64();
         if let Some(t) = &mut self.trace {
-            t.push(format!("{at:>9.3} {what}"));
+            t.push(format!("{at:>9.3} {}", what()));
         }
     }
 
@@ -140,7 +141,7 @@ impl Sim {
         for o in out {
             let kind = o.bytes[0];
             if self.cut || self.rng.gen_bool(self.loss) {
-                self.log(&format!("{from:?} -> {to:?} type {kind} lost"));
+                self.log(|| format!("{from:?} -> {to:?} type {kind} lost"));
                 continue;
             }
             let copies = if self.rng.gen_bool(0.05) { 2 } else { 1 };
@@ -172,7 +173,7 @@ impl Sim {
                 bytes: buf[..len].to_vec(),
             });
         }
-        self.log(&format!("{from:?} app sends: {sent:?}"));
+        self.log(|| format!("{from:?} app sends: {sent:?}"));
         self.transmit(from, out);
     }
 
@@ -209,7 +210,7 @@ impl Sim {
                 };
                 let mut out = Vec::new();
                 let r = self.dev(f.to).receive(src, &mut f.bytes, now, &mut out);
-                self.log(&format!("{:?} receives type {}: {r:?}", f.to, f.bytes[0]));
+                self.log(|| format!("{:?} receives type {}: {r:?}", f.to, f.bytes[0]));
                 if f.bytes[0] == 4 && r == Received::Dropped(DropReason::UnknownIndex) {
                     self.refused += 1;
                 }
@@ -225,10 +226,12 @@ impl Sim {
                 let mut out = Vec::new();
                 self.dev(side).update_timers(now, &mut out);
                 if !out.is_empty() {
-                    self.log(&format!(
-                        "{side:?} timers send types {:?}",
-                        out.iter().map(|o| o.bytes[0]).collect::<Vec<_>>()
-                    ));
+                    self.log(|| {
+                        format!(
+                            "{side:?} timers send types {:?}",
+                            out.iter().map(|o| o.bytes[0]).collect::<Vec<_>>()
+                        )
+                    });
                 }
                 self.transmit(side, out);
             }
@@ -252,7 +255,7 @@ impl Sim {
         }
         // The cut, with retransmissions backing off (0.2 s, 0.4 s, ...) from whoever sends.
         self.cut = true;
-        self.log("cut");
+        self.log(|| "cut".into());
         let cut_until = self.elapsed + plan.cut;
         let mut retry = self.elapsed + Duration::from_millis(200);
         let mut backoff = Duration::from_millis(200);
@@ -269,7 +272,7 @@ impl Sim {
         }
         self.run_until(cut_until);
         self.cut = false;
-        self.log("restored");
+        self.log(|| "restored".into());
         // `ping -c 1 -W 1` in a loop: a ping a second.
         let restored = self.elapsed;
         while self.elapsed - restored < Duration::from_secs(60) {
