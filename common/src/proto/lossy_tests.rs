@@ -247,6 +247,10 @@ impl Sim {
         // (the tunnel is up).
         let mut busy_until = None;
         while busy_until.is_none_or(|t| self.elapsed < t) {
+            assert!(
+                busy_until.is_some() || self.elapsed < Duration::from_secs(300),
+                "the tunnel never came up"
+            );
             self.send_ip(Side::A, &ping);
             let got = self.run_until(self.elapsed + Duration::from_millis(100));
             if got > 0 && busy_until.is_none() {
