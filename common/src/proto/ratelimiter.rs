@@ -36,12 +36,11 @@ fn key(ip: IpAddr) -> u128 {
 impl RateLimiter {
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         let k = key(ip);
-        if !self.buckets.contains_key(&k) && self.buckets.len() >= RATELIMITER_MAX_ENTRIES {
-            self.buckets
-                .retain(|_, b| now.saturating_duration_since(b.last) < IDLE);
-            if self.buckets.len() >= RATELIMITER_MAX_ENTRIES {
-                return false;
-            }
+        // A full table refuses new sources until the next `collect_garbage` (as the kernel's
+        // does) rather than scanning every entry, under the mutex, for each new source of a
+        // flood.
+        if self.buckets.len() >= RATELIMITER_MAX_ENTRIES && !self.buckets.contains_key(&k) {
+            return false;
         }
         let bucket = self.buckets.entry(k).or_insert(Bucket {
             tokens: MAX_TOKENS,
@@ -115,11 +114,18 @@ mod tests {
             rl.allow(IpAddr::V4(i.into()), t);
         }
         assert_eq!(rl.len(), RATELIMITER_MAX_ENTRIES);
-        assert!(!rl.allow("203.0.113.1".parse().unwrap(), t), "table full");
+        let new: IpAddr = "203.0.113.1".parse().unwrap();
+        assert!(!rl.allow(new, t), "table full");
         assert!(
-            rl.allow("203.0.113.1".parse().unwrap(), t + IDLE),
-            "idle entries recycled"
+            !rl.allow(new, t + IDLE),
+            "a full table refuses new sources until garbage is collected, without scanning"
         );
+        assert!(
+            rl.allow(IpAddr::V4(7u32.into()), t),
+            "known sources still pass"
+        );
+        rl.collect_garbage(t + IDLE);
+        assert!(rl.allow(new, t + IDLE), "idle entries recycled");
         assert!(rl.len() <= RATELIMITER_MAX_ENTRIES);
     }
 }
