@@ -24,11 +24,11 @@ use crate::keys::PublicKey;
 use crate::netlink::{self, Added, NetlinkError, Teardown};
 use crate::proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
 use crate::proto::messages::Message;
-use crate::proto::{ip, Device, Outgoing, PeerConfig, Received, Sent};
+use crate::proto::{ip, Device, DropReason, Endpoint, Outgoing, PeerConfig, Received, Sent};
 use crate::tun::{Tun, IDEAL_BATCH_SIZE, MAX_READ};
 use crate::uapi::{self, ApiState};
-use crate::udp::Udp;
-use crate::{clock, hooks, notify};
+use crate::udp::{SendError, Udp};
+use crate::{apply, clock, hooks, notify};
 use quinn_udp::RecvMeta;
 use std::collections::{HashMap, HashSet};
 use std::io::IoSliceMut;
@@ -45,8 +45,6 @@ use tracing::{debug, info, warn};
 const HANDSHAKE_QUEUE: usize = 4096;
 /// Past this many waiting, the device is under load (wireguard-go uses an eighth too).
 const UNDER_LOAD_AT: usize = HANDSHAKE_QUEUE / 8;
-/// Under load stays on this long after the queue drains.
-const UNDER_LOAD_LINGER: Duration = Duration::from_secs(1);
 /// How often the endpoint memory is compared with the peers' endpoints (and written when
 /// different): often, so that a server killed right after a client connected still knows it.
 const ENDPOINT_SAVE_EVERY: Duration = Duration::from_millis(250);
@@ -87,11 +85,13 @@ struct Shared {
     names: Arc<RwLock<HashMap<PublicKey, String>>>,
     /// Peers whose endpoint the config gives (not remembered across restarts).
     configured_endpoints: RwLock<HashSet<PublicKey>>,
-    handshakes: SyncSender<(SocketAddr, Vec<u8>)>,
+    handshakes: SyncSender<(Endpoint, Vec<u8>)>,
     queued_handshakes: AtomicUsize,
     stopping: AtomicBool,
     /// A thread died: go down.
     failed: Arc<AtomicBool>,
+    /// Causes of failed sends and writes already logged (each is logged once, then counted).
+    logged: std::sync::Mutex<HashSet<(DropReason, Option<i32>)>>,
 }
 
 impl Shared {
@@ -104,8 +104,46 @@ impl Shared {
         };
         for o in out.drain(..) {
             if let Err(e) = w.udp.send_to(&o.bytes, o.to) {
-                debug!("sending to {}: {e}", o.to);
+                self.send_failed(o.to, &e);
             }
+        }
+    }
+
+    /// Counts a failed send by its reason; each cause (reason and error number) is logged the
+    /// first time, later ones only at debug level.
+    fn send_failed(&self, to: Endpoint, e: &SendError) {
+        let reason = if e.too_big() {
+            DropReason::PacketTooBig
+        } else {
+            DropReason::SendError
+        };
+        self.device.count_engine_drop(reason, e.lost as u64);
+        self.log_once(reason, e.error.raw_os_error(), || {
+            format!("sending to {to}: {e}")
+        });
+    }
+
+    fn tun_write_failed(&self, w: &Worker, e: &std::io::Error) {
+        self.device.count_engine_drop(DropReason::TunWriteError, 1);
+        self.log_once(DropReason::TunWriteError, e.raw_os_error(), || {
+            format!("writing to {}: {e}", w.tun.name())
+        });
+    }
+
+    fn log_once(&self, reason: DropReason, errno: Option<i32>, what: impl FnOnce() -> String) {
+        let first = self
+            .logged
+            .lock()
+            .map(|mut l| l.insert((reason, errno)))
+            .unwrap_or(false);
+        if first {
+            warn!(
+                "{} (counted as {}; further ones are not logged)",
+                what(),
+                reason.name()
+            );
+        } else {
+            debug!("{}", what());
         }
     }
 
@@ -175,17 +213,38 @@ fn endpoints_text(device: &Device, configured: &HashSet<PublicKey>) -> String {
 
 /// Writes the endpoint memory atomically; with nothing to remember, removes it.
 fn save_endpoints(ifname: &str, text: &str) -> std::io::Result<()> {
-    let path = state_path(ifname);
+    save_endpoints_in(Path::new(STATE_DIR), ifname, text)
+}
+
+fn save_endpoints_in(dir: &Path, ifname: &str, text: &str) -> std::io::Result<()> {
+    let path = dir.join(format!("{ifname}.endpoints"));
     if text.is_empty() {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         };
     }
-    std::fs::create_dir_all(STATE_DIR)?;
+    std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
+    write_private(&tmp, text)?;
     std::fs::rename(&tmp, &path)
+}
+
+/// Writes a new file readable by its owner only (it names peers' keys and addresses), from
+/// its first byte: an old file in the way is removed, not reused with its mode.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 /// Routes `up` adds: one per allowed-IPs prefix of every peer, except the default routes
@@ -363,6 +422,7 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         queued_handshakes: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         failed: Arc::new(AtomicBool::new(false)),
+        logged: Default::default(),
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -384,13 +444,14 @@ pub fn up(config: Config) -> Result<(), EngineError> {
             set_umask(old);
             l.map_err(|e| setup(format!("creating {}: {e}", sock_path.display())))?
         };
-        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (control_tx, mut control_rx) = tokio::sync::mpsc::unbounded_channel();
         let api = Arc::new(ApiState {
             ifname: ifname.clone(),
             device: device.clone(),
             listen_port,
             names: names.clone(),
-            reload: Some(reload_tx),
+            control: Some(control_tx),
+            set_lock: Default::default(),
         });
         let failed = &shared.failed;
         spawn("uapi", failed, move || serve_api(listener, api))?;
@@ -426,7 +487,7 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         let result = match hooks::run("post_up", &hooks.post_up, &ifname) {
             Ok(()) => {
                 notify::notify(&format!("READY=1\nSTATUS={ifname} is up"));
-                control_loop(&shared, &ifname, &mut live, &mut reload_rx).await
+                control_loop(&shared, &ifname, &mut live, &mut control_rx).await
             }
             Err(e) => Err(setup(e)),
         };
@@ -477,50 +538,105 @@ fn configured_endpoints(config: &Config) -> HashSet<PublicKey> {
         .collect()
 }
 
-/// Adds the routes of `prefixes` (all but /0) and remembers them for teardown.
-async fn add_routes(
-    live: &mut Live<'_>,
-    prefixes: &[crate::allowed_ips::Cidr],
-) -> Result<(), String> {
-    let dev = live.config.interface.name.clone();
-    for c in prefixes.iter().filter(|c| c.prefix_len() > 0) {
-        if netlink::add_route(live.h, c.addr(), c.prefix_len(), &dev)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            live.td.push(Added::Route {
-                dev: dev.clone(),
-                dst: c.addr(),
-                len: c.prefix_len(),
-            });
-        }
-    }
-    Ok(())
+/// The routes `up` (or an earlier change) added through the interface: prefixes other than /0.
+fn our_routes(live: &Live<'_>) -> Vec<crate::allowed_ips::Cidr> {
+    let dev = &live.config.interface.name;
+    live.td
+        .items()
+        .iter()
+        .filter_map(|a| match a {
+            Added::Route { dev: d, dst, len } if d == dev => {
+                crate::allowed_ips::Cidr::new(*dst, *len)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
-/// Removes the routes of `prefixes` that `up` (or a reload) added.
-async fn remove_routes(
+/// Debug builds only: `SUIDAO_TEST_FAIL_ROUTE=PREFIX` makes adding a route to PREFIX fail, so
+/// the tests can see a change refused at its last step and taken back whole.
+fn injected_route_failure(c: &crate::allowed_ips::Cidr) -> Option<String> {
+    #[cfg(debug_assertions)]
+    {
+        let bad = std::env::var("SUIDAO_TEST_FAIL_ROUTE").ok()?;
+        (bad == c.to_string())
+            .then(|| format!("adding a route to {c}: refused (SUIDAO_TEST_FAIL_ROUTE)"))
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = c;
+        None
+    }
+}
+
+/// Makes the interface's peers `desired` (see `apply`): checks everything first, adds the
+/// routes the new set needs (taking them back if one fails), then changes the device, then
+/// removes the routes no longer needed. Refused: nothing changed.
+async fn apply_peers(
+    shared: &Arc<Shared>,
     live: &mut Live<'_>,
-    prefixes: &[crate::allowed_ips::Cidr],
-) -> Result<(), String> {
+    desired: &[apply::PeerSpec],
+) -> Result<String, String> {
+    let plan = apply::plan(&shared.device, &read_lock(&shared.names), desired)
+        .map_err(|e| e.to_string())?;
     let dev = live.config.interface.name.clone();
-    for c in prefixes.iter().filter(|c| c.prefix_len() > 0) {
+    let have = our_routes(live);
+    // Default routes make a full tunnel, set up by `up` only.
+    let want: Vec<_> = plan
+        .prefixes
+        .iter()
+        .filter(|c| c.prefix_len() > 0)
+        .copied()
+        .collect();
+    let mut added = Vec::new();
+    for c in want.iter().filter(|c| !have.contains(c)) {
+        let r = match injected_route_failure(c) {
+            Some(e) => Err(e),
+            None => netlink::add_route(live.h, c.addr(), c.prefix_len(), &dev)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match r {
+            Ok(true) => added.push(*c),
+            Ok(false) => {}
+            Err(e) => {
+                for c in added.iter().rev() {
+                    if let Err(e) = netlink::del_route(live.h, c.addr(), c.prefix_len(), &dev).await
+                    {
+                        warn!("taking back the route to {c}: {e}");
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    for c in added {
+        live.td.push(Added::Route {
+            dev: dev.clone(),
+            dst: c.addr(),
+            len: c.prefix_len(),
+        });
+    }
+    apply::apply_to_device(&shared.device, &plan);
+    *write_lock(&shared.names) = plan.names.clone();
+    for c in have.iter().filter(|c| !want.contains(c)) {
         let a = Added::Route {
             dev: dev.clone(),
             dst: c.addr(),
             len: c.prefix_len(),
         };
-        if live.td.forget(&a) {
-            netlink::del_route(live.h, c.addr(), c.prefix_len(), &dev)
-                .await
-                .map_err(|e| e.to_string())?;
+        live.td.forget(&a);
+        // The device no longer routes there; a route that cannot be removed now goes with
+        // the interface at exit.
+        if let Err(e) = netlink::del_route(live.h, c.addr(), c.prefix_len(), &dev).await {
+            warn!("removing the route to {c}: {e}");
         }
     }
-    Ok(())
+    Ok(plan.summary())
 }
 
-/// SIGHUP / `reload`: re-reads the config and applies the difference. Peers added, removed or
-/// changed take effect; unchanged peers are not touched, so their sessions go on.
+/// SIGHUP / `reload`: re-reads the config and makes the peers what it says. Peers added,
+/// removed or changed take effect; unchanged peers are not touched, so their sessions go on.
 async fn reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<String, String> {
     notify::notify("RELOADING=1");
     let result = apply_reload(shared, live).await;
@@ -547,95 +663,39 @@ async fn apply_reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<Strin
     if new_i.addresses != old_i.addresses
         || new_i.mtu != old_i.mtu
         || new_i.hairpin != old_i.hairpin
+        || full_tunnel(&new) != full_tunnel(&live.config)
     {
-        warn!("reload: changes to address, mtu or hairpin take effect at the next restart");
+        warn!("reload: changes to address, mtu, hairpin or a full tunnel take effect at the next restart");
     }
-    let d = &shared.device;
-    let old_peers: HashMap<PublicKey, crate::config::Peer> = live
-        .config
+    let desired: Vec<apply::PeerSpec> = new
         .peers
         .iter()
-        .map(|p| (p.public_key, p.clone()))
+        .map(|p| {
+            let old = live
+                .config
+                .peers
+                .iter()
+                .find(|o| o.public_key == p.public_key);
+            apply::PeerSpec {
+                public_key: p.public_key,
+                name: p.name.clone(),
+                preshared_key: p.preshared_key.clone(),
+                // The endpoint is set when the file's changed (or the peer is new to it): a
+                // peer that roamed keeps its latest address across reloads that do not
+                // touch it.
+                endpoint: match old {
+                    Some(o) if o.endpoint_text == p.endpoint_text => None,
+                    _ => p.endpoint,
+                },
+                persistent_keepalive: p.persistent_keepalive,
+                allowed_ips: p.allowed_ips.clone(),
+            }
+        })
         .collect();
-    let (mut added, mut removed, mut changed) = (0, 0, 0);
-    for (key, p) in &old_peers {
-        if !new.peers.iter().any(|n| n.public_key == *key) {
-            let _ = d.remove_peer(key);
-            remove_routes(live, &p.allowed_ips).await?;
-            removed += 1;
-        }
-    }
-    for p in &new.peers {
-        match old_peers.get(&p.public_key) {
-            None => {
-                let mut pc = PeerConfig::new(p.public_key);
-                pc.preshared_key = p.preshared_key.clone();
-                pc.endpoint = p.endpoint;
-                pc.persistent_keepalive = p.persistent_keepalive;
-                pc.allowed_ips = p.allowed_ips.clone();
-                d.add_peer(pc).map_err(|e| e.to_string())?;
-                add_routes(live, &p.allowed_ips).await?;
-                added += 1;
-            }
-            Some(o) => {
-                let id = d.peer_id(&p.public_key).ok_or("peer vanished")?;
-                let mut touched = false;
-                if o.preshared_key != p.preshared_key {
-                    d.set_preshared_key(id, p.preshared_key.clone())
-                        .map_err(|e| e.to_string())?;
-                    touched = true;
-                }
-                if o.endpoint_text != p.endpoint_text && p.endpoint.is_some() {
-                    d.set_endpoint(id, p.endpoint, false)
-                        .map_err(|e| e.to_string())?;
-                    touched = true;
-                }
-                if o.persistent_keepalive != p.persistent_keepalive {
-                    d.set_persistent_keepalive(id, p.persistent_keepalive)
-                        .map_err(|e| e.to_string())?;
-                    touched = true;
-                }
-                if o.allowed_ips != p.allowed_ips {
-                    d.clear_allowed_ips(id).map_err(|e| e.to_string())?;
-                    for c in &p.allowed_ips {
-                        d.add_allowed_ip(id, *c).map_err(|e| e.to_string())?;
-                    }
-                    let gone: Vec<_> = o
-                        .allowed_ips
-                        .iter()
-                        .filter(|c| !p.allowed_ips.contains(c))
-                        .copied()
-                        .collect();
-                    let new_ones: Vec<_> = p
-                        .allowed_ips
-                        .iter()
-                        .filter(|c| !o.allowed_ips.contains(c))
-                        .copied()
-                        .collect();
-                    remove_routes(live, &gone).await?;
-                    add_routes(live, &new_ones).await?;
-                    touched = true;
-                }
-                if touched || o.name != p.name {
-                    changed += 1;
-                }
-            }
-        }
-    }
-    {
-        let mut names = write_lock(&shared.names);
-        names.clear();
-        for p in &new.peers {
-            if let Some(n) = &p.name {
-                names.insert(p.public_key, n.clone());
-            }
-        }
-    }
+    let message = apply_peers(shared, live, &desired).await?;
     *write_lock(&shared.configured_endpoints) = configured_endpoints(&new);
     live.config = new;
-    Ok(format!(
-        "{added} peer(s) added, {removed} removed, {changed} changed"
-    ))
+    Ok(message)
 }
 
 /// umask(2) around the socket bind, so that the socket file is never group/world accessible
@@ -671,9 +731,7 @@ async fn control_loop(
     shared: &Arc<Shared>,
     ifname: &str,
     live: &mut Live<'_>,
-    reloads: &mut tokio::sync::mpsc::UnboundedReceiver<
-        std::sync::mpsc::SyncSender<Result<String, String>>,
-    >,
+    requests: &mut tokio::sync::mpsc::UnboundedReceiver<uapi::Control>,
 ) -> Result<(), EngineError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -713,9 +771,19 @@ async fn control_loop(
             _ = sighup.recv() => {
                 let _ = reload(shared, live).await;
             }
-            Some(reply) = reloads.recv() => {
-                let r = reload(shared, live).await;
-                let _ = reply.send(r);
+            Some(request) = requests.recv() => match request {
+                uapi::Control::Reload(reply) => {
+                    let _ = reply.send(reload(shared, live).await);
+                }
+                uapi::Control::Set(request, reply) => {
+                    let names = read_lock(&shared.names).clone();
+                    let desired = request.desired(apply::current(&shared.device, &names));
+                    let r = apply_peers(shared, live, &desired).await;
+                    if let Err(e) = &r {
+                        warn!("set refused: {e}");
+                    }
+                    let _ = reply.send(r);
+                }
             }
         }
     }
@@ -764,7 +832,7 @@ struct TxState {
     data: Vec<u8>,
     stride: usize,
     sizes: Vec<usize>,
-    ready: Vec<(usize, SocketAddr, usize)>,
+    ready: Vec<(usize, Endpoint, usize)>,
     /// Runs that are not contiguous in `data` (shorter packets) are gathered here for GSO.
     gso: Vec<u8>,
     out: Vec<Outgoing>,
@@ -857,14 +925,22 @@ fn drain_tun(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
         }
     }
     let max_segments = w.udp.max_gso_segments().clamp(1, 64);
-    send_runs(&w.udp, data, stride, ready, gso, max_segments);
+    send_runs(
+        &w.udp,
+        data,
+        stride,
+        ready,
+        gso,
+        max_segments,
+        &mut |to, e| s.send_failed(to, e),
+    );
     s.send_all(out);
     filled
 }
 
 /// A run of sealed datagrams to one endpoint: all `seg` bytes long but the last.
 struct Run {
-    to: SocketAddr,
+    to: Endpoint,
     seg: usize,
     count: usize,
     first: usize,
@@ -881,12 +957,13 @@ fn send_runs(
     udp: &Udp,
     data: &[u8],
     stride: usize,
-    ready: &[(usize, SocketAddr, usize)],
+    ready: &[(usize, Endpoint, usize)],
     gso: &mut Vec<u8>,
     max_segments: usize,
+    failed: &mut impl FnMut(Endpoint, &SendError),
 ) {
     let packet = |i: usize, len: usize| &data[i * stride..i * stride + len];
-    let flush = |gso: &mut Vec<u8>, r: &Run| {
+    let mut flush = |gso: &mut Vec<u8>, r: &Run| {
         let result = if r.count == 1 {
             udp.send(packet(r.first, r.bytes), r.to, None)
         } else if r.in_place {
@@ -899,7 +976,7 @@ fn send_runs(
             udp.send(gso, r.to, Some(r.seg))
         };
         if let Err(e) = result {
-            debug!("sending to {}: {e}", r.to);
+            failed(r.to, &e);
         }
         gso.clear();
     };
@@ -985,11 +1062,14 @@ fn udp_to_tun(s: &Shared, w: &Worker) {
             while at < end {
                 let next = (at + stride).min(end);
                 let datagram = &mut rx[at..next];
-                if let Some(range) = receive_one(s, w, m.addr, datagram, now, &mut out, &mut relay)
-                {
+                let from = Endpoint {
+                    addr: m.addr,
+                    local: m.dst_ip,
+                };
+                if let Some(range) = receive_one(s, w, from, datagram, now, &mut out, &mut relay) {
                     gro.push(&rx, at + range.start, range.len());
                     if gro.is_full() {
-                        write_tun(w, &mut gro, &mut rx);
+                        write_tun(s, w, &mut gro, &mut rx);
                     }
                 }
                 at = next;
@@ -997,11 +1077,11 @@ fn udp_to_tun(s: &Shared, w: &Worker) {
             // Between messages (one message is usually one run the sender sent in one go,
             // such as one TCP super-packet's segments), so that a group is not cut in two.
             if gro.len() >= TUN_WRITE_BATCH {
-                write_tun(w, &mut gro, &mut rx);
+                write_tun(s, w, &mut gro, &mut rx);
             }
         }
         let wrote = !gro.is_empty();
-        write_tun(w, &mut gro, &mut rx);
+        write_tun(s, w, &mut gro, &mut rx);
         s.send_all(&mut out);
         // Writing to the TUN often makes the kernel answer at once (a ping's reply, a TCP ack),
         // and the answer is already waiting in the TUN: send it from here, saving the other
@@ -1019,7 +1099,7 @@ fn udp_to_tun(s: &Shared, w: &Worker) {
 fn receive_one(
     s: &Shared,
     w: &Worker,
-    from: SocketAddr,
+    from: Endpoint,
     datagram: &mut [u8],
     now: crate::proto::Time,
     out: &mut Vec<Outgoing>,
@@ -1044,7 +1124,7 @@ fn receive_one(
                 relay[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].copy_from_slice(packet);
                 if let Sent::Ready { to, len } = s.device.encapsulate(relay, len, now, out) {
                     if let Err(e) = w.udp.send(&relay[..len], to, None) {
-                        debug!("relaying to {to}: {e}");
+                        s.send_failed(to, &e);
                     }
                 }
                 None
@@ -1062,10 +1142,15 @@ fn receive_one(
     }
 }
 
-fn write_tun(w: &Worker, gro: &mut Coalescer, rx: &mut [u8]) {
-    if let Err(e) = gro.flush(rx, |iov| w.tun.write_vectored(iov)) {
-        debug!("writing to {}: {e}", w.tun.name());
-    }
+/// Writes what `gro` holds; every failed write is counted (and its cause logged once).
+fn write_tun(s: &Shared, w: &Worker, gro: &mut Coalescer, rx: &mut [u8]) {
+    let _ = gro.flush(rx, |iov| {
+        let r = w.tun.write_vectored(iov);
+        if let Err(e) = &r {
+            s.tun_write_failed(w, e);
+        }
+        r
+    });
 }
 
 /// Whether an opened packet is for another peer (relay it) rather than for this host.
@@ -1085,7 +1170,7 @@ fn hairpin(s: &Shared, from_peer: crate::proto::PeerId, packet: &[u8]) -> bool {
 /// is not lost behind the attacker's.
 fn queue_handshake(
     s: &Shared,
-    from: SocketAddr,
+    from: Endpoint,
     datagram: &[u8],
     now: crate::proto::Time,
     out: &mut Vec<Outgoing>,
@@ -1098,35 +1183,23 @@ fn queue_handshake(
     }
     // Counted before it is sent, so the handshake thread never counts below zero.
     let queued = s.queued_handshakes.fetch_add(1, Ordering::Relaxed) + 1;
-    match s.handshakes.try_send((from, datagram.to_vec())) {
-        Ok(()) => {
-            if queued >= UNDER_LOAD_AT {
-                s.device.set_under_load(true);
-            }
-        }
-        Err(e) => {
-            s.queued_handshakes.fetch_sub(1, Ordering::Relaxed);
-            if let TrySendError::Full(_) = e {
-                s.device.set_under_load(true);
-                debug!("handshake queue full: dropped one from {from}");
-            }
+    if queued >= UNDER_LOAD_AT {
+        s.device.handshake_queue_backed_up(now.instant);
+    }
+    if let Err(e) = s.handshakes.try_send((from, datagram.to_vec())) {
+        s.queued_handshakes.fetch_sub(1, Ordering::Relaxed);
+        if let TrySendError::Full(_) = e {
+            s.device
+                .count_engine_drop(DropReason::HandshakeQueueFull, 1);
+            debug!("handshake queue full: dropped one from {from}");
         }
     }
 }
 
-fn handshakes(s: &Shared, rx: Receiver<(SocketAddr, Vec<u8>)>) {
+fn handshakes(s: &Shared, rx: Receiver<(Endpoint, Vec<u8>)>) {
     let mut out = Vec::new();
-    let mut load_seen = Instant::now();
     while let Ok((from, mut datagram)) = rx.recv() {
-        let left = s
-            .queued_handshakes
-            .fetch_sub(1, Ordering::Relaxed)
-            .saturating_sub(1);
-        if left >= UNDER_LOAD_AT {
-            load_seen = Instant::now();
-        } else if left == 0 && load_seen.elapsed() >= UNDER_LOAD_LINGER {
-            s.device.set_under_load(false);
-        }
+        s.queued_handshakes.fetch_sub(1, Ordering::Relaxed);
         let kind = datagram.first().copied();
         match s
             .device
@@ -1231,6 +1304,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The endpoint memory names peers' keys and addresses: owner only, also when an older
+    /// file (written with a laxer mode) is replaced.
+    #[test]
+    fn endpoint_memory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("suidao-endpoints-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sd9.endpoints");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(dir.join("sd9.tmp"), "stale").unwrap();
+        std::fs::set_permissions(dir.join("sd9.tmp"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        save_endpoints_in(&dir, "sd9", "key 198.18.0.2:51820\n").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(text, "key 198.18.0.2:51820\n");
+    }
+
     /// Runs of sealed packets leave as the same datagrams, in order, whether they go straight
     /// from the slots (full-size, back to back) or are gathered first (shorter, or with a gap
     /// where a packet was dropped), over loopback.
@@ -1248,6 +1342,7 @@ mod tests {
             slot.fill(i as u8 + 1);
         }
         // (slot, destination, length)
+        let (to, other_to) = (Endpoint::from(to), Endpoint::from(other_to));
         let ready = [
             (0, to, 64), // full-size, back to back: in place
             (1, to, 64),
@@ -1263,7 +1358,9 @@ mod tests {
             (12, to, 64), // longer than the run's size: a new run
         ];
         let mut gso = Vec::new();
-        send_runs(&udp, &data, stride, &ready, &mut gso, 64);
+        send_runs(&udp, &data, stride, &ready, &mut gso, 64, &mut |to, e| {
+            panic!("sending to {to}: {e}")
+        });
         let mut buf = [0u8; 256];
         for &(slot, dest, len) in ready.iter().filter(|r| r.1 == to) {
             let (n, _) = rx.recv_from(&mut buf).unwrap();

@@ -5,12 +5,14 @@
 //! - [`allowed_ips`]: cryptokey routing's prefix table.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`engine`]: threads and control plane around the protocol core.
+//! - [`apply`]: the one path by which a running interface's peers change (reload, `wg set`).
 //! - [`tun`], [`udp`], [`netlink`]: the Linux side.
 //! - [`uapi`], [`status`]: the WireGuard userspace API socket (`wg show`, `wg set`, `status`).
 //! - [`cli`]: the commands both binaries share.
 //! - [`clock`]: the real clock, read here and passed into `proto`.
 
 pub mod allowed_ips;
+pub mod apply;
 pub mod cli;
 pub mod clock;
 pub mod config;

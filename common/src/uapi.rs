@@ -7,8 +7,9 @@
 //! use it.
 
 use crate::allowed_ips::Cidr;
+use crate::apply;
 use crate::keys::{from_hex, PresharedKey, PrivateKey, PublicKey};
-use crate::proto::{Device, PeerConfig, PeerId};
+use crate::proto::Device;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -37,10 +38,20 @@ pub struct ApiState {
     /// Configured peer names, by public key (shared with the engine, which updates them on
     /// reload).
     pub names: Arc<RwLock<HashMap<PublicKey, String>>>,
-    /// Where `suidao_reload=1` requests go: the engine answers each on the channel it sends.
-    pub reload: Option<
-        tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::SyncSender<Result<String, String>>>,
-    >,
+    /// Where `suidao_reload=1` and `set=1` go: the engine applies one at a time and answers each
+    /// on the channel that comes with it. `None`: the API alone (tests), which changes the
+    /// device itself, one `set` at a time (`set_lock`).
+    pub control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
+    pub set_lock: std::sync::Mutex<()>,
+}
+
+/// The engine's answer to a control request: a message for a person, or why it was refused.
+pub type Reply = std::sync::mpsc::SyncSender<Result<String, String>>;
+
+/// What the API asks of the engine's control loop.
+pub enum Control {
+    Reload(Reply),
+    Set(SetRequest, Reply),
 }
 
 fn parse_bool(v: &str) -> Result<bool, i32> {
@@ -72,11 +83,11 @@ impl ApiState {
 
     /// Asks the engine to re-read the config; the answer is `message=...` and an errno.
     fn reload(&self) -> String {
-        let Some(tx) = &self.reload else {
+        let Some(tx) = &self.control else {
             return format!("message=reload is not available here\nerrno={EOPNOTSUPP}\n\n");
         };
         let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
-        if tx.send(reply_tx).is_err() {
+        if tx.send(Control::Reload(reply_tx)).is_err() {
             return format!("message=the interface is going down\nerrno={EINVAL}\n\n");
         }
         match reply_rx.recv_timeout(Duration::from_secs(30)) {
@@ -133,99 +144,148 @@ impl ApiState {
         out
     }
 
+    /// `set=1`: the whole request is read and checked first, then applied as one change
+    /// through the same path as a reload (`apply`), so it is never half-applied, two `set`s
+    /// never interleave, and a reload later sees what it did.
     fn set<'a>(&self, lines: impl Iterator<Item = &'a str>) -> Result<(), i32> {
-        let d = &self.device;
-        // The peer the following lines apply to, and whether this request created it.
-        let mut current: Option<(PeerId, PublicKey, bool)> = None;
+        let request = SetRequest::parse(lines, &self.device)?;
+        if request.private_key_differs || request.listen_port.is_some_and(|p| p != self.listen_port)
+        {
+            return Err(EOPNOTSUPP);
+        }
+        if request.fwmark.is_some_and(|m| m != 0) {
+            return Err(EOPNOTSUPP);
+        }
+        match &self.control {
+            Some(tx) => {
+                let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+                tx.send(Control::Set(request, reply_tx))
+                    .map_err(|_| EINVAL)?;
+                match reply_rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(m)) => {
+                        tracing::warn!("wg set refused: {m}");
+                        Err(EINVAL)
+                    }
+                    Err(_) => Err(EINVAL),
+                }
+            }
+            // No engine (the API on its own, in tests): the device alone, under one lock.
+            None => {
+                let _one_at_a_time = self.set_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let names = self.names.read().map(|n| n.clone()).unwrap_or_default();
+                let desired = request.desired(apply::current(&self.device, &names));
+                let plan = apply::plan(&self.device, &names, &desired).map_err(|_| EINVAL)?;
+                apply::apply_to_device(&self.device, &plan);
+                if let Ok(mut n) = self.names.write() {
+                    *n = plan.names;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What one peer's lines of a `set=1` request ask for.
+#[derive(Debug)]
+struct PeerOps {
+    public_key: PublicKey,
+    remove: bool,
+    update_only: bool,
+    preshared_key: Option<Option<PresharedKey>>,
+    endpoint: Option<SocketAddr>,
+    persistent_keepalive: Option<Option<Duration>>,
+    replace_allowed_ips: bool,
+    allowed_ips: Vec<Cidr>,
+}
+
+impl PeerOps {
+    fn new(public_key: PublicKey) -> Self {
+        PeerOps {
+            public_key,
+            remove: false,
+            update_only: false,
+            preshared_key: None,
+            endpoint: None,
+            persistent_keepalive: None,
+            replace_allowed_ips: false,
+            allowed_ips: Vec::new(),
+        }
+    }
+}
+
+/// A whole `set=1` request, parsed and checked, not yet applied.
+#[derive(Debug, Default)]
+pub struct SetRequest {
+    private_key_differs: bool,
+    listen_port: Option<u16>,
+    fwmark: Option<u32>,
+    replace_peers: bool,
+    peers: Vec<PeerOps>,
+}
+
+impl SetRequest {
+    /// Reads the request's lines as wireguard-go does: interface keys first, then each
+    /// `public_key=` starts a peer. A peer that is this device's own key is ignored, as are the
+    /// lines of one that is removed or `update_only` but does not exist (wireguard-go's dummy
+    /// peer); whether it exists is decided when the request is applied.
+    fn parse<'a>(lines: impl Iterator<Item = &'a str>, device: &Device) -> Result<SetRequest, i32> {
+        let mut r = SetRequest::default();
+        // The peer the following lines apply to.
+        let mut current: Option<PeerOps> = None;
+        let own = device.public_key();
         for line in lines {
             if line.is_empty() {
                 break;
             }
             let (key, value) = line.split_once('=').ok_or(EINVAL)?;
             match key {
-                "private_key" => {
+                "private_key" if current.is_none() => {
                     let k = PrivateKey::from_bytes(*from_hex(value).map_err(|_| EINVAL)?);
-                    if k.public_key() != d.public_key() {
-                        return Err(EOPNOTSUPP);
-                    }
+                    r.private_key_differs = k.public_key() != own;
                 }
-                "listen_port" => {
-                    let p: u16 = value.parse().map_err(|_| EINVAL)?;
-                    if p != self.listen_port {
-                        return Err(EOPNOTSUPP);
-                    }
+                "listen_port" if current.is_none() => {
+                    r.listen_port = Some(value.parse().map_err(|_| EINVAL)?);
                 }
-                "fwmark" => {
-                    if value != "0" {
-                        return Err(EOPNOTSUPP);
-                    }
+                "fwmark" if current.is_none() => {
+                    r.fwmark = Some(value.parse().map_err(|_| EINVAL)?);
                 }
-                "replace_peers" => {
-                    if parse_bool(value)? {
-                        for id in d.peer_ids() {
-                            if let Some(info) = d.peer_info(id) {
-                                let _ = d.remove_peer(&info.public_key);
-                            }
-                        }
-                    }
+                "replace_peers" if current.is_none() => {
+                    r.replace_peers = parse_bool(value)?;
                 }
                 "public_key" => {
+                    r.peers
+                        .extend(current.take().filter(|p| p.public_key != own));
                     let pk = PublicKey::from_bytes(*from_hex(value).map_err(|_| EINVAL)?)
                         .map_err(|_| EINVAL)?;
-                    current = Some(match d.peer_id(&pk) {
-                        Some(id) => (id, pk, false),
-                        None => (
-                            d.add_peer(PeerConfig::new(pk)).map_err(|_| EINVAL)?,
-                            pk,
-                            true,
-                        ),
-                    });
+                    current = Some(PeerOps::new(pk));
                 }
                 _ => {
-                    let Some((id, pk, created)) = current else {
+                    // Every line is checked, also those of a peer that will be ignored.
+                    let Some(p) = current.as_mut() else {
                         return Err(EINVAL);
                     };
                     match key {
-                        "update_only" => {
-                            if parse_bool(value)? && created {
-                                let _ = d.remove_peer(&pk);
-                                current = None;
-                            }
-                        }
-                        "remove" => {
-                            if parse_bool(value)? {
-                                let _ = d.remove_peer(&pk);
-                                if let Ok(mut names) = self.names.write() {
-                                    names.remove(&pk);
-                                }
-                                current = None;
-                            }
-                        }
+                        "update_only" => p.update_only = parse_bool(value)?,
+                        "remove" => p.remove = parse_bool(value)?,
                         "preshared_key" => {
                             let psk =
                                 PresharedKey::from_bytes(*from_hex(value).map_err(|_| EINVAL)?);
-                            let psk = (!psk.is_zero()).then_some(psk);
-                            d.set_preshared_key(id, psk).map_err(|_| EINVAL)?;
+                            p.preshared_key = Some((!psk.is_zero()).then_some(psk));
                         }
-                        "endpoint" => {
-                            let e: SocketAddr = value.parse().map_err(|_| EINVAL)?;
-                            d.set_endpoint(id, Some(e), false).map_err(|_| EINVAL)?;
-                        }
+                        "endpoint" => p.endpoint = Some(value.parse().map_err(|_| EINVAL)?),
                         "persistent_keepalive_interval" => {
                             let s: u16 = value.parse().map_err(|_| EINVAL)?;
-                            let interval = (s > 0).then(|| Duration::from_secs(u64::from(s)));
-                            d.set_persistent_keepalive(id, interval)
-                                .map_err(|_| EINVAL)?;
+                            p.persistent_keepalive =
+                                Some((s > 0).then(|| Duration::from_secs(u64::from(s))));
                         }
                         "replace_allowed_ips" => {
                             if parse_bool(value)? {
-                                d.clear_allowed_ips(id).map_err(|_| EINVAL)?;
+                                p.replace_allowed_ips = true;
+                                p.allowed_ips.clear();
                             }
                         }
-                        "allowed_ip" => {
-                            let c: Cidr = value.parse().map_err(|_| EINVAL)?;
-                            d.add_allowed_ip(id, c).map_err(|_| EINVAL)?;
-                        }
+                        "allowed_ip" => p.allowed_ips.push(value.parse().map_err(|_| EINVAL)?),
                         "protocol_version" => {
                             if value != "1" {
                                 return Err(EINVAL);
@@ -236,7 +296,60 @@ impl ApiState {
                 }
             }
         }
-        Ok(())
+        r.peers
+            .extend(current.take().filter(|p| p.public_key != own));
+        Ok(r)
+    }
+
+    /// The peer set after this request, from the set the device has now.
+    pub fn desired(&self, mut peers: Vec<apply::PeerSpec>) -> Vec<apply::PeerSpec> {
+        if self.replace_peers {
+            peers.clear();
+        }
+        for op in &self.peers {
+            let at = peers.iter().position(|p| p.public_key == op.public_key);
+            if op.remove {
+                if let Some(i) = at {
+                    peers.remove(i);
+                }
+                continue;
+            }
+            let i = match at {
+                Some(i) => i,
+                None if op.update_only => continue,
+                None => {
+                    peers.push(apply::PeerSpec::new(op.public_key));
+                    peers.len() - 1
+                }
+            };
+            // An allowed IP given to this peer is taken from any other, as WireGuard does.
+            if !op.allowed_ips.is_empty() {
+                for (j, other) in peers.iter_mut().enumerate() {
+                    if j != i {
+                        other.allowed_ips.retain(|c| !op.allowed_ips.contains(c));
+                    }
+                }
+            }
+            let p = &mut peers[i];
+            if let Some(psk) = &op.preshared_key {
+                p.preshared_key = psk.clone();
+            }
+            if op.endpoint.is_some() {
+                p.endpoint = op.endpoint;
+            }
+            if let Some(k) = op.persistent_keepalive {
+                p.persistent_keepalive = k;
+            }
+            if op.replace_allowed_ips {
+                p.allowed_ips.clear();
+            }
+            for c in &op.allowed_ips {
+                if !p.allowed_ips.contains(c) {
+                    p.allowed_ips.push(*c);
+                }
+            }
+        }
+        peers
     }
 }
 
@@ -244,7 +357,10 @@ impl ApiState {
 /// client closes.
 pub fn serve_connection(state: &ApiState, mut stream: UnixStream) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A client that stops reading its answer does not hold the thread for ever.
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut pending = Vec::new();
+    let mut scan = RequestScanner::default();
     let mut buf = [0u8; 4096];
     loop {
         let n = stream.read(&mut buf)?;
@@ -257,7 +373,7 @@ pub fn serve_connection(state: &ApiState, mut stream: UnixStream) -> io::Result<
         }
         // A get request is one line followed by a blank line; set requests end with a blank
         // line too. Answer each complete request.
-        while let Some(end) = find_request_end(&pending) {
+        while let Some(end) = scan.next_end(&pending) {
             let request: Vec<u8> = pending.drain(..end).collect();
             let text = String::from_utf8_lossy(&request);
             let response = state.handle(&text);
@@ -266,8 +382,33 @@ pub fn serve_connection(state: &ApiState, mut stream: UnixStream) -> io::Result<
     }
 }
 
-fn find_request_end(data: &[u8]) -> Option<usize> {
-    data.windows(2).position(|w| w == b"\n\n").map(|p| p + 2)
+/// Finds where a request ends (its blank line) looking only at bytes not seen before, so a
+/// large request read in many pieces costs time in proportion to its size.
+#[derive(Default)]
+struct RequestScanner {
+    scanned: usize,
+}
+
+impl RequestScanner {
+    /// The end of the first request in `pending` (which holds what was scanned before plus new
+    /// bytes); the caller removes that request before asking again.
+    fn next_end(&mut self, pending: &[u8]) -> Option<usize> {
+        // Step back one byte: the blank line may straddle two reads.
+        let from = self.scanned.saturating_sub(1);
+        match pending[from.min(pending.len())..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+        {
+            Some(p) => {
+                self.scanned = 0;
+                Some(from + p + 2)
+            }
+            None => {
+                self.scanned = pending.len();
+                None
+            }
+        }
+    }
 }
 
 /// Sends one request to the interface `ifname` and returns the response's `key=value` pairs
@@ -326,7 +467,8 @@ mod tests {
                 device,
                 listen_port: 51820,
                 names: Arc::new(RwLock::new(HashMap::new())),
-                reload: None,
+                control: None,
+                set_lock: Default::default(),
             },
             key,
         )
@@ -393,5 +535,123 @@ mod tests {
             s.device.peer_id(&peer).is_none(),
             "update_only does not create"
         );
+    }
+
+    fn allowed_of(s: &ApiState, peer: &PublicKey) -> Vec<String> {
+        let id = s.device.peer_id(peer).unwrap();
+        let mut v: Vec<String> = s
+            .device
+            .peer_info(id)
+            .unwrap()
+            .allowed_ips
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// As wireguard-go: lines after `remove=true` or `update_only=true` for a peer that does
+    /// not exist are read and ignored; the device's own key as a peer is ignored; an empty
+    /// allowed-IPs list (`wg set ... allowed-ips ""`) clears them.
+    #[test]
+    fn set_behaves_as_wireguard_go() {
+        let (s, key) = state();
+        let unknown = PrivateKey::generate().public_key();
+        let req = format!(
+            "set=1\npublic_key={}\nremove=true\nendpoint=198.18.0.9:1\nallowed_ip=10.1.0.0/16\n\n",
+            unknown.to_hex()
+        );
+        assert_eq!(s.handle(&req), "errno=0\n\n");
+        let req = format!(
+            "set=1\npublic_key={}\nupdate_only=true\npersistent_keepalive_interval=5\nallowed_ip=10.1.0.0/16\n\n",
+            unknown.to_hex()
+        );
+        assert_eq!(s.handle(&req), "errno=0\n\n");
+        assert!(s.device.peer_ids().is_empty());
+        let own = key.public_key();
+        let req = format!(
+            "set=1\npublic_key={}\nallowed_ip=10.2.0.0/16\n\n",
+            own.to_hex()
+        );
+        assert_eq!(s.handle(&req), "errno=0\n\n");
+        assert!(s.device.peer_ids().is_empty(), "own key ignored");
+        // A bad line is refused even for an ignored peer, and nothing of the request applies.
+        let peer = PrivateKey::generate().public_key();
+        let req = format!(
+            "set=1\npublic_key={}\nallowed_ip=10.3.0.0/16\npublic_key={}\nallowed_ip=banana\n\n",
+            peer.to_hex(),
+            own.to_hex()
+        );
+        assert_eq!(s.handle(&req), "errno=22\n\n");
+        assert!(
+            s.device.peer_ids().is_empty(),
+            "nothing applied from a refused request"
+        );
+        let req = format!(
+            "set=1\npublic_key={}\nallowed_ip=10.3.0.0/16\nallowed_ip=10.4.0.1/32\n\n",
+            peer.to_hex()
+        );
+        assert_eq!(s.handle(&req), "errno=0\n\n");
+        assert_eq!(allowed_of(&s, &peer), vec!["10.3.0.0/16", "10.4.0.1/32"]);
+        let req = format!(
+            "set=1\npublic_key={}\nreplace_allowed_ips=true\n\n",
+            peer.to_hex()
+        );
+        assert_eq!(s.handle(&req), "errno=0\n\n");
+        assert!(allowed_of(&s, &peer).is_empty(), "an empty list clears");
+    }
+
+    /// Two `set` requests at once never interleave: each replaces the peer's allowed IPs with a
+    /// list of its own, and the result is one list or the other, never a mix.
+    #[test]
+    fn concurrent_sets_do_not_interleave() {
+        let (s, _) = state();
+        let s = Arc::new(s);
+        let peer = PrivateKey::generate().public_key();
+        let request = |third: u8| {
+            let mut r = format!(
+                "set=1\npublic_key={}\nreplace_allowed_ips=true\n",
+                peer.to_hex()
+            );
+            for i in 0..200 {
+                r.push_str(&format!(
+                    "allowed_ip=10.{third}.{}.{}/32\n",
+                    i / 250,
+                    i % 250
+                ));
+            }
+            r.push('\n');
+            r
+        };
+        for _ in 0..20 {
+            let threads: Vec<_> = [1u8, 2]
+                .into_iter()
+                .map(|t| {
+                    let s = s.clone();
+                    let r = request(t);
+                    std::thread::spawn(move || s.handle(&r))
+                })
+                .collect();
+            for t in threads {
+                assert_eq!(t.join().unwrap(), "errno=0\n\n");
+            }
+            let got = allowed_of(&s, &peer);
+            assert_eq!(got.len(), 200);
+            let firsts: std::collections::HashSet<&str> =
+                got.iter().map(|c| c.split('.').nth(1).unwrap()).collect();
+            assert_eq!(firsts.len(), 1, "a mix of two requests: {got:?}");
+        }
+    }
+
+    #[test]
+    fn request_ends_are_found_in_new_bytes_only() {
+        let mut scan = RequestScanner::default();
+        assert_eq!(scan.next_end(b"get=1\n"), None);
+        assert_eq!(scan.next_end(b"get=1\n\n"), Some(7));
+        let mut scan = RequestScanner::default();
+        // The blank line split across two reads.
+        assert_eq!(scan.next_end(b"set=1\npublic_key=x\n"), None);
+        assert_eq!(scan.next_end(b"set=1\npublic_key=x\n\nget=1\n\n"), Some(20));
     }
 }

@@ -6,21 +6,127 @@
 //! one UDP_SEGMENT (GSO) system call, receives use recvmmsg with UDP GRO, and both fall back
 //! by themselves on kernels without those features. The socket is non-blocking; a reader waits
 //! with `wait_readable`.
+//!
+//! Outer datagrams may be fragmented, as the kernel's WireGuard and wireguard-go let them be:
+//! quinn-udp forbids it (right for QUIC, which sizes its own packets), but a tunnel whose MTU
+//! is above the path's must still deliver, so the sockets are switched back to
+//! IP_PMTUDISC_DONT / IPV6_DONTFRAG off. A GSO send cannot be fragmented (the kernel refuses
+//! a segment larger than the path MTU); such a run goes out one datagram at a time, and the
+//! destination is remembered for a while so the next runs go that way at once.
+//!
+//! Replies leave from the address the peer sent to (`Endpoint::local`, IP_PKTINFO /
+//! IPV6_PKTINFO); if that address is gone, from whatever routing picks.
 
+use crate::proto::Endpoint;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Socket buffers large enough for bursts at several gigabits per second.
 const SOCKET_BUFFER: usize = 8 << 20;
+/// A destination GSO failed for is sent to one datagram at a time this long, then tried again
+/// (its path MTU may have grown).
+const NO_GSO_FOR: Duration = Duration::from_secs(60);
 
 pub struct Udp {
     sock: UdpSocket,
     state: UdpSocketState,
     dual_stack: bool,
+    /// GSO segments per send, as found when the socket was made. quinn-udp lowers its own
+    /// figure to 1 for good after one failed GSO send, even when only one destination's path
+    /// was too narrow; this one stays, and such destinations are remembered in `no_gso`.
+    gso_segments: usize,
+    /// Destinations whose GSO sends failed, and when.
+    no_gso: Mutex<HashMap<SocketAddr, Instant>>,
+    any_no_gso: AtomicBool,
+}
+
+/// A send that did not go (wholly): how many datagrams were lost, and the first error.
+#[derive(Debug)]
+pub struct SendError {
+    pub lost: usize,
+    pub error: io::Error,
+}
+
+impl SendError {
+    /// The datagram was larger than the socket or the path allows (EMSGSIZE).
+    pub fn too_big(&self) -> bool {
+        self.error.raw_os_error() == Some(libc::EMSGSIZE)
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} datagram(s) lost)", self.error, self.lost)
+    }
+}
+
+/// Errors from a GSO send that mean "not as one run" (segment above the path MTU, or a
+/// device without segmentation), rather than "not at all".
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EIO) | Some(libc::EMSGSIZE)
+    )
+}
+
+pub fn unmap_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// setsockopt(2) of an int option.
+fn set_int_option(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the fd is a live socket owned by `sock`; the value pointer and length describe
+    // one c_int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Lets the kernel fragment outer datagrams larger than the path MTU (quinn-udp set the
+/// opposite): IPv4 (also v4-mapped on a dual-stack socket) and IPv6.
+fn allow_fragmentation(sock: &UdpSocket, dual_stack: bool) -> io::Result<()> {
+    set_int_option(
+        sock,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )?;
+    if dual_stack {
+        set_int_option(
+            sock,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        )?;
+        set_int_option(sock, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0)?;
+    }
+    Ok(())
 }
 
 pub fn unmap(a: SocketAddr) -> SocketAddr {
@@ -103,10 +209,14 @@ impl Udp {
         // Best effort: the kernel caps these at net.core.{r,w}mem_max.
         let _ = state.set_recv_buffer_size(UdpSockRef::from(&sock), SOCKET_BUFFER);
         let _ = state.set_send_buffer_size(UdpSockRef::from(&sock), SOCKET_BUFFER);
+        allow_fragmentation(&sock, dual_stack)?;
         Ok(Udp {
+            gso_segments: state.max_gso_segments(),
             sock,
             state,
             dual_stack,
+            no_gso: Mutex::new(HashMap::new()),
+            any_no_gso: AtomicBool::new(false),
         })
     }
 
@@ -122,7 +232,7 @@ impl Udp {
 
     /// How many datagrams one GSO send may carry (1 without GSO).
     pub fn max_gso_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        self.gso_segments
     }
 
     /// How many datagrams one GRO receive may carry (1 without GRO).
@@ -140,25 +250,92 @@ impl Udp {
     }
 
     /// Sends `contents` to `to`: one datagram, or with `segment_size` a run of datagrams of that
-    /// size (the last may be shorter) in one system call.
+    /// size (the last may be shorter) in one system call where the path allows, else one at a
+    /// time. From `to.local` where it is still ours.
     pub fn send(
         &self,
         contents: &[u8],
-        to: SocketAddr,
+        to: Endpoint,
         segment_size: Option<usize>,
-    ) -> io::Result<()> {
-        let t = Transmit {
-            destination: self.wire_addr(to),
-            ecn: None,
-            contents,
-            segment_size: segment_size.filter(|s| *s < contents.len()),
-            src_ip: None,
+    ) -> Result<(), SendError> {
+        let seg = segment_size.filter(|s| *s > 0 && *s < contents.len());
+        let Some(seg) = seg else {
+            return self
+                .send_one(contents, to, None)
+                .map_err(|error| SendError { lost: 1, error });
         };
-        self.state.try_send(UdpSockRef::from(&self.sock), &t)
+        if !self.gso_failed_before(to.addr) {
+            match self.send_one(contents, to, Some(seg)) {
+                Ok(()) => return Ok(()),
+                Err(e) if gso_refused(&e) => self.remember_no_gso(to.addr),
+                Err(error) => {
+                    return Err(SendError {
+                        lost: contents.len().div_ceil(seg),
+                        error,
+                    })
+                }
+            }
+        }
+        let mut failed: Option<SendError> = None;
+        for datagram in contents.chunks(seg) {
+            if let Err(error) = self.send_one(datagram, to, None) {
+                match &mut failed {
+                    Some(f) => f.lost += 1,
+                    None => failed = Some(SendError { lost: 1, error }),
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
-    pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.send(buf, to, None).map(|()| buf.len())
+    /// One sendmsg; from `to.local` first, and if the kernel refuses that address (it was
+    /// removed, say), again from the routing's choice.
+    fn send_one(&self, contents: &[u8], to: Endpoint, seg: Option<usize>) -> io::Result<()> {
+        let transmit = |src_ip: Option<IpAddr>| Transmit {
+            destination: self.wire_addr(to.addr),
+            ecn: None,
+            contents,
+            segment_size: seg,
+            src_ip,
+        };
+        match self
+            .state
+            .try_send(UdpSockRef::from(&self.sock), &transmit(to.local))
+        {
+            Err(e)
+                if to.local.is_some()
+                    && e.raw_os_error() == Some(libc::EINVAL)
+                    && seg.is_none() =>
+            {
+                self.state
+                    .try_send(UdpSockRef::from(&self.sock), &transmit(None))
+            }
+            r => r,
+        }
+    }
+
+    fn gso_failed_before(&self, to: SocketAddr) -> bool {
+        if !self.any_no_gso.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut map = self.no_gso.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, since| now.duration_since(*since) < NO_GSO_FOR);
+        if map.is_empty() {
+            self.any_no_gso.store(false, Ordering::Relaxed);
+        }
+        map.contains_key(&to)
+    }
+
+    fn remember_no_gso(&self, to: SocketAddr) {
+        tracing::debug!("GSO refused for {to}: sending there one datagram at a time");
+        let mut map = self.no_gso.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(to, Instant::now());
+        self.any_no_gso.store(true, Ordering::Relaxed);
+    }
+
+    pub fn send_to(&self, buf: &[u8], to: Endpoint) -> Result<(), SendError> {
+        self.send(buf, to, None)
     }
 
     /// Receives what is waiting, without blocking: up to `bufs.len()` messages, each possibly
@@ -167,6 +344,7 @@ impl Udp {
         let n = self.state.recv(UdpSockRef::from(&self.sock), bufs, meta)?;
         for m in &mut meta[..n] {
             m.addr = unmap(m.addr);
+            m.dst_ip = m.dst_ip.map(unmap_ip);
         }
         Ok(n)
     }

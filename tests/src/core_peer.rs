@@ -30,7 +30,7 @@ impl CorePeer {
 
     fn flush(&mut self) -> Result<()> {
         for o in self.out.drain(..) {
-            self.socket.send_to(&o.bytes, o.to)?;
+            self.socket.send_to(&o.bytes, o.to.addr)?;
         }
         Ok(())
     }
@@ -43,7 +43,7 @@ impl CorePeer {
             .device
             .encapsulate(&mut buf, packet.len(), clock::now(), &mut self.out);
         if let Sent::Ready { to, len } = &sent {
-            self.socket.send_to(&buf[..*len], *to)?;
+            self.socket.send_to(&buf[..*len], to.addr)?;
         }
         self.flush()?;
         Ok(sent)

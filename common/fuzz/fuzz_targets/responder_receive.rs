@@ -75,8 +75,12 @@ fuzz_target!(|data: &[u8]| {
         _ => xor_over(&w.transport, rest),
     };
     let under_load = mode & 0x80 != 0;
-    w.responder.set_under_load(under_load);
     let now = Time::new(w.start + Duration::from_secs(u64::from(mode & 0x0f)), Duration::from_secs(1_800_000_000));
+    if under_load {
+        w.responder.handshake_queue_backed_up(now.instant);
+    }
+    // The world is shared between runs: an earlier run's load may still be in force.
+    let under_load = w.responder.under_load(now.instant);
     let src: SocketAddr = if mode & 0x40 != 0 { "198.18.0.66:6666" } else { "[fd00::66]:6666" }.parse().unwrap();
     let mut out = Vec::new();
     let r = w.responder.receive(src, &mut datagram, now, &mut out);

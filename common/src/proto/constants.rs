@@ -53,6 +53,11 @@ pub const COOKIE_SECRET_MAX_AGE: Duration = Duration::from_secs(120);
 /// Safety margin: an initiator stops using a cookie this long before the responder would.
 pub const COOKIE_SECRET_LATENCY: Duration = Duration::from_secs(5);
 
+/// The device stays "under load" (mac2 required, per-source rate limits) this long after its
+/// handshake queue was last seen backed up (wireguard-go's UnderLoadAfterTime, the kernel's
+/// last_under_load + 1 s).
+pub const UNDER_LOAD_AFTER_TIME: Duration = Duration::from_secs(1);
+
 /// At most this many initiations per second are consumed from one peer (flood guard).
 pub const INITIATIONS_PER_SECOND: u32 = 50;
 /// Packets held per peer while its handshake is under way; older ones are dropped first.

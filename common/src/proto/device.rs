@@ -24,7 +24,7 @@
 
 use super::constants::*;
 use super::cookie::CookieChecker;
-use super::handshake::{begin_consume_initiation, HandshakeError};
+use super::handshake::{begin_consume_initiation, HandshakeError, InitialState};
 use super::ip;
 use super::messages::{Message, MessageError};
 use super::peer::{Peer, PeerConfig, PeerId, PeerInfo, PeerState};
@@ -39,15 +39,39 @@ use std::collections::HashMap;
 // Integer keys we chose ourselves (random session indices, sequential peer ids): nobody else can
 // pick what goes in, so a fast non-keyed hash is safe where SipHash would cost every packet.
 use rustc_hash::FxHashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+/// Where a peer is: its address, and which of our own addresses it sent to. Replies leave from
+/// that address (the kernel's endpoint src4/src6, wireguard-go's sticky source), so a peer
+/// behind a strict firewall or NAT sees them come from where it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Our address the peer's latest authenticated datagram was sent to; `None`: let routing
+    /// choose (a configured endpoint we have not heard from yet).
+    pub local: Option<IpAddr>,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Endpoint { addr, local: None }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
 
 /// A datagram for the engine to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
-    pub to: SocketAddr,
+    pub to: Endpoint,
     pub bytes: Vec<u8>,
 }
 
@@ -95,10 +119,20 @@ pub enum DropReason {
     BadInnerPacket,
     /// The opened packet's source address does not belong to the peer that sent it.
     SourceNotAllowed,
+    // The engine's own drops, counted here so that one table shows every reason
+    // (`Device::count_engine_drop`).
+    /// Incoming handshake message: the handshake thread's queue is full.
+    HandshakeQueueFull,
+    /// A sealed datagram larger than the socket or path allows (EMSGSIZE).
+    PacketTooBig,
+    /// A datagram the UDP socket refused to send for any other reason.
+    SendError,
+    /// A write to the TUN interface that failed (one packet or one coalesced super-packet).
+    TunWriteError,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::NotIp,
         DropReason::NoRoute,
         DropReason::NoEndpoint,
@@ -119,6 +153,10 @@ impl DropReason {
         DropReason::Expired,
         DropReason::BadInnerPacket,
         DropReason::SourceNotAllowed,
+        DropReason::HandshakeQueueFull,
+        DropReason::PacketTooBig,
+        DropReason::SendError,
+        DropReason::TunWriteError,
     ];
 
     /// The snake_case name used in status output.
@@ -144,6 +182,10 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::BadInnerPacket => "bad_inner_packet",
             DropReason::SourceNotAllowed => "source_not_allowed",
+            DropReason::HandshakeQueueFull => "handshake_queue_full",
+            DropReason::PacketTooBig => "packet_too_big",
+            DropReason::SendError => "send_error",
+            DropReason::TunWriteError => "tun_write_error",
         }
     }
 }
@@ -174,7 +216,7 @@ impl From<OpenError> for DropReason {
 pub enum Sent {
     /// Sealed in place: send `buf[..len]` to `to`.
     Ready {
-        to: SocketAddr,
+        to: Endpoint,
         len: usize,
     },
     /// Waiting for a handshake (which may have been pushed to the outgoing queue).
@@ -237,9 +279,12 @@ struct Peers {
 pub struct Device {
     private: PrivateKey,
     public: PublicKey,
+    /// The handshake's start towards us, the same for every initiation we receive.
+    initial: InitialState,
     cookies: Mutex<CookieChecker>,
     limiter: Mutex<RateLimiter>,
-    under_load: AtomicBool,
+    /// Under load until then (`handshake_queue_backed_up`).
+    under_load_until: Mutex<Option<Instant>>,
     mtu: AtomicUsize,
     peers: RwLock<Peers>,
     indices: RwLock<FxHashMap<u32, Slot>>,
@@ -261,10 +306,11 @@ impl Device {
         let public = private.public_key();
         Device {
             cookies: Mutex::new(CookieChecker::new(&public)),
+            initial: InitialState::new(&public),
             private,
             public,
             limiter: Mutex::new(RateLimiter::default()),
-            under_load: AtomicBool::new(false),
+            under_load_until: Mutex::new(None),
             mtu: AtomicUsize::new(1420),
             peers: RwLock::new(Peers::default()),
             indices: RwLock::new(FxHashMap::default()),
@@ -289,10 +335,21 @@ impl Device {
         self.mtu.load(Ordering::Relaxed)
     }
 
-    /// The engine says whether its handshake queue is backed up. Under load, handshake
-    /// messages need a valid mac2 (else they get a cookie reply) and are rate-limited per source.
-    pub fn set_under_load(&self, under_load: bool) {
-        self.under_load.store(under_load, Ordering::Relaxed);
+    /// The engine saw its handshake queue backed up at `now`: the device is under load until
+    /// UNDER_LOAD_AFTER_TIME later, however the queue fares meanwhile. Under load, handshake
+    /// messages need a valid mac2 (else they get a cookie reply) and are rate-limited per
+    /// source. It ends on time by itself: nothing has to arrive to switch it off.
+    pub fn handshake_queue_backed_up(&self, now: Instant) {
+        let until = now + UNDER_LOAD_AFTER_TIME;
+        let mut u = lock(&self.under_load_until);
+        if u.is_none_or(|u| u < until) {
+            *u = Some(until);
+        }
+    }
+
+    /// Whether handshake messages arriving at `now` need mac2.
+    pub fn under_load(&self, now: Instant) -> bool {
+        lock(&self.under_load_until).is_some_and(|u| now < u)
     }
 
     pub fn add_peer(&self, config: PeerConfig) -> Result<PeerId, DeviceError> {
@@ -343,7 +400,7 @@ impl Device {
     ) -> Result<(), DeviceError> {
         let peer = self.peer(id).ok_or(DeviceError::NoSuchPeerId(id))?;
         let mut st = peer.lock();
-        st.endpoint = endpoint;
+        st.endpoint = endpoint.map(Endpoint::from);
         st.kick |= kick && endpoint.is_some();
         Ok(())
     }
@@ -391,6 +448,23 @@ impl Device {
         Ok(())
     }
 
+    /// Replaces a peer's allowed IPs at once (taking each from whichever peer had it).
+    pub fn set_allowed_ips(
+        &self,
+        id: PeerId,
+        cidrs: &[crate::allowed_ips::Cidr],
+    ) -> Result<(), DeviceError> {
+        let mut peers = write(&self.peers);
+        if !peers.by_id.contains_key(&id) {
+            return Err(DeviceError::NoSuchPeerId(id));
+        }
+        peers.allowed.remove_value(&id);
+        for c in cidrs {
+            peers.allowed.insert(*c, id);
+        }
+        Ok(())
+    }
+
     /// Removes every allowed IP of a peer.
     pub fn clear_allowed_ips(&self, id: PeerId) -> Result<(), DeviceError> {
         let mut peers = write(&self.peers);
@@ -427,7 +501,7 @@ impl Device {
             id,
             public_key: peer.public_key,
             preshared_key: Some(st.handshake.psk().clone()).filter(|k| !k.is_zero()),
-            endpoint: st.endpoint,
+            endpoint: st.endpoint.map(|e| e.addr),
             allowed_ips,
             last_handshake: st.last_handshake,
             rx_bytes: peer.rx_bytes.load(Ordering::Relaxed),
@@ -455,7 +529,12 @@ impl Device {
     }
 
     fn count(&self, reason: DropReason) {
-        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.count_engine_drop(reason, 1);
+    }
+
+    /// The engine lost `n` packets for `reason` (a send or write that failed, a full queue).
+    pub fn count_engine_drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     fn dropped_sent(&self, reason: DropReason) -> Sent {
@@ -611,7 +690,7 @@ impl Device {
             st.timers.handshake_started_fresh();
         }
         if st
-            .last_sent_initiation
+            .last_sent_handshake
             .is_some_and(|t| now.since(t) < REKEY_TIMEOUT)
         {
             return;
@@ -633,7 +712,7 @@ impl Device {
         st.timers.any_authenticated_packet_traversal(now.instant);
         st.timers.any_authenticated_packet_sent();
         st.timers.handshake_initiated(now.instant);
-        st.last_sent_initiation = Some(now.instant);
+        st.last_sent_handshake = Some(now.instant);
         peer.add_tx(msg.len());
         out.push(Outgoing {
             to,
@@ -679,12 +758,12 @@ impl Device {
     /// `datagram[range]`.
     pub fn receive(
         &self,
-        src: SocketAddr,
+        src: impl Into<Endpoint>,
         datagram: &mut [u8],
         now: Time,
         out: &mut Vec<Outgoing>,
     ) -> Received {
-        self.receive_inner(src, datagram, now, out, false)
+        self.receive_inner(src.into(), datagram, now, out, false)
     }
 
     /// The cheap first look at a handshake message, for an engine that hands the costly part
@@ -694,11 +773,12 @@ impl Device {
     /// pushed to `out`). Messages other than initiations and responses pass through (`None`).
     pub fn triage_handshake(
         &self,
-        src: SocketAddr,
+        src: impl Into<Endpoint>,
         datagram: &[u8],
         now: Time,
         out: &mut Vec<Outgoing>,
     ) -> Option<Received> {
+        let src = src.into();
         match Message::parse(datagram) {
             Ok(Message::Initiation(m)) => {
                 self.check_handshake_macs(src, m.bytes(), m.sender(), now, out)
@@ -714,17 +794,17 @@ impl Device {
     /// the rate limit are not checked, nor counted, twice).
     pub fn receive_checked(
         &self,
-        src: SocketAddr,
+        src: impl Into<Endpoint>,
         datagram: &mut [u8],
         now: Time,
         out: &mut Vec<Outgoing>,
     ) -> Received {
-        self.receive_inner(src, datagram, now, out, true)
+        self.receive_inner(src.into(), datagram, now, out, true)
     }
 
     fn receive_inner(
         &self,
-        src: SocketAddr,
+        src: Endpoint,
         datagram: &mut [u8],
         now: Time,
         out: &mut Vec<Outgoing>,
@@ -752,7 +832,7 @@ impl Device {
                         return r;
                     }
                 }
-                let start = match begin_consume_initiation(&self.private, &init) {
+                let start = match begin_consume_initiation(&self.private, &self.initial, &init) {
                     Ok(s) => s,
                     Err(e) => return self.dropped(e.into()),
                 };
@@ -827,7 +907,7 @@ impl Device {
     /// `Some` is the verdict when the message goes no further.
     fn check_handshake_macs(
         &self,
-        src: SocketAddr,
+        src: Endpoint,
         msg: &[u8],
         sender: u32,
         now: Time,
@@ -837,11 +917,11 @@ impl Device {
         if !cookies.check_mac1(msg) {
             return Some(self.dropped(DropReason::BadMac1));
         }
-        if !self.under_load.load(Ordering::Relaxed) {
+        if !self.under_load(now.instant) {
             return None;
         }
-        if !cookies.check_mac2(msg, &src, now.instant) {
-            if let Some(reply) = cookies.create_reply(msg, sender, &src, now.instant) {
+        if !cookies.check_mac2(msg, &src.addr, now.instant) {
+            if let Some(reply) = cookies.create_reply(msg, sender, &src.addr, now.instant) {
                 out.push(Outgoing {
                     to: src,
                     bytes: reply.to_vec(),
@@ -850,7 +930,7 @@ impl Device {
             return Some(self.dropped(DropReason::CookieRequired));
         }
         drop(cookies);
-        if !lock(&self.limiter).allow(src.ip(), now.instant) {
+        if !lock(&self.limiter).allow(src.addr.ip(), now.instant) {
             return Some(self.dropped(DropReason::RateLimited));
         }
         None
@@ -860,23 +940,25 @@ impl Device {
         &self,
         peer: &Arc<Peer>,
         start: super::handshake::InitiationStart,
-        src: SocketAddr,
+        src: Endpoint,
         now: Time,
         out: &mut Vec<Outgoing>,
     ) -> Received {
         let mut st = peer.lock();
+        // Replays and floods are refused before a receiver index is taken (a write lock every
+        // receive thread waits on): only an initiation that will be answered costs one.
+        let accepted = match st.handshake.accept_initiation(start, now.instant) {
+            Ok(a) => a,
+            Err(e) => return self.dropped(e.into()),
+        };
         let index = self.register(Slot::Handshake(peer.id));
-        let (mut resp, keys) =
-            match st
-                .handshake
-                .consume_initiation_and_respond(start, index, now.instant)
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    self.unregister(index);
-                    return self.dropped(e.into());
-                }
-            };
+        let (mut resp, keys) = match st.handshake.respond(accepted, index, now.instant) {
+            Ok(r) => r,
+            Err(e) => {
+                self.unregister(index);
+                return self.dropped(e.into());
+            }
+        };
         peer.add_rx(INITIATION_LEN);
         // Answering an initiation abandons any initiation of our own in flight (the kernel keeps
         // one handshake state per peer).
@@ -895,6 +977,7 @@ impl Device {
         st.timers.session_derived(now.instant);
         st.timers.any_authenticated_packet_sent();
         st.sent_lastminute_handshake = false;
+        st.last_sent_handshake = Some(now.instant);
         peer.add_tx(resp.len());
         out.push(Outgoing {
             to: src,
@@ -905,7 +988,7 @@ impl Device {
 
     fn receive_transport(
         &self,
-        src: SocketAddr,
+        src: Endpoint,
         receiver: u32,
         counter: u64,
         datagram: &mut [u8],

@@ -27,13 +27,24 @@ pub enum HandshakeError {
 }
 
 /// C and H after hashing in the construction, the identifier and the responder's static key:
-/// the same for every handshake towards `responder`, so compute it from the constants each time
-/// (two BLAKE2s calls).
-fn initial_state(responder: &PublicKey) -> (Secret32, Secret32) {
-    let ck = hash(&[CONSTRUCTION]);
-    let h = hash(&[&ck, IDENTIFIER]);
-    let h = hash(&[&h, responder.as_bytes()]);
-    (Zeroizing::new(ck), Zeroizing::new(h))
+/// the same for every handshake towards one responder, so each side computes it once (the
+/// kernel's precomputed handshake_init): a device for itself as responder, a peer's handshake
+/// for that peer.
+pub struct InitialState {
+    chaining_key: Secret32,
+    hash: Secret32,
+}
+
+impl InitialState {
+    pub fn new(responder: &PublicKey) -> Self {
+        let ck = hash(&[CONSTRUCTION]);
+        let h = hash(&[&ck, IDENTIFIER]);
+        let h = hash(&[&h, responder.as_bytes()]);
+        InitialState {
+            chaining_key: Zeroizing::new(ck),
+            hash: Zeroizing::new(h),
+        }
+    }
 }
 
 fn mix_hash(h: &Secret32, data: &[u8]) -> Secret32 {
@@ -61,11 +72,22 @@ struct Pending {
 /// pre-shared key, the initiation we are waiting on, and the anti-replay state for initiations.
 pub struct Handshake {
     remote_static: PublicKey,
+    initial: InitialState,
     static_static: Option<Secret32>,
     psk: PresharedKey,
     pending: Option<Pending>,
     latest_timestamp: Option<Tai64N>,
     last_initiation_consumed: Option<Instant>,
+}
+
+/// An initiation whose timestamp decrypted and passed the replay and flood checks: all the
+/// response needs.
+pub struct AcceptedInitiation {
+    hash: Secret32,
+    chaining_key: Secret32,
+    remote_ephemeral: PublicKey,
+    sender: u32,
+    timestamp: Tai64N,
 }
 
 /// The result of the first half of consuming an initiation: enough to learn who sent it.
@@ -82,6 +104,7 @@ impl Handshake {
     pub fn new(local: &PrivateKey, remote_static: PublicKey, psk: Option<PresharedKey>) -> Self {
         Handshake {
             static_static: local.dh(&remote_static),
+            initial: InitialState::new(&remote_static),
             remote_static,
             psk: psk.unwrap_or_else(PresharedKey::zero),
             pending: None,
@@ -124,13 +147,13 @@ impl Handshake {
         msg[0] = MESSAGE_INITIATION;
         msg[INIT_SENDER..INIT_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
 
-        let (ck, h) = initial_state(&self.remote_static);
+        let (ck, h) = (&self.initial.chaining_key, &self.initial.hash);
         let ephemeral = PrivateKey::generate();
         let e_pub = ephemeral.public_key();
         // C := KDF1(C, E_pub_i); msg.ephemeral := E_pub_i; H := HASH(H || msg.ephemeral)
-        let [ck] = kdf::<1>(&ck, e_pub.as_bytes());
+        let [ck] = kdf::<1>(ck, e_pub.as_bytes());
         msg[INIT_EPHEMERAL..INIT_EPHEMERAL + 32].copy_from_slice(e_pub.as_bytes());
-        let h = mix_hash(&h, e_pub.as_bytes());
+        let h = mix_hash(h, e_pub.as_bytes());
         // (C, k) := KDF2(C, DH(E_priv_i, S_pub_r)); msg.static := AEAD(k, 0, S_pub_i, H)
         let es = ephemeral.dh(&self.remote_static)?;
         let [ck, k] = kdf::<2>(&ck, &*es);
@@ -154,15 +177,14 @@ impl Handshake {
         Some(msg)
     }
 
-    /// Responder, 5.4.2 second half: with the peer found, decrypts the timestamp, refuses
-    /// replays and floods, and on success builds the response and derives the session (5.4.3,
-    /// 5.4.5). The peer's anti-replay state is updated only when everything checks out.
-    pub fn consume_initiation_and_respond(
-        &mut self,
+    /// Responder, 5.4.2 second half: with the peer found, decrypts the timestamp and refuses
+    /// replays and floods. Commits nothing: only `respond` does, so a refused initiation costs
+    /// no receiver index and changes no state.
+    pub fn accept_initiation(
+        &self,
         start: InitiationStart,
-        local_index: u32,
         now: Instant,
-    ) -> Result<([u8; RESPONSE_LEN], SessionKeys), HandshakeError> {
+    ) -> Result<AcceptedInitiation, HandshakeError> {
         let static_static = self.static_static.as_ref().ok_or(HandshakeError::Decrypt)?;
         // (C, k) := KDF2(C, DH(S_priv_r, S_pub_i)); timestamp := AEAD-open(k, 0, msg.timestamp, H)
         let [ck, k] = kdf::<2>(&start.chaining_key, &**static_static);
@@ -185,11 +207,34 @@ impl Handshake {
         {
             return Err(HandshakeError::InitiationFlood);
         }
+        Ok(AcceptedInitiation {
+            hash: h,
+            chaining_key: ck,
+            remote_ephemeral: start.remote_ephemeral,
+            sender: start.sender,
+            timestamp,
+        })
+    }
 
+    /// Responder, 5.4.3 and 5.4.5: builds the response to an accepted initiation and derives
+    /// the session; the peer's anti-replay state moves on only now.
+    pub fn respond(
+        &mut self,
+        accepted: AcceptedInitiation,
+        local_index: u32,
+        now: Instant,
+    ) -> Result<([u8; RESPONSE_LEN], SessionKeys), HandshakeError> {
+        let AcceptedInitiation {
+            hash: h,
+            chaining_key: ck,
+            remote_ephemeral,
+            sender,
+            timestamp,
+        } = accepted;
         let mut msg = [0u8; RESPONSE_LEN];
         msg[0] = MESSAGE_RESPONSE;
         msg[RESP_SENDER..RESP_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
-        msg[RESP_RECEIVER..RESP_RECEIVER + 4].copy_from_slice(&start.sender.to_le_bytes());
+        msg[RESP_RECEIVER..RESP_RECEIVER + 4].copy_from_slice(&sender.to_le_bytes());
         let ephemeral = PrivateKey::generate();
         let e_pub = ephemeral.public_key();
         // C := KDF1(C, E_pub_r); msg.ephemeral := E_pub_r; H := HASH(H || msg.ephemeral)
@@ -198,7 +243,7 @@ impl Handshake {
         let h = mix_hash(&h, e_pub.as_bytes());
         // C := KDF1(C, DH(E_priv_r, E_pub_i)); C := KDF1(C, DH(E_priv_r, S_pub_i))
         let ee = ephemeral
-            .dh(&start.remote_ephemeral)
+            .dh(&remote_ephemeral)
             .ok_or(HandshakeError::Decrypt)?;
         let [ck] = kdf::<1>(&ck, &*ee);
         let se = ephemeral
@@ -222,10 +267,22 @@ impl Handshake {
                 send,
                 recv,
                 local_index,
-                remote_index: start.sender,
+                remote_index: sender,
                 initiator: false,
             },
         ))
+    }
+
+    /// `accept_initiation` then `respond`.
+    #[cfg(test)]
+    pub fn consume_initiation_and_respond(
+        &mut self,
+        start: InitiationStart,
+        local_index: u32,
+        now: Instant,
+    ) -> Result<([u8; RESPONSE_LEN], SessionKeys), HandshakeError> {
+        let accepted = self.accept_initiation(start, now)?;
+        self.respond(accepted, local_index, now)
     }
 
     /// Initiator, 5.4.3/5.4.5: checks the response against the pending initiation and derives
@@ -266,15 +323,16 @@ impl Handshake {
 }
 
 /// Responder, 5.4.2 first half: decrypts the initiator's static key, which says which peer
-/// this is. Needs only our own private key, so it runs before any peer lock is taken.
+/// this is. Needs only our own private key and its `InitialState`, so it runs before any peer
+/// lock is taken.
 pub fn begin_consume_initiation(
     local: &PrivateKey,
+    initial: &InitialState,
     msg: &Initiation<'_>,
 ) -> Result<InitiationStart, HandshakeError> {
-    let (ck, h) = initial_state(&local.public_key());
     let e_i = PublicKey(msg.ephemeral());
-    let [ck] = kdf::<1>(&ck, e_i.as_bytes());
-    let h = mix_hash(&h, e_i.as_bytes());
+    let [ck] = kdf::<1>(&initial.chaining_key, e_i.as_bytes());
+    let h = mix_hash(&initial.hash, e_i.as_bytes());
     let es = local.dh(&e_i).ok_or(HandshakeError::Decrypt)?;
     let [ck, k] = kdf::<2>(&ck, &*es);
     let encrypted_static = msg.encrypted_static();
@@ -322,7 +380,12 @@ mod tests {
         let mut hs_r = Handshake::new(&r_key, i_key.public_key(), psk_r);
         let ts = Tai64N::from_since_epoch(Duration::from_secs(1_000_000));
         let init = hs_i.create_initiation(&i_key, 11, ts)?;
-        let start = begin_consume_initiation(&r_key, &initiation_view(&init)).ok()?;
+        let start = begin_consume_initiation(
+            &r_key,
+            &InitialState::new(&r_key.public_key()),
+            &initiation_view(&init),
+        )
+        .ok()?;
         assert_eq!(start.remote_static, i_key.public_key());
         let (resp, r_keys) = hs_r
             .consume_initiation_and_respond(start, 22, Instant::now())
@@ -365,7 +428,14 @@ mod tests {
         let t0 = Instant::now();
         let ts = Tai64N::from_since_epoch(Duration::from_secs(1_000_000));
         let init = hs_i.create_initiation(&i_key, 1, ts).unwrap();
-        let start = || begin_consume_initiation(&r_key, &initiation_view(&init)).unwrap();
+        let start = || {
+            begin_consume_initiation(
+                &r_key,
+                &InitialState::new(&r_key.public_key()),
+                &initiation_view(&init),
+            )
+            .unwrap()
+        };
         assert!(hs_r.consume_initiation_and_respond(start(), 2, t0).is_ok());
         // The same initiation again, even much later: replay.
         let later = t0 + Duration::from_secs(10);
@@ -376,7 +446,14 @@ mod tests {
         // A newer one too soon after: flood.
         let ts2 = Tai64N::from_since_epoch(Duration::from_secs(1_000_001));
         let init2 = hs_i.create_initiation(&i_key, 4, ts2).unwrap();
-        let start2 = || begin_consume_initiation(&r_key, &initiation_view(&init2)).unwrap();
+        let start2 = || {
+            begin_consume_initiation(
+                &r_key,
+                &InitialState::new(&r_key.public_key()),
+                &initiation_view(&init2),
+            )
+            .unwrap()
+        };
         let soon = t0 + Duration::from_millis(5);
         assert_eq!(
             hs_r.consume_initiation_and_respond(start2(), 5, soon).err(),
@@ -395,7 +472,12 @@ mod tests {
         let mut hs_r = Handshake::new(&r_key, i_key.public_key(), None);
         let ts = Tai64N::from_since_epoch(Duration::from_secs(5));
         let init = hs_i.create_initiation(&i_key, 1, ts).unwrap();
-        let start = begin_consume_initiation(&r_key, &initiation_view(&init)).unwrap();
+        let start = begin_consume_initiation(
+            &r_key,
+            &InitialState::new(&r_key.public_key()),
+            &initiation_view(&init),
+        )
+        .unwrap();
         let (mut resp, _) = hs_r
             .consume_initiation_and_respond(start, 2, Instant::now())
             .unwrap();
@@ -428,6 +510,11 @@ mod tests {
             .create_initiation(&i_key, 1, Tai64N::default())
             .unwrap();
         let other = PrivateKey::generate();
-        assert!(begin_consume_initiation(&other, &initiation_view(&init)).is_err());
+        assert!(begin_consume_initiation(
+            &other,
+            &InitialState::new(&other.public_key()),
+            &initiation_view(&init)
+        )
+        .is_err());
     }
 }

@@ -169,7 +169,7 @@ impl Sim {
             .encapsulate(&mut buf, packet.len(), now, &mut out);
         if let Sent::Ready { len, .. } = sent {
             out.push(Outgoing {
-                to: self.b_addr,
+                to: self.b_addr.into(),
                 bytes: buf[..len].to_vec(),
             });
         }
@@ -383,6 +383,7 @@ fn trace(seed: u64, plan: Plan) -> String {
 #[test]
 fn rekeys_over_a_lossy_link_never_stall_traffic() {
     let ping = ipv4(A_TUN, B_TUN, 56);
+    let mut overall = Duration::ZERO;
     for seed in 0..20u64 {
         let mut sim = Sim::new(seed, 0.3);
         let (mut last, mut worst) = (None, (Duration::ZERO, Duration::ZERO));
@@ -405,5 +406,7 @@ fn rekeys_over_a_lossy_link_never_stall_traffic() {
             worst.1
         );
         assert_eq!(sim.refused, 0, "seed {seed}: packets on a dropped session");
+        overall = overall.max(worst.0);
     }
+    eprintln!("20 seeds of 15 minutes: the longest time without an answer was {overall:?}");
 }

@@ -40,6 +40,6 @@ mod device_tests;
 #[cfg(test)]
 mod lossy_tests;
 
-pub use device::{Device, DeviceError, DropReason, Outgoing, Received, Sent};
+pub use device::{Device, DeviceError, DropReason, Endpoint, Outgoing, Received, Sent};
 pub use peer::{PeerConfig, PeerId, PeerInfo};
 pub use time::Time;
