@@ -288,6 +288,7 @@ pub struct Device {
     mtu: AtomicUsize,
     peers: RwLock<Peers>,
     indices: RwLock<FxHashMap<u32, Slot>>,
+    index_writes: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -314,6 +315,7 @@ impl Device {
             mtu: AtomicUsize::new(1420),
             peers: RwLock::new(Peers::default()),
             indices: RwLock::new(FxHashMap::default()),
+            index_writes: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -724,7 +726,7 @@ impl Device {
 
     /// A fresh random index for `slot`.
     fn register(&self, slot: Slot) -> u32 {
-        let mut indices = write(&self.indices);
+        let mut indices = self.indices_mut();
         loop {
             if let Entry::Vacant(e) = indices.entry(OsRng.next_u32()) {
                 let index = *e.key();
@@ -735,11 +737,23 @@ impl Device {
     }
 
     fn replace(&self, index: u32, slot: Slot) {
-        write(&self.indices).insert(index, slot);
+        self.indices_mut().insert(index, slot);
     }
 
     fn unregister(&self, index: u32) {
-        write(&self.indices).remove(&index);
+        self.indices_mut().remove(&index);
+    }
+
+    /// The index table for writing: every receive thread waits while one holds it, so each
+    /// taking is counted (`index_table_writes`).
+    fn indices_mut(&self) -> RwLockWriteGuard<'_, FxHashMap<u32, Slot>> {
+        self.index_writes.fetch_add(1, Ordering::Relaxed);
+        write(&self.indices)
+    }
+
+    /// How often the index table was locked for writing (tests: what a message costs).
+    pub fn index_table_writes(&self) -> u64 {
+        self.index_writes.load(Ordering::Relaxed)
     }
 
     /// Erases all key material of a peer: sessions, the handshake in flight, staged packets.

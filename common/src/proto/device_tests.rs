@@ -707,6 +707,33 @@ fn replays_are_dropped_and_do_not_move_the_endpoint() {
     assert_eq!(net.b.peer_info(0).unwrap().endpoint, Some(net.a_addr));
 }
 
+/// A replayed initiation is refused before a receiver index is taken: it costs no write lock
+/// on the index table that every receive thread reads (it used to cost two).
+#[test]
+fn refused_initiations_take_no_receiver_index() {
+    let net = net();
+    let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 8));
+    let init = of_kind(wire, MESSAGE_INITIATION);
+    let before = net.b.index_table_writes();
+    let (_, verdicts, _) = net.deliver(Side::B, init.clone());
+    assert!(matches!(verdicts[0], Received::Handshake { .. }));
+    let answered = net.b.index_table_writes();
+    assert!(answered > before, "an answered initiation takes an index");
+    for _ in 0..10 {
+        let (_, verdicts, replies) = net.deliver(Side::B, init.clone());
+        assert_eq!(
+            verdicts,
+            vec![Received::Dropped(DropReason::ReplayedInitiation)]
+        );
+        assert!(replies.is_empty());
+    }
+    assert_eq!(
+        net.b.index_table_writes(),
+        answered,
+        "replays: no write lock"
+    );
+}
+
 #[test]
 fn roaming_follows_the_latest_authenticated_source() {
     let net = net();
