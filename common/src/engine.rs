@@ -24,7 +24,7 @@ use crate::keys::PublicKey;
 use crate::netlink::{self, Added, NetlinkError, Teardown};
 use crate::proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
 use crate::proto::messages::Message;
-use crate::proto::{ip, Device, DropReason, Endpoint, Outgoing, PeerConfig, Received, Sent};
+use crate::proto::{ip, Device, DropReason, Endpoint, Outgoing, Received, Sent};
 use crate::tun::{Tun, IDEAL_BATCH_SIZE, MAX_READ};
 use crate::uapi::{self, ApiState};
 use crate::udp::{SendError, Udp};
@@ -388,26 +388,22 @@ pub fn up(config: Config) -> Result<(), EngineError> {
 
     let device = Arc::new(Device::new(config.interface.private_key.clone()));
     device.set_mtu(config.interface.mtu as usize);
+    // The config's peers go in by the same path a reload takes (on an empty device: all added).
+    let plan = apply::plan(&device, &HashMap::new(), &desired_peers(&config, None))
+        .map_err(|e| setup(e.to_string()))?;
+    apply::apply_to_device(&device, &plan);
     let remembered = load_endpoints(&ifname);
-    let mut names = HashMap::new();
-    for p in &config.peers {
-        let mut pc = PeerConfig::new(p.public_key);
-        pc.preshared_key = p.preshared_key.clone();
-        pc.endpoint = p.endpoint;
-        pc.persistent_keepalive = p.persistent_keepalive;
-        pc.allowed_ips = p.allowed_ips.clone();
-        let id = device.add_peer(pc).map_err(|e| setup(e.to_string()))?;
-        if p.endpoint.is_none() {
-            if let Some(e) = remembered.get(&p.public_key.to_base64()) {
-                // A restarted server tells its clients at once that their sessions are gone.
-                info!("{}: last seen at {e}, starting a handshake", p.label());
-                let _ = device.set_endpoint(id, Some(*e), true);
-            }
-        }
-        if let Some(n) = &p.name {
-            names.insert(p.public_key, n.clone());
+    for p in config.peers.iter().filter(|p| p.endpoint.is_none()) {
+        if let (Some(e), Some(id)) = (
+            remembered.get(&p.public_key.to_base64()),
+            device.peer_id(&p.public_key),
+        ) {
+            // A restarted server tells its clients at once that their sessions are gone.
+            info!("{}: last seen at {e}, starting a handshake", p.label());
+            let _ = device.set_endpoint(id, Some(*e), true);
         }
     }
+    let names = plan.names;
     let names = Arc::new(RwLock::new(names));
 
     let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
@@ -635,6 +631,30 @@ async fn apply_peers(
     Ok(plan.summary())
 }
 
+/// The peer set `config` asks for. With `previous` (the config in force), a peer's endpoint is
+/// set only where the file changed it (or the peer is new to it): a peer that roamed keeps its
+/// latest address across reloads that do not touch it.
+fn desired_peers(config: &Config, previous: Option<&Config>) -> Vec<apply::PeerSpec> {
+    config
+        .peers
+        .iter()
+        .map(|p| {
+            let old = previous.and_then(|c| c.peers.iter().find(|o| o.public_key == p.public_key));
+            apply::PeerSpec {
+                public_key: p.public_key,
+                name: p.name.clone(),
+                preshared_key: p.preshared_key.clone(),
+                endpoint: match old {
+                    Some(o) if o.endpoint_text == p.endpoint_text => None,
+                    _ => p.endpoint,
+                },
+                persistent_keepalive: p.persistent_keepalive,
+                allowed_ips: p.allowed_ips.clone(),
+            }
+        })
+        .collect()
+}
+
 /// SIGHUP / `reload`: re-reads the config and makes the peers what it says. Peers added,
 /// removed or changed take effect; unchanged peers are not touched, so their sessions go on.
 async fn reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<String, String> {
@@ -667,31 +687,7 @@ async fn apply_reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<Strin
     {
         warn!("reload: changes to address, mtu, hairpin or a full tunnel take effect at the next restart");
     }
-    let desired: Vec<apply::PeerSpec> = new
-        .peers
-        .iter()
-        .map(|p| {
-            let old = live
-                .config
-                .peers
-                .iter()
-                .find(|o| o.public_key == p.public_key);
-            apply::PeerSpec {
-                public_key: p.public_key,
-                name: p.name.clone(),
-                preshared_key: p.preshared_key.clone(),
-                // The endpoint is set when the file's changed (or the peer is new to it): a
-                // peer that roamed keeps its latest address across reloads that do not
-                // touch it.
-                endpoint: match old {
-                    Some(o) if o.endpoint_text == p.endpoint_text => None,
-                    _ => p.endpoint,
-                },
-                persistent_keepalive: p.persistent_keepalive,
-                allowed_ips: p.allowed_ips.clone(),
-            }
-        })
-        .collect();
+    let desired = desired_peers(&new, Some(&live.config));
     let message = apply_peers(shared, live, &desired).await?;
     *write_lock(&shared.configured_endpoints) = configured_endpoints(&new);
     live.config = new;
