@@ -584,8 +584,26 @@ async fn apply_peers(
         .filter(|c| c.prefix_len() > 0)
         .copied()
         .collect();
+    let missing: Vec<_> = want.iter().filter(|c| !have.contains(c)).copied().collect();
+    // A prefix the main table already routes through another interface would not reach the
+    // tunnel (and adding ours would be refused): refuse the change before anything moves.
+    if !missing.is_empty() {
+        let elsewhere = netlink::main_routes_elsewhere(live.h, &dev)
+            .await
+            .map_err(|e| e.to_string())?;
+        for c in &missing {
+            if let Some((_, _, i)) = elsewhere
+                .iter()
+                .find(|(d, l, _)| *d == c.addr() && *l == c.prefix_len())
+            {
+                return Err(format!(
+                    "{c} is already routed through another interface (index {i}), not {dev}"
+                ));
+            }
+        }
+    }
     let mut added = Vec::new();
-    for c in want.iter().filter(|c| !have.contains(c)) {
+    for c in &missing {
         let r = match injected_route_failure(c) {
             Some(e) => Err(e),
             None => netlink::add_route(live.h, c.addr(), c.prefix_len(), &dev)

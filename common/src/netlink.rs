@@ -156,6 +156,50 @@ pub async fn add_route(h: &Handle, dst: IpAddr, len: u8, dev: &str) -> Result<bo
     }
 }
 
+/// The main table's routes through interfaces other than `dev`, as (destination, prefix
+/// length, interface index), both families (`ip route show table main`, and `-6`): a prefix
+/// among them cannot be routed into the tunnel too.
+pub async fn main_routes_elsewhere(
+    h: &Handle,
+    dev: &str,
+) -> Result<Vec<(IpAddr, u8, u32)>, NetlinkError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    let ours = index(h, dev).await?;
+    let mut found = Vec::new();
+    for (msg, any) in [
+        (
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpAddr::from([0u8; 4]),
+        ),
+        (
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+            IpAddr::from([0u8; 16]),
+        ),
+    ] {
+        let mut routes = h.route().get(msg).execute();
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(|e| fail("listing the routes", e))?
+        {
+            let (mut dst, mut oif, mut table) = (any, None, u32::from(r.header.table));
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = IpAddr::V4(*a),
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = IpAddr::V6(*a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if let Some(i) = oif.filter(|i| table == MAIN_TABLE && *i != ours) {
+                found.push((dst, r.header.destination_prefix_length, i));
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// `ip route del DST/LEN dev NAME`. A route that is gone already is success.
 pub async fn del_route(h: &Handle, dst: IpAddr, len: u8, dev: &str) -> Result<(), NetlinkError> {
     let i = match index(h, dev).await {

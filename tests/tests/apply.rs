@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use suidao_common::keys::PrivateKey;
-use suidao_lab::netlink::snapshot_of;
+use suidao_lab::netlink::{add_route, snapshot_of};
 use suidao_lab::suidao::{bin_path, ping, ping_until, run, PeerSpec};
 use suidao_tests::vpn::*;
 
@@ -161,6 +161,27 @@ fn reload_and_wg_set_share_one_path_that_never_half_applies() {
         "carol's route went"
     );
     assert_eq!(handshake_of(s, &ifname, &client_key), handshake_before);
+
+    // A prefix already routed through another interface (the underlay here) is refused before
+    // anything changes.
+    s.netlink(|h| async move {
+        add_route(&h, "10.99.12.0".parse().unwrap(), 24, "veth-s").await?;
+        Ok(())
+    })
+    .unwrap();
+    let grace = PrivateKey::generate();
+    vpn.server_spec
+        .peers
+        .push(peer("grace", &grace, &["10.99.12.0/24"]));
+    let conflicting = vpn.server_spec.write(vpn.dir.path()).unwrap();
+    let peers_now = peers_of(s, &ifname);
+    let routes_now = snapshot_of(s).unwrap();
+    let (ok, out) = reload(&conflicting);
+    assert!(!ok && out.contains("already routed"), "{out}");
+    assert_eq!(peers_of(s, &ifname), peers_now);
+    assert_eq!(snapshot_of(s).unwrap(), routes_now);
+    vpn.server_spec.peers.pop();
+    let cfg = vpn.server_spec.write(vpn.dir.path()).unwrap();
 
     // `wg set` goes the same way: a peer it adds gets its route, and the next reload from the
     // file (which does not have it) takes both away again.
