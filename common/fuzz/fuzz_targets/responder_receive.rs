@@ -55,7 +55,7 @@ fn world() -> &'static World {
         responder.receive(src, &mut init_copy, now, &mut replies);
         let mut resp = replies[0].bytes.clone();
         let mut flushed = Vec::new();
-        initiator.receive("198.18.0.2:51820".parse().unwrap(), &mut resp, now, &mut flushed);
+        initiator.receive("198.18.0.2:51820".parse::<SocketAddr>().unwrap(), &mut resp, now, &mut flushed);
         let transport = flushed[0].bytes.clone();
         World {
             responder,
@@ -87,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
     for o in &out {
         let ok = o.bytes.len() == RESPONSE_LEN || (under_load && o.bytes.len() == COOKIE_REPLY_LEN);
         assert!(ok, "replied {} bytes to {r:?}", o.bytes.len());
-        assert_eq!(o.to, src);
+        assert_eq!(o.to.addr, src);
     }
     if mode % 3 == 0 {
         // Raw bytes cannot carry a valid mac1 or tag by chance.
