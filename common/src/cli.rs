@@ -65,18 +65,39 @@ pub enum Common {
     Pubkey,
 }
 
-/// Logs to standard error; the level comes from RUST_LOG (default `info`).
+/// Logs to standard error; the level comes from RUST_LOG (default `info`). Colour only when
+/// standard error is a terminal and NO_COLOR is not set. A log line that cannot be written (the
+/// reader of a pipe went away) is dropped: logging never takes the process down (the
+/// subscriber's own error report would `eprintln!`, which panics on a broken pipe).
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
+        .log_internal_errors(false)
         .try_init();
 }
 
+/// Whether to colour: on a terminal, unless NO_COLOR is set to anything but the empty string
+/// (no-color.org).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// A message for a person on standard error, which may be a closed pipe: never panics.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 pub fn fail(program: &str, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("{program}: {msg}");
+    say(&format!("{program}: {msg}"));
     ExitCode::FAILURE
 }
 
@@ -229,5 +250,19 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Colour only on a terminal, and NO_COLOR (any non-empty value) turns it off.
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some("1".into())));
+        assert!(colour(true, Some("".into())));
     }
 }

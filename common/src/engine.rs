@@ -299,6 +299,11 @@ async fn configure_full_tunnel(
                 table: netlink::FULL_TUNNEL_TABLE,
             });
         }
+        // Rules there already were left by a run that was killed (SIGKILL skips the teardown).
+        let left = netlink::del_leftover_rules(h, v6).await?;
+        if left > 0 {
+            info!("full tunnel: removed {left} policy rule(s) left by an earlier run");
+        }
         for rule in [
             netlink::FullTunnelRule::NotMarked,
             netlink::FullTunnelRule::MainWithoutDefault,
@@ -483,7 +488,17 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         let result = match hooks::run("post_up", &hooks.post_up, &ifname) {
             Ok(()) => {
                 notify::notify(&format!("READY=1\nSTATUS={ifname} is up"));
-                control_loop(&shared, &ifname, &mut live, &mut control_rx).await
+                // A panic in the loop (a bug) still ends in the teardown below.
+                use futures_util::FutureExt;
+                std::panic::AssertUnwindSafe(control_loop(
+                    &shared,
+                    &ifname,
+                    &mut live,
+                    &mut control_rx,
+                ))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(setup("internal error (see the panic above): going down")))
             }
             Err(e) => Err(setup(e)),
         };
@@ -676,6 +691,11 @@ fn desired_peers(config: &Config, previous: Option<&Config>) -> Vec<apply::PeerS
 /// SIGHUP / `reload`: re-reads the config and makes the peers what it says. Peers added,
 /// removed or changed take effect; unchanged peers are not touched, so their sessions go on.
 async fn reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<String, String> {
+    // Debug builds only: the tests make sure a panic still ends in the teardown.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("SUIDAO_TEST_PANIC_ON_RELOAD").is_some() {
+        panic!("SUIDAO_TEST_PANIC_ON_RELOAD");
+    }
     notify::notify("RELOADING=1");
     let result = apply_reload(shared, live).await;
     match &result {

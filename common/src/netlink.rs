@@ -284,13 +284,33 @@ pub async fn add_rule(h: &Handle, v6: bool, rule: FullTunnelRule) -> Result<bool
     }
 }
 
-/// Removes a full-tunnel rule (gone already is success).
-pub async fn del_rule(h: &Handle, v6: bool, rule: FullTunnelRule) -> Result<(), NetlinkError> {
+/// Removes a full-tunnel rule (gone already is success); false when there was none.
+pub async fn del_rule(h: &Handle, v6: bool, rule: FullTunnelRule) -> Result<bool, NetlinkError> {
     match h.rule().del(rule_message(h, v6, rule)).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ESRCH)) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ESRCH)) => Ok(false),
         Err(e) => Err(fail(format!("removing policy rule {rule:?}"), e)),
     }
+}
+
+/// Removes every full-tunnel rule of a family that is there before `up` adds its own: a run
+/// killed with SIGKILL leaves them (the kernel gives a rule without a priority a new one, so
+/// adding ours again would not find them). Returns how many went.
+pub async fn del_leftover_rules(h: &Handle, v6: bool) -> Result<usize, NetlinkError> {
+    let mut removed = 0;
+    for rule in [
+        FullTunnelRule::NotMarked,
+        FullTunnelRule::MainWithoutDefault,
+    ] {
+        // Bounded: a rule that keeps coming back is not ours to fight.
+        for _ in 0..64 {
+            if !del_rule(h, v6, rule).await? {
+                break;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// `ip route add DST/LEN dev NAME table TABLE`. Returns false when it was there already.
@@ -381,7 +401,7 @@ impl Teardown {
                 Added::Address { dev, addr, len } => del_addr(h, dev, *addr, *len).await,
                 Added::Route { dev, dst, len } => del_route(h, *dst, *len, dev).await,
                 Added::TableRoute { .. } => Ok(()),
-                Added::Rule { v6, rule } => del_rule(h, *v6, *rule).await,
+                Added::Rule { v6, rule } => del_rule(h, *v6, *rule).await.map(|_| ()),
                 Added::Sysctl { path, old } => {
                     std::fs::write(path, old).map_err(|e| NetlinkError {
                         what: format!("restoring {path}"),
