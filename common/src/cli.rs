@@ -203,6 +203,9 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
         },
         Common::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    say(w);
+                }
                 print!("{}", engine::describe(&c));
                 ExitCode::SUCCESS
             }
@@ -214,6 +217,9 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
                 Ok(c) => c,
                 Err(e) => return fail(program, e),
             };
+            for w in &c.warnings {
+                tracing::warn!("{w}");
+            }
             match engine::up(c) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(program, e),

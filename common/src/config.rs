@@ -183,6 +183,9 @@ pub struct Config {
     pub path: PathBuf,
     pub interface: Interface,
     pub peers: Vec<Peer>,
+    /// What is accepted but worth a word (`FILE:LINE: KEY: ...`): `check` prints them, `up`
+    /// logs them.
+    pub warnings: Vec<String>,
 }
 
 /// One line for a person: `FILE:LINE: KEY: what is wrong`.
@@ -236,6 +239,41 @@ impl Ctx<'_> {
         })
     }
 
+    /// The key at `offset` as the messages name it (`interface.listen_port`, `peer[1]`):
+    /// the section the offset is in (counting `[[peer]]` headers), and the key its line sets.
+    fn key_at(&self, offset: usize) -> String {
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let mut section = String::new();
+        let mut peers = 0;
+        for line in before.lines() {
+            match line.trim() {
+                "[interface]" => section = "interface".into(),
+                "[[peer]]" => {
+                    section = format!("peer[{peers}]");
+                    peers += 1;
+                }
+                _ => {}
+            }
+        }
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[start..].lines().next().unwrap_or("");
+        // An error about a whole table points at its header.
+        match line.trim() {
+            "[interface]" => return "interface".into(),
+            "[[peer]]" if !before[start..].contains("[[") => return format!("peer[{peers}]"),
+            _ => {}
+        }
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && !k.starts_with('['));
+        match (section.is_empty(), key) {
+            (true, Some(k)) => k.to_string(),
+            (false, Some(k)) => format!("{section}.{k}"),
+            (_, None) => section,
+        }
+    }
+
     /// Resolves `p` relative to the config file's folder.
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
@@ -287,9 +325,52 @@ fn key_problem(e: KeyError) -> String {
     }
 }
 
+/// The TOML reader's words for a type or range error, as a person would put them.
+fn plain_message(msg: &str) -> String {
+    let quoted = |m: &str| m.split('`').nth(1).map(str::to_string);
+    if let Some(field) = msg.strip_prefix("missing field ") {
+        return format!("{} is required", field.trim_matches('`'));
+    }
+    if msg == "duplicate key" {
+        return "given twice".into();
+    }
+    if msg.starts_with("invalid value: integer") {
+        if let (Some(v), Some(ty)) = (quoted(msg), msg.rsplit("expected ").next()) {
+            let max = match ty.trim() {
+                "u16" => Some(u64::from(u16::MAX)),
+                "u32" => Some(u64::from(u32::MAX)),
+                "u8" => Some(u64::from(u8::MAX)),
+                _ => None,
+            };
+            if let Some(max) = max {
+                return format!("{v} is out of range (0-{max})");
+            }
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("invalid type: string ") {
+        if rest.ends_with("expected a sequence") {
+            return "a list is expected here, as in [\"10.99.0.1/24\"]".into();
+        }
+        if rest.ends_with("expected u16") || rest.ends_with("expected u32") {
+            let value = rest.split('"').nth(1).unwrap_or("");
+            return format!("a number is expected here, without quotes (not \"{value}\")");
+        }
+    }
+    if msg.starts_with("invalid type: integer") && msg.ends_with("expected a string") {
+        return "text is expected here, in quotes".into();
+    }
+    if msg.starts_with("invalid type:") && msg.ends_with("expected a sequence") {
+        return "a list is expected here, as in [\"...\"]".into();
+    }
+    msg.to_string()
+}
+
 /// Resolves `host:port` (a name, an IPv4 address, or `[IPv6]:port`).
 pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = text.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err("port 0 cannot be sent to".into());
+        }
         return Ok(a);
     }
     let (_, port) = text
@@ -297,6 +378,9 @@ pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("'{text}' is not host:port"))?;
     if port.parse::<u16>().is_err() {
         return Err(format!("'{port}' is not a port number"));
+    }
+    if port == "0" {
+        return Err("port 0 cannot be sent to".into());
     }
     let mut addrs = text
         .to_socket_addrs()
@@ -324,8 +408,8 @@ impl Config {
         let raw: RawConfig = match toml::from_str(text) {
             Ok(r) => r,
             Err(e) => {
-                let msg = e.message().trim().to_string();
-                return cx.err(e.span(), "", msg);
+                let key = e.span().map(|s| cx.key_at(s.start)).unwrap_or_default();
+                return cx.err(e.span(), &key, plain_message(e.message().trim()));
             }
         };
         let iface_span = raw.interface.span();
@@ -371,6 +455,27 @@ impl Config {
             Ok(k) => k,
             Err(e) => return cx.err(key_span, "interface.private_key", key_problem(e)),
         };
+        let mut warnings = Vec::new();
+        if let Some(k) = &ri.private_key {
+            // As wg-quick warns of a world-accessible config.
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    warnings.push(
+                        ConfigError {
+                            file: path.to_path_buf(),
+                            line: Some(cx.line_of(k.span().start)),
+                            key: "interface.private_key".into(),
+                            message: format!(
+                                "warning: the file holding it is readable by others (mode {mode:03o}); run chmod 600 on it, or move the key to private_key_file"
+                            ),
+                        }
+                        .to_string(),
+                    );
+                }
+            }
+        }
         let mut addresses = Vec::new();
         for a in &ri.address {
             match a.get_ref().parse::<InterfaceAddress>() {
@@ -517,6 +622,18 @@ impl Config {
                         )
                     }
                 };
+                let written = a.get_ref().split('/').next().unwrap_or("");
+                if written.parse::<IpAddr>().is_ok_and(|ip| ip != cidr.addr()) {
+                    let host = if cidr.is_ipv4() { 32 } else { 128 };
+                    return cx.err(
+                        Some(a.span()),
+                        &format!("{section}.allowed_ips"),
+                        format!(
+                            "'{}' has host bits set: write {cidr} for the network, or {written}/{host} for the host",
+                            a.get_ref()
+                        ),
+                    );
+                }
                 if let Some(first) = seen_ranges.insert(cidr, n) {
                     let msg = if first == n {
                         format!("{cidr} is listed twice")
@@ -546,6 +663,7 @@ impl Config {
             path: path.to_path_buf(),
             interface,
             peers,
+            warnings,
         })
     }
 }

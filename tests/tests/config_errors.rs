@@ -92,6 +92,47 @@ fn bad_configs_fail_with_one_clear_line() {
             format!("{head}[[peer]\n"),
             vec!["syntax.toml:5"],
         ),
+        // Type and range errors name the key too.
+        (
+            "port-range.toml",
+            format!("[interface]\nname = \"sdbad\"\nprivate_key = \"{key}\"\nlisten_port = 70000\n"),
+            vec!["port-range.toml:4", "interface.listen_port", "70000 is out of range"],
+        ),
+        (
+            "port-type.toml",
+            format!("[interface]\nname = \"sdbad\"\nprivate_key = \"{key}\"\nlisten_port = \"51820\"\n"),
+            vec!["port-type.toml:4", "interface.listen_port", "without quotes"],
+        ),
+        (
+            "keepalive-range.toml",
+            format!("{head}\n[[peer]]\npublic_key = \"{pk1}\"\npersistent_keepalive = 70000\n"),
+            vec!["keepalive-range.toml:8", "peer[0].persistent_keepalive", "out of range"],
+        ),
+        (
+            "address-type.toml",
+            format!("{head}address = \"10.77.0.1/24\"\n"),
+            vec!["address-type.toml:5", "interface.address", "a list is expected"],
+        ),
+        (
+            "duplicate.toml",
+            format!("{head}mtu = 1420\nmtu = 1400\n"),
+            vec!["duplicate.toml:6", "interface.mtu", "given twice"],
+        ),
+        (
+            "no-public-key.toml",
+            format!("{head}\n[[peer]]\nallowed_ips = [\"10.9.0.0/16\"]\n"),
+            vec!["no-public-key.toml:6", "peer[0]", "public_key is required"],
+        ),
+        (
+            "host-bits.toml",
+            format!("{head}\n[[peer]]\npublic_key = \"{pk1}\"\nallowed_ips = [\"10.77.0.5/24\"]\n"),
+            vec!["host-bits.toml:8", "peer[0].allowed_ips", "host bits", "10.77.0.0/24", "10.77.0.5/32"],
+        ),
+        (
+            "port-zero.toml",
+            format!("{head}\n[[peer]]\npublic_key = \"{pk1}\"\nendpoint = \"198.18.0.1:0\"\n"),
+            vec!["port-zero.toml:8", "peer[0].endpoint", "port 0"],
+        ),
     ];
     std::fs::write(d.join("open.key"), format!("{key}\n")).unwrap();
     for (name, text, expected) in &cases {
@@ -109,6 +150,29 @@ fn bad_configs_fail_with_one_clear_line() {
     let err = one_line_error("check", &d.join("absent.toml"));
     assert!(
         err.contains("absent.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+
+    // An inline private key in a file others can read: accepted, with a warning naming it.
+    let open = write(
+        d,
+        "inline-open.toml",
+        &format!("[interface]\nname = \"sdopen\"\nprivate_key = \"{key}\"\n"),
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = Command::new(bin_path("suidao-server").unwrap())
+        .args(["check", "-c"])
+        .arg(&open)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("inline-open.toml:3: interface.private_key: warning")
+            && err.contains("chmod 600"),
         "{err}"
     );
 
@@ -161,6 +225,11 @@ fn a_port_in_use_fails_with_one_clear_line() {
                 "[interface]\nname = \"sdport\"\nprivate_key = \"{key}\"\nlisten_port = 51820\nworkers = {workers}\n"
             ),
         );
+        {
+            // It holds a private key: owner only (else `up` warns first).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let _holder: Box<dyn std::any::Any> = if workers == 1 {
             Box::new(
                 ns.run(|| std::net::UdpSocket::bind("[::]:51820"))

@@ -140,7 +140,10 @@ fn a_panic_still_ends_in_the_teardown() {
     let log = std::fs::read_to_string(dir.path().join("panic.log")).unwrap();
     assert!(!exit.success(), "a panic is a failure: {log}");
     assert!(log.contains("SUIDAO_TEST_PANIC_ON_RELOAD"), "{log}");
-    assert!(!log.contains('\x1b'), "no colour codes in a log that is not a terminal: {log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a log that is not a terminal: {log}"
+    );
     assert_eq!(snapshot(ns), before, "torn down after the panic\n{log}");
     assert!(!suidao_common::uapi::socket_path(&spec.ifname).exists());
 }
