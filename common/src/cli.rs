@@ -90,6 +90,16 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// clap_complete's bash script names the state after a subcommand in two ways when the
+/// program's name has a hyphen: its dispatcher writes `suidao__server__subcmd__up`, its case
+/// labels `suidao__subcmd__server__subcmd__up`, so no option is ever offered after a
+/// subcommand. The labels are brought in line with the dispatcher.
+fn mend_bash_completion(script: &str, program: &str) -> String {
+    let label = format!("{}__subcmd__", program.replace('-', "__subcmd__"));
+    let dispatched = format!("{}__subcmd__", program.replace('-', "__"));
+    script.replace(&label, &dispatched)
+}
+
 /// A message for a person on standard error, which may be a closed pipe: never panics.
 fn say(text: &str) {
     use std::io::Write;
@@ -177,7 +187,13 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
         },
         Common::Completions { shell } => {
             let mut cmd = command();
-            clap_complete::generate(shell, &mut cmd, program, &mut std::io::stdout());
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, program, &mut out);
+            let mut text = String::from_utf8_lossy(&out).into_owned();
+            if shell == clap_complete::Shell::Bash {
+                text = mend_bash_completion(&text, program);
+            }
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             ExitCode::SUCCESS
         }
         Common::Man => {
