@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::{engine, keys, status};
 use clap::Subcommand;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ pub enum Common {
     /// Validate a configuration and print what `up` would do: interface, addresses, MTU,
     /// routes, peers. Changes nothing.
     Check {
+        /// The configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -36,7 +38,7 @@ pub enum Common {
     /// Re-read the config of a running interface and apply the difference: peers added,
     /// removed or changed take effect, the sessions of unchanged peers go on (as SIGHUP does).
     Reload {
-        /// Interface name.
+        /// Interface name (default: the only interface up).
         name: Option<String>,
         /// Take the interface name from this configuration file.
         #[arg(short, long, value_name = "FILE", conflicts_with = "name")]
@@ -52,15 +54,21 @@ pub enum Common {
     },
     /// Print a suidao config as a wg-quick .conf (it holds the private key).
     Export {
+        /// The configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Print the man page (roff).
     Man,
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
+    /// Print a new pre-shared key (base64), like `wg genpsk`.
+    Genpsk,
     /// Read a private key on standard input and print its public key, like `wg pubkey`.
     Pubkey,
 }
@@ -98,6 +106,17 @@ fn mend_bash_completion(script: &str, program: &str) -> String {
     let label = format!("{}__subcmd__", program.replace('-', "__subcmd__"));
     let dispatched = format!("{}__subcmd__", program.replace('-', "__"));
     script.replace(&label, &dispatched)
+}
+
+/// A key about to go into a file that others can read (`genkey > file` under a 022 umask):
+/// say so, as `wg genkey` does.
+fn warn_if_stdout_is_open_to_others() {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata("/proc/self/fd/1") {
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            say("Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.");
+        }
+    }
 }
 
 /// A message for a person on standard error, which may be a closed pipe: never panics.
@@ -206,8 +225,13 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
                 Err(e) => fail(program, e),
             }
         }
-        Common::Genkey => {
-            println!("{}", *keys::genkey_text());
+        Common::Genkey | Common::Genpsk => {
+            warn_if_stdout_is_open_to_others();
+            let key = match cmd {
+                Common::Genkey => keys::genkey_text(),
+                _ => keys::PresharedKey::generate().to_base64(),
+            };
+            let _ = writeln!(std::io::stdout(), "{}", *key);
             ExitCode::SUCCESS
         }
         Common::Pubkey => match keys::pubkey_text(std::io::stdin().lock()) {

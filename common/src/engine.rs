@@ -1290,14 +1290,28 @@ pub fn describe(config: &Config) -> String {
             ));
         }
     }
-    s.push_str(&format!(
-        "  hairpin      {}\n",
-        if i.hairpin {
-            "on (peers reach each other through this host)"
-        } else {
-            "off"
+    // Relaying between peers needs two of them.
+    if config.peers.len() > 1 {
+        s.push_str(&format!(
+            "  hairpin      {}\n",
+            if i.hairpin {
+                "on (peers reach each other through this host)"
+            } else {
+                "off"
+            }
+        ));
+    }
+    // Hooks run as root: show every command.
+    for (when, commands) in [
+        ("pre_up", &i.hooks.pre_up),
+        ("post_up", &i.hooks.post_up),
+        ("pre_down", &i.hooks.pre_down),
+        ("post_down", &i.hooks.post_down),
+    ] {
+        for c in commands {
+            s.push_str(&format!("  {when:<12} {c}\n"));
         }
-    ));
+    }
     for p in &config.peers {
         s.push_str(&format!(
             "peer {}\n  public key   {}\n",

@@ -149,11 +149,24 @@ impl ApiState {
     /// never interleave, and a reload later sees what it did.
     fn set<'a>(&self, lines: impl Iterator<Item = &'a str>) -> Result<(), i32> {
         let request = SetRequest::parse(lines, &self.device)?;
-        if request.private_key_differs || request.listen_port.is_some_and(|p| p != self.listen_port)
-        {
+        // Refused whole, and said in the log: `wg` itself only prints "Operation not supported".
+        if request.private_key_differs {
+            tracing::warn!(
+                "wg set private-key: a running suidao keeps its key (change the config and restart)"
+            );
             return Err(EOPNOTSUPP);
         }
-        if request.fwmark.is_some_and(|m| m != 0) {
+        if let Some(p) = request.listen_port.filter(|p| *p != self.listen_port) {
+            tracing::warn!(
+                "wg set listen-port {p}: a running suidao keeps port {} (change listen_port and restart)",
+                self.listen_port
+            );
+            return Err(EOPNOTSUPP);
+        }
+        if let Some(m) = request.fwmark.filter(|m| *m != 0) {
+            tracing::warn!(
+                "wg set fwmark {m}: not supported (suidao marks its own sockets for a full tunnel)"
+            );
             return Err(EOPNOTSUPP);
         }
         match &self.control {

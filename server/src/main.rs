@@ -27,7 +27,10 @@ enum Command {
     /// to the server's config and writes NAME.toml (suidao-client) and NAME.conf (wg-quick,
     /// the WireGuard apps). Then run `reload`.
     AddClient {
+        /// The client's name: a label in the server's config, and the stem of NAME.toml and
+        /// NAME.conf.
         name: String,
+        /// The server's configuration file (TOML), which gains the client's [[peer]].
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// How clients reach this server (default: public_endpoint in [interface]).
@@ -45,12 +48,15 @@ enum Command {
     },
     /// Remove a client's [[peer]] from the server's config. Then run `reload`.
     RemoveClient {
+        /// The client's name, as `list-clients` shows it.
         name: String,
+        /// The server's configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// List the server's clients: name, public key, addresses.
     ListClients {
+        /// The server's configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },

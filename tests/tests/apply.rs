@@ -283,4 +283,16 @@ fn reload_and_wg_set_share_one_path_that_never_half_applies() {
         "{}",
         vpn.logs()
     );
+    // What a running suidao cannot change is refused, and the log says why.
+    for (what, value) in [("listen-port", "1234"), ("fwmark", "7")] {
+        let out = s
+            .command("wg")
+            .unwrap()
+            .args(["set", &ifname, what, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "wg set {what} {value}");
+        let log = vpn.server.log();
+        assert!(log.contains(&format!("wg set {what} {value}:")), "{log}");
+    }
 }

@@ -182,7 +182,7 @@ fn bad_configs_fail_with_one_clear_line() {
         d,
         "good.toml",
         &format!(
-            "[interface]\nname = \"sdgood\"\nprivate_key_file = \"good.key\"\naddress = [\"10.99.0.1/24\"]\n\n[[peer]]\nname = \"alice\"\npublic_key = \"{pk1}\"\nallowed_ips = [\"10.99.0.2/32\"]\n"
+            "[interface]\nname = \"sdgood\"\nprivate_key_file = \"good.key\"\naddress = [\"10.99.0.1/24\"]\npost_up = [\"nft list ruleset\", \"echo %i\"]\n\n[[peer]]\nname = \"alice\"\npublic_key = \"{pk1}\"\nallowed_ips = [\"10.99.0.2/32\"]\n"
         ),
     );
     let out = Command::new(bin_path("suidao-server").unwrap())
@@ -202,9 +202,15 @@ fn bad_configs_fail_with_one_clear_line() {
         "route        10.99.0.2/32 dev sdgood",
         "peer alice",
         "mtu          1420",
+        "post_up      nft list ruleset",
+        "post_up      echo %i",
     ] {
         assert!(text.contains(e), "check output lacks {e:?}:\n{text}");
     }
+    assert!(
+        !text.contains("hairpin"),
+        "one peer: no hairpin line\n{text}"
+    );
 }
 
 #[test]
