@@ -156,11 +156,18 @@ fn interface_name(name: Option<String>, config: Option<PathBuf>) -> Result<Strin
 pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCode {
     match cmd {
         Common::Reload { name, config } => {
+            let meant = config
+                .as_ref()
+                .map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.clone()));
             let ifname = match interface_name(name, config) {
                 Ok(n) => n,
                 Err(e) => return fail(program, e),
             };
-            match crate::uapi::request(&ifname, "suidao_reload=1") {
+            let request = match meant {
+                Some(p) => format!("suidao_reload=1\nconfig={}", p.display()),
+                None => "suidao_reload=1".to_string(),
+            };
+            match crate::uapi::request(&ifname, &request) {
                 Ok(pairs) => {
                     let msg = pairs
                         .iter()

@@ -379,7 +379,7 @@ pub fn up(config: Config) -> Result<(), EngineError> {
                 .map_err(|e| setup(format!("marking the UDP socket for the full tunnel: {e}")))?;
         }
     }
-    let queues = Tun::create_queues(&ifname, worker_count)?;
+    let queues = Tun::create_queues(&ifname, worker_count).map_err(|e| name_taken(&ifname, e))?;
     let mut workers = Vec::with_capacity(worker_count);
     for (tun, udp) in queues.into_iter().zip(sockets) {
         tun.set_nonblocking()?;
@@ -522,6 +522,31 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         }
         result
     })
+}
+
+/// A TUN that cannot be made because a link of another kind has the name (the kernel says only
+/// EINVAL): say which kind.
+fn name_taken(ifname: &str, e: std::io::Error) -> EngineError {
+    // (`Tun` words the error itself, keeping only its kind: EINVAL is InvalidInput.)
+    if e.kind() != std::io::ErrorKind::InvalidInput {
+        return e.into();
+    }
+    let kind = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+        .and_then(|rt| {
+            rt.block_on(async {
+                let h = netlink::connect().ok()?;
+                netlink::link_kind(&h, ifname).await.ok().flatten()
+            })
+        });
+    match kind {
+        Some(kind) if kind != "tun" => setup(format!(
+            "an interface named {ifname} exists already, and it is a {kind}, not a TUN: choose another name, or remove it (ip link del {ifname})"
+        )),
+        _ => e.into(),
+    }
 }
 
 /// What a reload needs: the netlink connection, what `up` added, and the config in force.
@@ -806,8 +831,20 @@ async fn control_loop(
                 let _ = reload(shared, live).await;
             }
             Some(request) = requests.recv() => match request {
-                uapi::Control::Reload(reply) => {
-                    let _ = reply.send(reload(shared, live).await);
+                uapi::Control::Reload(meant, reply) => {
+                    let started = &live.config.path;
+                    let same = |p: &Path| {
+                        std::fs::canonicalize(p).ok() == std::fs::canonicalize(started).ok()
+                    };
+                    let r = match meant {
+                        Some(m) if !same(&m) => Err(format!(
+                            "{ifname} was started with {}, which is what reload re-reads; to use {} instead, restart with it",
+                            started.display(),
+                            m.display()
+                        )),
+                        _ => reload(shared, live).await,
+                    };
+                    let _ = reply.send(r);
                 }
                 uapi::Control::Set(request, reply) => {
                     let names = read_lock(&shared.names).clone();

@@ -45,6 +45,28 @@ pub fn connect() -> Result<Handle, NetlinkError> {
     Ok(handle)
 }
 
+/// The kind of the link `name` (`veth`, `bridge`, `tun`, ...; `ip -d link show NAME`), or
+/// None when there is no such link. A plain device with no kind (a physical NIC) is "device".
+pub async fn link_kind(h: &Handle, name: &str) -> Result<Option<String>, NetlinkError> {
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo};
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => {
+            let kind = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    LinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                }),
+                _ => None,
+            });
+            Ok(Some(kind.unwrap_or_else(|| "device".into())))
+        }
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(fail(format!("looking up interface {name}"), e)),
+    }
+}
+
 /// The interface index of `name`.
 pub async fn index(h: &Handle, name: &str) -> Result<u32, NetlinkError> {
     let mut links = h.link().get().match_name(name.to_string()).execute();

@@ -50,7 +50,9 @@ pub type Reply = std::sync::mpsc::SyncSender<Result<String, String>>;
 
 /// What the API asks of the engine's control loop.
 pub enum Control {
-    Reload(Reply),
+    /// Re-read the config file (the one the interface started with; if a path is given, it
+    /// must be that one).
+    Reload(Option<PathBuf>, Reply),
     Set(SetRequest, Reply),
 }
 
@@ -69,7 +71,13 @@ impl ApiState {
         match lines.next() {
             Some("get=1") => self.get(true),
             Some("suidao_status=1") => self.get(false),
-            Some("suidao_reload=1") => self.reload(),
+            Some("suidao_reload=1") => {
+                // `config=PATH`: the file the person meant (`reload -c PATH`).
+                let meant = lines
+                    .find_map(|l| l.strip_prefix("config="))
+                    .map(PathBuf::from);
+                self.reload(meant)
+            }
             Some("set=1") => {
                 let errno = match self.set(lines) {
                     Ok(()) => 0,
@@ -82,12 +90,12 @@ impl ApiState {
     }
 
     /// Asks the engine to re-read the config; the answer is `message=...` and an errno.
-    fn reload(&self) -> String {
+    fn reload(&self, meant: Option<PathBuf>) -> String {
         let Some(tx) = &self.control else {
             return format!("message=reload is not available here\nerrno={EOPNOTSUPP}\n\n");
         };
         let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
-        if tx.send(Control::Reload(reply_tx)).is_err() {
+        if tx.send(Control::Reload(meant, reply_tx)).is_err() {
             return format!("message=the interface is going down\nerrno={EINVAL}\n\n");
         }
         match reply_rx.recv_timeout(Duration::from_secs(30)) {

@@ -283,6 +283,15 @@ fn reload_and_wg_set_share_one_path_that_never_half_applies() {
         "{}",
         vpn.logs()
     );
+    // `reload -c` with another file than the interface started with: refused, not silently
+    // the old file re-read.
+    let other = vpn.dir.path().join("other.toml");
+    std::fs::copy(&cfg, &other).unwrap();
+    let (ok, out) = reload(&other);
+    assert!(!ok && out.contains("was started with"), "{out}");
+    let (ok, out) = reload(&cfg);
+    assert!(ok, "{out}");
+
     // What a running suidao cannot change is refused, and the log says why.
     for (what, value) in [("listen-port", "1234"), ("fwmark", "7")] {
         let out = s

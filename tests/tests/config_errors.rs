@@ -288,3 +288,36 @@ fn the_example_configs_pass_check() {
         );
     }
 }
+
+/// The interface name belongs to a link of another kind: one line that says which.
+#[test]
+fn a_name_taken_by_another_kind_of_link_is_named() {
+    if !suidao_lab::require("a_name_taken_by_another_kind_of_link_is_named", &[]) {
+        return;
+    }
+    let ns = suidao_lab::Netns::create(&suidao_lab::unique(suidao_lab::PREFIX)).unwrap();
+    ns.netlink(|h| async move { suidao_lab::netlink::add_veth(&h, "sdtaken", "sdtaken-p").await })
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let key = PrivateKey::generate().to_base64().to_string();
+    write_secret(&dir.path().join("k"), &key).unwrap();
+    let cfg = write(
+        dir.path(),
+        "taken.toml",
+        "[interface]\nname = \"sdtaken\"\nprivate_key_file = \"k\"\n",
+    );
+    let out = ns
+        .command(bin_path("suidao-server").unwrap())
+        .unwrap()
+        .args(["up", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("sdtaken exists already, and it is a veth, not a TUN"),
+        "{err}"
+    );
+}
