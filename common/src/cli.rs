@@ -249,9 +249,17 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
             Err(e) => fail(program, format!("pubkey: {e}")),
         },
         Common::Check { config } => match Config::load(&config) {
-            Ok(c) => {
+            Ok(mut c) => {
                 for w in &c.warnings {
                     say(w);
+                }
+                // A name that does not resolve now may well at `up` (another network, a
+                // resolver not yet up): a warning, not a refusal.
+                for f in c.resolve() {
+                    say(&format!(
+                        "{}: warning: {f} (up resolves it again, and keeps trying)",
+                        config.display()
+                    ));
                 }
                 print!("{}", engine::describe(&c));
                 ExitCode::SUCCESS

@@ -158,14 +158,22 @@ pub struct Peer {
     pub name: Option<String>,
     pub public_key: PublicKey,
     pub preshared_key: Option<PresharedKey>,
-    /// As written (host names are resolved at start into `endpoint`).
+    /// As written.
     pub endpoint_text: Option<String>,
+    /// The address, when the endpoint is one; a host name is resolved at `up` (`resolve`).
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<Cidr>,
     pub persistent_keepalive: Option<Duration>,
 }
 
 impl Peer {
+    /// The endpoint's host name, when it is one (not an address).
+    pub fn endpoint_host(&self) -> Option<&str> {
+        self.endpoint_text
+            .as_deref()
+            .filter(|t| t.parse::<SocketAddr>().is_err())
+    }
+
     /// The peer's name, or a short form of its key, for logs.
     pub fn label(&self) -> String {
         match &self.name {
@@ -365,15 +373,17 @@ fn plain_message(msg: &str) -> String {
     msg.to_string()
 }
 
-/// Resolves `host:port` (a name, an IPv4 address, or `[IPv6]:port`).
-pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+/// Checks `host:port` (a name, an IPv4 address, or `[IPv6]:port`) without looking anything
+/// up: the address when it is one, None for a host name (resolved at `up`, and again while its
+/// handshakes fail: see `engine`).
+pub fn check_endpoint(text: &str) -> Result<Option<SocketAddr>, String> {
     if let Ok(a) = text.parse::<SocketAddr>() {
         if a.port() == 0 {
             return Err("port 0 cannot be sent to".into());
         }
-        return Ok(a);
+        return Ok(Some(a));
     }
-    let (_, port) = text
+    let (host, port) = text
         .rsplit_once(':')
         .ok_or_else(|| format!("'{text}' is not host:port"))?;
     if port.parse::<u16>().is_err() {
@@ -381,6 +391,22 @@ pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
     }
     if port == "0" {
         return Err("port 0 cannot be sent to".into());
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if !name_ok {
+        return Err(format!("'{host}' is not a host name or an IP address"));
+    }
+    Ok(None)
+}
+
+/// Resolves `host:port` now (a name through the system's resolver, as `wg` does).
+pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+    if let Some(a) = check_endpoint(text)? {
+        return Ok(a);
     }
     let mut addrs = text
         .to_socket_addrs()
@@ -391,6 +417,22 @@ pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
 }
 
 impl Config {
+    /// Resolves the peers' endpoint host names now; returns a line for each that does not
+    /// resolve (its peer keeps no endpoint until it does).
+    pub fn resolve(&mut self) -> Vec<String> {
+        let mut failed = Vec::new();
+        for p in &mut self.peers {
+            let Some(host) = p.endpoint_host().map(str::to_string) else {
+                continue;
+            };
+            match resolve_endpoint(&host) {
+                Ok(a) => p.endpoint = Some(a),
+                Err(e) => failed.push(format!("{}: {e}", p.label())),
+            }
+        }
+        failed
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -605,8 +647,8 @@ impl Config {
             };
             let (endpoint_text, endpoint) = match &rp.endpoint {
                 None => (None, None),
-                Some(e) => match resolve_endpoint(e.get_ref()) {
-                    Ok(a) => (Some(e.get_ref().clone()), Some(a)),
+                Some(e) => match check_endpoint(e.get_ref()) {
+                    Ok(a) => (Some(e.get_ref().clone()), a),
                     Err(m) => return cx.err(Some(e.span()), &format!("{section}.endpoint"), m),
                 },
             };

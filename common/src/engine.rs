@@ -48,6 +48,11 @@ const UNDER_LOAD_AT: usize = HANDSHAKE_QUEUE / 8;
 /// How often the endpoint memory is compared with the peers' endpoints (and written when
 /// different): often, so that a server killed right after a client connected still knows it.
 const ENDPOINT_SAVE_EVERY: Duration = Duration::from_millis(250);
+/// A peer whose endpoint is a host name gets it resolved again when it has had no handshake
+/// for this long (or none at all), as WireGuard's `reresolve-dns.sh` does from cron...
+const RERESOLVE_AFTER: Duration = Duration::from_secs(135);
+/// ...at most this often.
+const RERESOLVE_RETRY: Duration = Duration::from_secs(10);
 /// Where the server remembers its peers' endpoints across restarts.
 pub const STATE_DIR: &str = "/run/suidao";
 
@@ -85,6 +90,8 @@ struct Shared {
     names: Arc<RwLock<HashMap<PublicKey, String>>>,
     /// Peers whose endpoint the config gives (not remembered across restarts).
     configured_endpoints: RwLock<HashSet<PublicKey>>,
+    /// Peers whose endpoint is a host name, with it (`reresolve`).
+    hostnames: RwLock<HashMap<PublicKey, String>>,
     handshakes: SyncSender<(Endpoint, Vec<u8>)>,
     queued_handshakes: AtomicUsize,
     stopping: AtomicBool,
@@ -360,7 +367,13 @@ async fn configure(
 }
 
 /// `up`: runs the interface until SIGINT or SIGTERM, then removes what it added.
-pub fn up(config: Config) -> Result<(), EngineError> {
+pub fn up(mut config: Config) -> Result<(), EngineError> {
+    for f in config.resolve() {
+        warn!(
+            "{f}: the peer has no endpoint until its name resolves (tried again every {} s)",
+            RERESOLVE_RETRY.as_secs()
+        );
+    }
     let ifname = config.interface.name.clone();
     let sock_path = uapi::socket_path(&ifname);
     claim_socket_path(&sock_path, &ifname)?;
@@ -419,6 +432,7 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         own_addrs: config.interface.addresses.iter().map(|a| a.addr).collect(),
         names: names.clone(),
         configured_endpoints: RwLock::new(configured_endpoints(&config)),
+        hostnames: RwLock::new(hostnames(&config)),
         handshakes: hs_tx,
         queued_handshakes: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
@@ -464,6 +478,8 @@ pub fn up(config: Config) -> Result<(), EngineError> {
         }
         let s = shared.clone();
         spawn("handshakes", failed, move || handshakes(&s, hs_rx))?;
+        let s = shared.clone();
+        spawn("resolver", failed, move || reresolve(&s))?;
 
         info!(
             "{ifname} is up: public key {}, UDP port {listen_port}, {} peer(s)",
@@ -565,11 +581,65 @@ fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
+fn hostnames(config: &Config) -> HashMap<PublicKey, String> {
+    config
+        .peers
+        .iter()
+        .filter_map(|p| p.endpoint_host().map(|h| (p.public_key, h.to_string())))
+        .collect()
+}
+
+/// Resolves a peer's endpoint host name again while its handshakes fail (none for
+/// RERESOLVE_AFTER, or never), at most every RERESOLVE_RETRY: a server whose name moved to
+/// another address is reached there without a restart (what WireGuard users run
+/// `reresolve-dns.sh` from cron for). Its own thread: a lookup may take seconds.
+fn reresolve(s: &Shared) {
+    let mut tried: HashMap<PublicKey, Instant> = HashMap::new();
+    while !s.stopping.load(Ordering::Relaxed) {
+        std::thread::sleep(clock::real(Duration::from_secs(1)));
+        let hosts = read_lock(&s.hostnames).clone();
+        tried.retain(|k, _| hosts.contains_key(k));
+        for (key, host) in hosts {
+            let now = clock::now();
+            let Some((id, info)) = s
+                .device
+                .peer_id(&key)
+                .and_then(|id| Some((id, s.device.peer_info(id)?)))
+            else {
+                continue;
+            };
+            let stale = info
+                .last_handshake
+                .is_none_or(|t| now.since_epoch.saturating_sub(t) >= RERESOLVE_AFTER);
+            if !stale
+                || tried
+                    .get(&key)
+                    .is_some_and(|t| now.since(*t) < RERESOLVE_RETRY)
+            {
+                continue;
+            }
+            tried.insert(key, now.instant);
+            match crate::config::resolve_endpoint(&host) {
+                Ok(a) if info.endpoint != Some(a) => {
+                    info!(
+                        "{}: {host} resolves to {a} now (was {}): trying there",
+                        s.peer_name(id),
+                        info.endpoint.map_or("none".into(), |e| e.to_string())
+                    );
+                    let _ = s.device.set_endpoint(id, Some(a), true);
+                }
+                Ok(_) => {}
+                Err(e) => debug!("{}: {e}", s.peer_name(id)),
+            }
+        }
+    }
+}
+
 fn configured_endpoints(config: &Config) -> HashSet<PublicKey> {
     config
         .peers
         .iter()
-        .filter(|p| p.endpoint.is_some())
+        .filter(|p| p.endpoint_text.is_some())
         .map(|p| p.public_key)
         .collect()
 }
@@ -732,7 +802,10 @@ async fn reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<String, Str
 }
 
 async fn apply_reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<String, String> {
-    let new = Config::load(&live.config.path).map_err(|e| e.to_string())?;
+    let mut new = Config::load(&live.config.path).map_err(|e| e.to_string())?;
+    for f in new.resolve() {
+        warn!("reload: {f}: the peer has no endpoint until its name resolves");
+    }
     let (old_i, new_i) = (&live.config.interface, &new.interface);
     if new_i.name != old_i.name {
         return Err("the interface name cannot change on reload (restart instead)".into());
@@ -753,6 +826,7 @@ async fn apply_reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<Strin
     let desired = desired_peers(&new, Some(&live.config));
     let message = apply_peers(shared, live, &desired).await?;
     *write_lock(&shared.configured_endpoints) = configured_endpoints(&new);
+    *write_lock(&shared.hostnames) = hostnames(&new);
     live.config = new;
     Ok(message)
 }

@@ -7,7 +7,7 @@
 //! file is written to a temporary name and renamed, so a crash never leaves half a file.
 
 use crate::allowed_ips::Cidr;
-use crate::config::{resolve_endpoint, Config, InterfaceAddress};
+use crate::config::{check_endpoint, Config, InterfaceAddress};
 use crate::keys::{PresharedKey, PrivateKey};
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -137,7 +137,8 @@ pub fn add_client(req: &AddClient<'_>) -> Result<Added, String> {
         .map(str::to_string)
         .or(server.interface.public_endpoint.clone())
         .ok_or("no endpoint for the client: give --endpoint HOST:PORT or set public_endpoint in [interface]")?;
-    resolve_endpoint(&endpoint).map_err(|e| format!("--endpoint: {e}"))?;
+    // Checked, not resolved: the client resolves it, maybe in another network.
+    check_endpoint(&endpoint).map_err(|e| format!("--endpoint: {e}"))?;
     let out_dir = req.out_dir.map(Path::to_path_buf).unwrap_or_else(|| {
         req.server_config
             .parent()

@@ -321,3 +321,43 @@ fn a_name_taken_by_another_kind_of_link_is_named() {
         "{err}"
     );
 }
+
+/// A host name that does not resolve now is a warning for `check` and nothing for `export`
+/// (which does not use the address); `up` resolves it. Run in a namespace of its own with no
+/// way out, so the lookup asks nobody.
+#[test]
+fn an_unresolvable_endpoint_name_is_a_warning_for_check_and_export() {
+    if !suidao_lab::require("unresolvable endpoint name", &[]) {
+        return;
+    }
+    let ns = suidao_lab::Netns::create(&suidao_lab::unique(suidao_lab::PREFIX)).unwrap();
+    let dir = TempDir::new().unwrap();
+    let key = PrivateKey::generate().to_base64().to_string();
+    write_secret(&dir.path().join("k"), &key).unwrap();
+    let pk = PrivateKey::generate().public_key().to_string();
+    let cfg = write(
+        dir.path(),
+        "named.toml",
+        &format!(
+            "[interface]\nname = \"sdnamed\"\nprivate_key_file = \"k\"\n\n[[peer]]\npublic_key = \"{pk}\"\nendpoint = \"vpn.nowhere.invalid:51820\"\nallowed_ips = [\"10.9.0.0/16\"]\n"
+        ),
+    );
+    for (cmd, warns) in [("check", true), ("export", false)] {
+        let out = ns
+            .command(bin_path("suidao-server").unwrap())
+            .unwrap()
+            .args([cmd, "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cmd}: {err}");
+        assert_eq!(
+            err.contains("warning") && err.contains("cannot resolve"),
+            warns,
+            "{cmd}: {err}"
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("vpn.nowhere.invalid:51820"), "{cmd}: {text}");
+    }
+}
