@@ -190,7 +190,12 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
                 Err(e) => return fail(program, format!("{}: {e}", file.display())),
             };
             let toml = match crate::wgquick::import(&text, &name) {
-                Ok(t) => t,
+                Ok(i) => {
+                    for w in &i.warnings {
+                        say(&format!("{}: {w}", file.display()));
+                    }
+                    i.toml
+                }
                 Err(e) => return fail(program, format!("{}: {e}", file.display())),
             };
             match output {

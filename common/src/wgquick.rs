@@ -14,17 +14,25 @@
 //! PersistentKeepalive               persistent_keepalive
 //! ```
 //!
-//! wg-quick keys suidao has no equivalent for (DNS, Table, FwMark, SaveConfig) are refused by
-//! `import` with a line that names them, rather than silently dropped.
+//! A `# name` comment right after a `[Peer]` header (as `export` writes it) or right above it
+//! is the peer's `name`. Comments start with `#` (anywhere) or `;` (at the start of a line).
+//! wg-quick keys suidao does not carry
+//! yet (DNS, Table, FwMark), `SaveConfig` (suidao never rewrites a config behind the user's
+//! back) and keys it does not know are not a refusal: `import` leaves them out and says so,
+//! one warning each, with its line.
 
 use crate::config::Config;
 use std::fmt::Write as _;
 
-/// One `[Interface]` or `[Peer]` section: its keys in order (a key may repeat).
+/// One `[Interface]` or `[Peer]` section: its keys in order (a key may repeat), each with
+/// the line it is on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Section {
     pub kind: String,
     pub entries: Vec<(String, String)>,
+    pub lines: Vec<usize>,
+    /// A `# comment` right above or right after the header: a peer's name.
+    pub name: Option<String>,
 }
 
 impl Section {
@@ -51,12 +59,40 @@ impl Section {
     }
 }
 
+/// The text of a line before its comment, and the comment: `#` anywhere (as wg-quick reads
+/// it), `;` only at the start of a line (INI style: a `;` later on is part of the value, as in
+/// `PostUp = iptables ...; iptables ...`).
+fn split_comment(raw: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = raw.trim_start().strip_prefix(';') {
+        return ("", Some(rest.trim()));
+    }
+    match raw.find('#') {
+        Some(i) => (&raw[..i], Some(raw[i + 1..].trim())),
+        None => (raw, None),
+    }
+}
+
 /// Parses the INI-like text; `line N: ...` on anything it cannot read.
 pub fn parse(text: &str) -> Result<Vec<Section>, String> {
     let mut sections: Vec<Section> = Vec::new();
+    // The comment on the line just above, for a `[Peer]` header that follows it.
+    let mut comment_above: Option<String> = None;
     for (n, raw) in text.lines().enumerate() {
-        let line = raw.split('#').next().unwrap_or("").trim();
+        let (code, comment) = split_comment(raw);
+        let line = code.trim();
         if line.is_empty() {
+            match comment.filter(|c| !c.is_empty()) {
+                Some(c) => {
+                    // Right after a header, before any key: the section's name.
+                    match sections.last_mut() {
+                        Some(s) if s.entries.is_empty() && s.name.is_none() && s.kind == "peer" => {
+                            s.name = Some(c.to_string());
+                        }
+                        _ => comment_above = Some(c.to_string()),
+                    }
+                }
+                None => comment_above = None,
+            }
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
@@ -64,12 +100,17 @@ pub fn parse(text: &str) -> Result<Vec<Section>, String> {
             if !kind.eq_ignore_ascii_case("interface") && !kind.eq_ignore_ascii_case("peer") {
                 return Err(format!("line {}: unknown section [{kind}]", n + 1));
             }
+            let kind = kind.to_ascii_lowercase();
+            let name = comment_above.take().filter(|_| kind == "peer");
             sections.push(Section {
-                kind: kind.to_ascii_lowercase(),
+                kind,
                 entries: Vec::new(),
+                lines: Vec::new(),
+                name,
             });
             continue;
         }
+        comment_above = None;
         let Some((k, v)) = line.split_once('=') else {
             return Err(format!("line {}: expected Key = Value", n + 1));
         };
@@ -82,11 +123,28 @@ pub fn parse(text: &str) -> Result<Vec<Section>, String> {
         section
             .entries
             .push((k.trim().to_string(), v.trim().to_string()));
+        section.lines.push(n + 1);
     }
     if sections.iter().filter(|s| s.kind == "interface").count() != 1 {
         return Err("there must be exactly one [Interface] section".into());
     }
     Ok(sections)
+}
+
+/// `::0/0` as `::/0`, `fd00:0::1/64` as `fd00::1/64`: the one way `export` writes them, so
+/// that a round trip gives the same text. Anything that does not read as ADDRESS/LENGTH is
+/// left as written, for `check` to name.
+fn normal_prefix(text: &str) -> String {
+    let Some((addr, len)) = text.split_once('/') else {
+        return text.to_string();
+    };
+    match (
+        addr.trim().parse::<std::net::IpAddr>(),
+        len.trim().parse::<u8>(),
+    ) {
+        (Ok(a), Ok(l)) => format!("{a}/{l}"),
+        _ => text.to_string(),
+    }
 }
 
 fn quoted(list: &[String]) -> String {
@@ -99,10 +157,30 @@ fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// wg-quick text to suidao TOML, for an interface named `name`.
-pub fn import(text: &str, name: &str) -> Result<String, String> {
+/// What `import` made: the TOML, and what it left out, one line each.
+#[derive(Debug)]
+pub struct Imported {
+    pub toml: String,
+    pub warnings: Vec<String>,
+}
+
+/// wg-quick text to suidao TOML, for an interface named `name` (from the file's name, as
+/// wg-quick takes it).
+pub fn import(text: &str, name: &str) -> Result<Imported, String> {
+    if name.is_empty()
+        || name.len() > crate::config::IFNAME_MAX
+        || name.contains(['/', ' ', '\t', '\n'])
+        || name == "."
+        || name == ".."
+    {
+        return Err(format!(
+            "the interface name comes from the file's name, and '{name}' is not a usable one (1-{} characters, no '/' or spaces): rename the file, as wg-quick needs too",
+            crate::config::IFNAME_MAX
+        ));
+    }
     let sections = parse(text)?;
     let mut out = String::new();
+    let mut warnings = Vec::new();
     for s in &sections {
         let known: &[&str] = if s.kind == "interface" {
             &[
@@ -124,13 +202,19 @@ pub fn import(text: &str, name: &str) -> Result<String, String> {
                 "persistentkeepalive",
             ]
         };
-        for (k, _) in &s.entries {
-            if !known.contains(&k.to_ascii_lowercase().as_str()) {
-                return Err(format!(
-                    "[{}] {k}: suidao has no equivalent for this wg-quick key",
-                    s.kind
-                ));
+        for ((k, v), line) in s.entries.iter().zip(&s.lines) {
+            let lower = k.to_ascii_lowercase();
+            if known.contains(&lower.as_str()) {
+                continue;
             }
+            let why = match lower.as_str() {
+                "saveconfig" => "suidao never rewrites a config behind your back, so this is left out",
+                "dns" => "suidao does not set name servers yet: left out (set them yourself, e.g. with a post_up hook)",
+                "table" => "suidao does not take a routing table yet: left out (routes go in the main table)",
+                "fwmark" => "suidao does not take a firewall mark yet: left out",
+                _ => "not a wg-quick key suidao knows: left out",
+            };
+            warnings.push(format!("line {line}: {k} = {v}: {why}"));
         }
         if s.kind == "interface" {
             let _ = writeln!(out, "[interface]\nname = {}", toml_string(name));
@@ -143,7 +227,7 @@ pub fn import(text: &str, name: &str) -> Result<String, String> {
                     .map_err(|_| format!("ListenPort {p:?} is not a port"))?;
                 let _ = writeln!(out, "listen_port = {p}");
             }
-            let addrs = s.all("Address");
+            let addrs: Vec<String> = s.all("Address").iter().map(|a| normal_prefix(a)).collect();
             if !addrs.is_empty() {
                 let _ = writeln!(out, "address = {}", quoted(&addrs));
             }
@@ -168,6 +252,9 @@ pub fn import(text: &str, name: &str) -> Result<String, String> {
     }
     for s in sections.iter().filter(|s| s.kind == "peer") {
         out.push_str("\n[[peer]]\n");
+        if let Some(n) = &s.name {
+            let _ = writeln!(out, "name = {}", toml_string(n));
+        }
         let k = s.one("PublicKey").ok_or("a [Peer] without PublicKey")?;
         let _ = writeln!(out, "public_key = {}", toml_string(&k));
         if let Some(p) = s.one("PresharedKey") {
@@ -176,7 +263,12 @@ pub fn import(text: &str, name: &str) -> Result<String, String> {
         if let Some(e) = s.one("Endpoint") {
             let _ = writeln!(out, "endpoint = {}", toml_string(&e));
         }
-        let _ = writeln!(out, "allowed_ips = {}", quoted(&s.all("AllowedIPs")));
+        let ips: Vec<String> = s
+            .all("AllowedIPs")
+            .iter()
+            .map(|c| normal_prefix(c))
+            .collect();
+        let _ = writeln!(out, "allowed_ips = {}", quoted(&ips));
         if let Some(k) = s.one("PersistentKeepalive") {
             if k != "off" {
                 let k: u16 = k
@@ -186,7 +278,10 @@ pub fn import(text: &str, name: &str) -> Result<String, String> {
             }
         }
     }
-    Ok(out)
+    Ok(Imported {
+        toml: out,
+        warnings,
+    })
 }
 
 /// A suidao config as wg-quick text (with the private key: treat the output as a secret).
@@ -279,10 +374,10 @@ mod tests {
     #[test]
     fn every_sample_round_trips() {
         for conf in samples() {
-            let toml = import(&conf, "wg1").unwrap();
+            let toml = import(&conf, "wg1").unwrap().toml;
             let c = Config::parse(Path::new("wg1.toml"), &toml).unwrap();
             let back = export(&c);
-            let again = import(&back, "wg1").unwrap();
+            let again = import(&back, "wg1").unwrap().toml;
             assert_eq!(toml, again, "import(export(import(x))) == import(x)");
         }
     }
@@ -290,7 +385,7 @@ mod tests {
     #[test]
     fn import_then_export_round_trips() {
         let conf = sample();
-        let toml = import(&conf, "wg0").unwrap();
+        let toml = import(&conf, "wg0").unwrap().toml;
         let c = Config::parse(Path::new("wg0.toml"), &toml).unwrap();
         assert_eq!(c.interface.name, "wg0");
         assert_eq!(c.interface.mtu, 1380);
@@ -334,14 +429,28 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_and_bad_text_are_refused() {
+    fn unknown_keys_are_warnings_and_bad_text_is_refused() {
         let k = PrivateKey::generate().to_base64();
-        let e = import(
-            &format!("[Interface]\nPrivateKey = {}\nDNS = 1.1.1.1\n", k.as_str()),
+        let i = import(
+            &format!(
+                "[Interface]\nPrivateKey = {}\r\nDNS = 1.1.1.1 # the provider's\r\n; SaveConfig was here\nSaveConfig = true\nFancy = 1\n",
+                k.as_str()
+            ),
             "x",
         )
-        .unwrap_err();
-        assert!(e.contains("DNS"), "{e}");
+        .unwrap();
+        assert_eq!(i.warnings.len(), 3, "{:?}", i.warnings);
+        assert!(
+            i.warnings[0].starts_with("line 3: DNS = 1.1.1.1:"),
+            "{:?}",
+            i.warnings
+        );
+        assert!(i.warnings[1].contains("never rewrites"), "{:?}", i.warnings);
+        assert!(
+            i.warnings[2].starts_with("line 6: Fancy"),
+            "{:?}",
+            i.warnings
+        );
         assert!(import("PrivateKey = x\n", "x")
             .unwrap_err()
             .contains("line 1"));
@@ -351,5 +460,28 @@ mod tests {
         assert!(import("[Peer]\nPublicKey = x\n", "x")
             .unwrap_err()
             .contains("[Interface]"));
+        assert!(import("[Interface]\n", "a-name-far-too-long-for-linux")
+            .unwrap_err()
+            .contains("rename the file"));
+    }
+
+    /// `# name` right after `[Peer]` (what export writes) or right above it; `;` comments.
+    #[test]
+    fn peer_name_comments_and_semicolon_comments() {
+        let k = PrivateKey::generate().to_base64();
+        let (p1, p2) = (
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        );
+        let text = format!(
+            "; a provider's file\n[Interface]\nPrivateKey = {}\n\n# carol\n[Peer]\nPublicKey = {p1} # hers\nAllowedIPs = 10.0.0.2/32\n\n[Peer]\n# dave\nPublicKey = {p2}\nAllowedIPs = 10.0.0.3/32\n",
+            k.as_str()
+        );
+        let i = import(&text, "wg0").unwrap();
+        assert!(i.warnings.is_empty(), "{:?}", i.warnings);
+        let c = Config::parse(Path::new("wg0.toml"), &i.toml).unwrap();
+        assert_eq!(c.peers[0].name.as_deref(), Some("carol"));
+        assert_eq!(c.peers[1].name.as_deref(), Some("dave"));
+        assert_eq!(c.peers[0].public_key, p1);
     }
 }
