@@ -451,7 +451,17 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
             return Err(e);
         }
 
-        std::fs::create_dir_all(uapi::SOCKET_DIR)?;
+        std::fs::create_dir_all(uapi::SOCKET_DIR).map_err(|e| {
+            setup(format!(
+                "creating {} (where the control socket goes): {e}{}",
+                uapi::SOCKET_DIR,
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (run as root, or create it writable for this user: CAP_NET_ADMIN alone does not give that)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
         let listener = {
             // The socket carries the private key (`get=1`): owner only.
             let old = set_umask(0o077);

@@ -300,11 +300,18 @@ pub fn list_clients(server_config: &Path) -> Result<String, String> {
     Ok(out)
 }
 
-/// The text as a QR code for a terminal (two rows of modules per line of text).
+/// The text as a QR code for a terminal (two rows of modules per line of text), drawn as
+/// `qrencode -t UTF8` draws it: light modules (and the quiet zone) as blocks, dark ones as
+/// the terminal's own background. Terminals are mostly light text on dark, so the code reads
+/// dark on light, as a phone's scanner expects; the other way round it is a negative image
+/// that many scanners refuse.
 pub fn qr(text: &str) -> Result<String, String> {
+    use qrcode::render::unicode::Dense1x2;
     let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| format!("QR code: {e}"))?;
     Ok(code
-        .render::<qrcode::render::unicode::Dense1x2>()
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
         .quiet_zone(true)
         .build())
 }
@@ -363,7 +370,13 @@ mod tests {
         })
         .is_err());
         assert!(list_clients(&cfg).unwrap().contains("bob"));
-        assert!(!qr(&added.conf_text).unwrap().is_empty());
+        let code = qr(&added.conf_text).unwrap();
+        // The quiet zone is light: drawn as blocks on the first line, and on the last one at
+        // least in its upper half (an odd number of rows leaves the lower half empty).
+        let lines: Vec<&str> = code.lines().collect();
+        assert!(lines[0].chars().all(|c| c == '█'), "{}", lines[0]);
+        let last = lines[lines.len() - 1];
+        assert!(last.chars().all(|c| c == '█' || c == '▀'), "{last}");
         remove_client(&cfg, "bob").unwrap();
         assert_eq!(
             std::fs::read_to_string(&cfg).unwrap().trim_end(),

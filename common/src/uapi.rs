@@ -437,12 +437,14 @@ impl RequestScanner {
 pub fn request(ifname: &str, op: &str) -> io::Result<Vec<(String, String)>> {
     let path = socket_path(ifname);
     let mut s = UnixStream::connect(&path).map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+            "the control socket is its owner's only, as it carries the private key: run this as root"
+        } else {
+            "is the interface up?"
+        };
         io::Error::new(
             e.kind(),
-            format!(
-                "cannot reach {} (is the interface up?): {e}",
-                path.display()
-            ),
+            format!("cannot reach {} ({hint}): {e}", path.display()),
         )
     })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -12,7 +12,7 @@ use suidao_common::provision;
     name = "suidao-server",
     version,
     about = "suidao server: a TUN-based layer-3 VPN speaking the WireGuard protocol",
-    long_about = "suidao server: a TUN-based layer-3 VPN speaking the WireGuard protocol.\n\nRun `up -c FILE` as root (or with CAP_NET_ADMIN) to bring a tunnel up; `check -c FILE` shows what it would do; `add-client NAME -c FILE` provisions a client (then `reload`). The standard `wg show` works against a running interface."
+    long_about = "suidao server: a TUN-based layer-3 VPN speaking the WireGuard protocol.\n\nRun `up -c FILE` as root to bring a tunnel up (it needs CAP_NET_ADMIN, and write access to /var/run/wireguard for its control socket); `check -c FILE` shows what it would do; `add-client NAME -c FILE` provisions a client (then `reload`). The standard `wg show` works against a running interface."
 )]
 struct Cli {
     #[command(subcommand)]

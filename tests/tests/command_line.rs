@@ -157,3 +157,34 @@ fn genpsk_and_the_genkey_umask_warning() {
         .parse::<suidao_common::keys::PresharedKey>()
         .is_ok_and(|k| !k.is_zero()));
 }
+
+/// `status` as a user who may not open the control socket: says so, rather than asking whether
+/// the interface is up.
+#[test]
+fn status_as_a_user_says_permission_denied() {
+    if !suidao_lab::require("status as a user", &["setpriv"]) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let vpn = suidao_tests::vpn::P2pVpn::start(false).unwrap();
+    // A copy of the binary that the user can reach whatever folder this checkout is in.
+    let dir = std::env::temp_dir().join(suidao_lab::unique("sdbin"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("suidao-server");
+    std::fs::copy(bin_path("suidao-server").unwrap(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["status", &vpn.server.ifname])
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run this as root") && !err.contains("is the interface up"),
+        "{err}"
+    );
+}
