@@ -223,12 +223,14 @@ fn a_port_in_use_fails_with_one_clear_line() {
     let key = PrivateKey::generate().to_base64().to_string();
     // The port held by a plain socket; and by another suidao's worker sockets (SO_REUSEPORT,
     // which would let a second group of the same user share the port if asked naively).
-    for workers in [1, 2] {
+    // A port of its own each time: a socket just closed may still be held for a moment by a
+    // child another test thread forked (its copy of the descriptor goes at exec).
+    for (workers, port) in [(1, 51820u16), (2, 51821)] {
         let cfg = write(
             dir.path(),
             "port.toml",
             &format!(
-                "[interface]\nname = \"sdport\"\nprivate_key = \"{key}\"\nlisten_port = 51820\nworkers = {workers}\n"
+                "[interface]\nname = \"sdport\"\nprivate_key = \"{key}\"\nlisten_port = {port}\nworkers = {workers}\n"
             ),
         );
         {
@@ -238,13 +240,13 @@ fn a_port_in_use_fails_with_one_clear_line() {
         }
         let _holder: Box<dyn std::any::Any> = if workers == 1 {
             Box::new(
-                ns.run(|| std::net::UdpSocket::bind("[::]:51820"))
+                ns.run(move || std::net::UdpSocket::bind(("::", port)))
                     .unwrap()
                     .unwrap(),
             )
         } else {
             Box::new(
-                ns.run(|| suidao_common::udp::Udp::bind_group(Some(51820), 2))
+                ns.run(move || suidao_common::udp::Udp::bind_group(Some(port), 2))
                     .unwrap()
                     .unwrap(),
             )
@@ -261,7 +263,7 @@ fn a_port_in_use_fails_with_one_clear_line() {
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "{err}");
         assert!(
-            lines[0].contains("UDP port 51820 is already in use"),
+            lines[0].contains(&format!("UDP port {port} is already in use")),
             "{err}"
         );
     }
