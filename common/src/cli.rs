@@ -98,6 +98,126 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// The configuration keys, for the man page (the README has the same table, longer).
+const CONFIG_KEYS: &[(&str, &str)] = &[
+    (
+        "[interface] name",
+        "The TUN interface name, at most 15 characters.",
+    ),
+    (
+        "private_key, private_key_file",
+        "The interface's private key (base64), inline or in a file only its owner may read.",
+    ),
+    ("listen_port", "UDP port; default random, fine for clients."),
+    (
+        "address",
+        "Tunnel addresses with their prefix, IPv4 and IPv6, as a list.",
+    ),
+    (
+        "mtu",
+        "Tunnel MTU; default 1420 (a 1500-byte underlay less 80 bytes of IPv6, UDP and WireGuard).",
+    ),
+    (
+        "workers",
+        "Data-path workers, 1-64; default one per two CPUs, at most 8.",
+    ),
+    (
+        "hairpin",
+        "Relay packets between peers inside suidao; default true.",
+    ),
+    (
+        "public_endpoint",
+        "host:port clients use to reach this server (written by add-client).",
+    ),
+    (
+        "pre_up, post_up, pre_down, post_down",
+        "Shell commands run around up and its teardown, as root; %i is the interface name.",
+    ),
+    ("[[peer]] name", "A label for logs and status."),
+    ("public_key", "The peer's public key."),
+    (
+        "preshared_key, preshared_key_file",
+        "Optional pre-shared key (Noise psk2).",
+    ),
+    (
+        "endpoint",
+        "host:port; a host name is resolved by up, and again while the peer's handshakes fail.",
+    ),
+    (
+        "allowed_ips",
+        "The peer's addresses (cryptokey routing); each becomes a route through the tunnel.",
+    ),
+    (
+        "persistent_keepalive",
+        "Seconds between keepalives, to hold a NAT mapping open.",
+    ),
+];
+
+fn roff_escape(s: &str) -> String {
+    s.replace('\\', "\\e").replace('-', "\\-")
+}
+
+/// One man page for the whole program: clap_mangen's page, but with every command described
+/// in it (clap_mangen's own section points to one page per command, which nobody installs)
+/// and a CONFIGURATION section.
+fn man_page(cmd: clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    let program = cmd.get_name().to_string();
+    writeln!(out, ".SH COMMANDS")?;
+    for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+        writeln!(
+            out,
+            ".SS \"{} {}\"",
+            roff_escape(&program),
+            roff_escape(sub.get_name())
+        )?;
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            writeln!(out, "{}", roff_escape(&about.to_string()))?;
+        }
+        for arg in sub.get_arguments().filter(|a| a.get_id() != "help") {
+            let value = arg
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| format!(" \\fI{}\\fR", roff_escape(v)))
+                .unwrap_or_default();
+            let name = match (arg.get_short(), arg.get_long()) {
+                (Some(s), Some(l)) => {
+                    format!("\\fB\\-{s}\\fR, \\fB\\-\\-{}\\fR{value}", roff_escape(l))
+                }
+                (None, Some(l)) => format!("\\fB\\-\\-{}\\fR{value}", roff_escape(l)),
+                (Some(s), None) => format!("\\fB\\-{s}\\fR{value}"),
+                (None, None) => format!(
+                    "\\fI{}\\fR",
+                    roff_escape(&arg.get_id().to_string().to_uppercase())
+                ),
+            };
+            writeln!(out, ".TP\n{name}")?;
+            if let Some(help) = arg.get_long_help().or(arg.get_help()) {
+                writeln!(out, "{}", roff_escape(&help.to_string()))?;
+            }
+        }
+    }
+    writeln!(out, ".SH CONFIGURATION")?;
+    writeln!(
+        out,
+        "A TOML file shaped like wg\\-quick's; unknown keys are an error."
+    )?;
+    for (key, meaning) in CONFIG_KEYS {
+        writeln!(
+            out,
+            ".TP\n\\fB{}\\fR\n{}",
+            roff_escape(key),
+            roff_escape(meaning)
+        )?;
+    }
+    man.render_version_section(out)
+}
+
 /// clap_complete's bash script names the state after a subcommand in two ways when the
 /// program's name has a hyphen: its dispatcher writes `suidao__server__subcmd__up`, its case
 /// labels `suidao__subcmd__server__subcmd__up`, so no option is ever offered after a
@@ -229,7 +349,7 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
         }
         Common::Man => {
             let mut out = Vec::new();
-            match clap_mangen::Man::new(command()).render(&mut out) {
+            match man_page(command(), &mut out) {
                 Ok(()) => {
                     let _ = std::io::Write::write_all(&mut std::io::stdout(), &out);
                     ExitCode::SUCCESS

@@ -188,3 +188,37 @@ fn status_as_a_user_says_permission_denied() {
         "{err}"
     );
 }
+
+/// The man page describes every command itself (no references to per-command pages that are
+/// never installed) and the configuration keys.
+#[test]
+fn the_man_page_holds_every_command_and_the_config_keys() {
+    for program in ["suidao-server", "suidao-client"] {
+        let out = Command::new(bin_path(program).unwrap())
+            .arg("man")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let page = String::from_utf8_lossy(&out.stdout);
+        let escaped = program.replace('-', "\\-");
+        assert!(!page.contains(&format!("{escaped}\\-up(1)")), "{page}");
+        for command in ["up", "check", "status", "reload", "import", "genpsk"] {
+            assert!(
+                page.contains(&format!(".SS \"{escaped} {command}\"")),
+                "{program}: no section for {command}"
+            );
+        }
+        assert!(page.contains(".SH CONFIGURATION") && page.contains("private_key_file"));
+        assert!(
+            page.contains("\\fB\\-c\\fR, \\fB\\-\\-config\\fR \\fIFILE\\fR"),
+            "{page}"
+        );
+    }
+    let server = Command::new(bin_path("suidao-server").unwrap())
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&server.stdout).contains(".SS \"suidao\\-server add\\-client\"")
+    );
+}
