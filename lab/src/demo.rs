@@ -122,10 +122,22 @@ pub fn run(opts: Options) -> Result<bool> {
         }
     }
     let total = 6;
+    // A namespace that only holds a bridge is the switch, not a host.
+    let switches: std::collections::HashSet<&str> =
+        spec.bridges.iter().map(|b| b.host.as_str()).collect();
+    let hosts = spec
+        .hosts
+        .iter()
+        .filter(|h| !switches.contains(h.as_str()))
+        .count();
+    let switch_note = match switches.len() {
+        0 => String::new(),
+        1 => " and a switch, a bridge in a namespace of its own".into(),
+        n => format!(" and {n} switches, bridges in namespaces of their own"),
+    };
     println!(
-        "suidao-lab demo: topology {} ({} hosts; server on {}, {} client(s))",
+        "suidao-lab demo: topology {} ({hosts} hosts{switch_note}; server on {}, {} client(s))",
         spec.name,
-        spec.hosts.len(),
         vpn.server.host,
         vpn.clients.len()
     );
@@ -160,6 +172,7 @@ pub fn run(opts: Options) -> Result<bool> {
     );
     let server_ns = lab.ns(&vpn.server.host)?;
     if opts.explain {
+        explain_config(&server_cfg)?;
         println!(
             "  $ ip netns exec {} suidao-server up -c {}",
             server_ns.name(),
@@ -172,6 +185,7 @@ pub fn run(opts: Options) -> Result<bool> {
         let cfg = cs.write(dir.path())?;
         let ns = lab.ns(&c.host)?;
         if opts.explain {
+            explain_config(&cfg)?;
             println!(
                 "  $ ip netns exec {} suidao-client up -c {}",
                 ns.name(),
@@ -380,4 +394,23 @@ pub fn run(opts: Options) -> Result<bool> {
         println!("torn down: every namespace, link and process the demo made is gone");
     }
     Ok(pass)
+}
+
+/// `--explain`: the config a suidao gets (its key stays in its own file) and what `up` will
+/// put on its interface.
+fn explain_config(path: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    println!("  # {}:", path.display());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        println!("  #   {line}");
+    }
+    let config = suidao_common::config::Config::load(path)?;
+    let name = &config.interface.name;
+    for a in &config.interface.addresses {
+        println!("  # up adds: ip addr add {a} dev {name}");
+    }
+    for r in suidao_common::engine::planned_routes(&config) {
+        println!("  # up adds: ip route add {r} dev {name}");
+    }
+    Ok(())
 }

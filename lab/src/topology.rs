@@ -253,8 +253,13 @@ impl Spec {
                 }
             }
         }
+        // IPv6 inside too: to the server, from it, and between two clients.
         if clients > 0 {
             checks.push(check("client1", "fd99::1"));
+            checks.push(check("server", &format!("fd99::{:x}", 11)));
+        }
+        if clients > 1 {
+            checks.push(check("client2", &format!("fd99::{:x}", 11)));
         }
         Spec {
             name: "hub".into(),
@@ -709,6 +714,16 @@ mod tests {
             }
         }
         assert!(Spec::builtin("mesh", 1).is_err());
+        // The hub pings through IPv6 more than once.
+        let hub = Spec::builtin("hub", 3).unwrap();
+        let v6 = hub
+            .vpn
+            .unwrap()
+            .checks
+            .iter()
+            .filter(|c| c.to.contains(':'))
+            .count();
+        assert!(v6 >= 3, "{v6}");
     }
 
     #[test]

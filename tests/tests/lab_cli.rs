@@ -47,6 +47,14 @@ fn demo_keep_then_down_then_interrupted_demo() {
         text.contains("type veth peer name"),
         "--explain shows the ip commands: {text}"
     );
+    // ... each suidao's config, and what `up` puts on its interface.
+    assert!(
+        text.contains("#   [interface]")
+            && text.contains("# up adds: ip addr add 10.99.0.1/24 dev")
+            && text.contains("# up adds: ip route add 10.99.0.2/32 dev"),
+        "--explain shows the configs and what up adds: {text}"
+    );
+    assert!(text.contains("(2 hosts; server on server"), "{text}");
     let kept = namespaces_of(pid);
     assert_eq!(kept.len(), 2, "{kept:?}");
     let client = Netns::open(kept.iter().find(|n| n.ends_with("-client")).unwrap()).unwrap();
