@@ -373,6 +373,21 @@ fn plain_message(msg: &str) -> String {
     msg.to_string()
 }
 
+/// Whether Linux takes `name` as an interface name.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > IFNAME_MAX
+        || name.contains(['/', ' ', '\t', '\n'])
+        || name == "."
+        || name == ".."
+    {
+        return Err(format!(
+            "'{name}' is not a usable interface name (1-{IFNAME_MAX} characters, no '/' or spaces)"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks `host:port` (a name, an IPv4 address, or `[IPv6]:port`) without looking anything
 /// up: the address when it is one, None for a host name (resolved at `up`, and again while its
 /// handshakes fail: see `engine`).
@@ -458,17 +473,8 @@ impl Config {
         let ri = raw.interface.into_inner();
 
         let name = ri.name.get_ref().clone();
-        if name.is_empty()
-            || name.len() > IFNAME_MAX
-            || name.contains(['/', ' ', '\t', '\n'])
-            || name == "."
-            || name == ".."
-        {
-            return cx.err(
-                Some(ri.name.span()),
-                "interface.name",
-                format!("'{name}' is not a usable interface name (1-{IFNAME_MAX} characters, no '/' or spaces)"),
-            );
+        if let Err(m) = check_ifname(&name) {
+            return cx.err(Some(ri.name.span()), "interface.name", m);
         }
         let key_text = match (&ri.private_key, &ri.private_key_file) {
             (Some(k), None) => Zeroizing::new(k.get_ref().clone()),

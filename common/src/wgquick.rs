@@ -167,15 +167,9 @@ pub struct Imported {
 /// wg-quick text to suidao TOML, for an interface named `name` (from the file's name, as
 /// wg-quick takes it).
 pub fn import(text: &str, name: &str) -> Result<Imported, String> {
-    if name.is_empty()
-        || name.len() > crate::config::IFNAME_MAX
-        || name.contains(['/', ' ', '\t', '\n'])
-        || name == "."
-        || name == ".."
-    {
+    if let Err(m) = crate::config::check_ifname(name) {
         return Err(format!(
-            "the interface name comes from the file's name, and '{name}' is not a usable one (1-{} characters, no '/' or spaces): rename the file, as wg-quick needs too",
-            crate::config::IFNAME_MAX
+            "the interface name comes from the file's name: {m}; rename the file, as wg-quick needs too"
         ));
     }
     let sections = parse(text)?;

@@ -78,6 +78,60 @@ fn reload(config: &Path) {
         .unwrap();
 }
 
+/// One case: a p2p lab, a full-tunnel client's config, and its namespace before any `up`.
+/// Fields drop in order: the files, then the namespaces.
+struct Case {
+    ifname: String,
+    config: PathBuf,
+    before: Vec<String>,
+    dir: TempDir,
+    lab: P2p,
+}
+
+impl Case {
+    fn new() -> Case {
+        let lab = P2p::new().unwrap();
+        let dir = TempDir::new().unwrap();
+        let (spec, config) = full_tunnel_client(dir.path());
+        let before = snapshot(&lab.client.ns);
+        Case {
+            ifname: spec.ifname,
+            config,
+            before,
+            dir,
+            lab,
+        }
+    }
+
+    fn ns(&self) -> &Netns {
+        &self.lab.client.ns
+    }
+
+    /// `up`, waited for until its control socket answers; its full-tunnel rules are in place.
+    fn up(
+        &self,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> (Process, Option<std::process::ChildStderr>) {
+        let (mut p, pipe) = up(self.ns(), &self.config, stderr, env);
+        if pipe.is_none() {
+            self.wait_up(&mut p);
+        }
+        (p, pipe)
+    }
+
+    fn wait_up(&self, p: &mut Process) {
+        wait_up(&self.ifname, p);
+        assert!(has_full_tunnel_rules(&snapshot(self.ns())));
+    }
+
+    /// The namespace as before the first `up`, and no socket file.
+    fn assert_as_before(&self, what: &str) {
+        assert_eq!(snapshot(self.ns()), self.before, "{what}");
+        assert!(!suidao_common::uapi::socket_path(&self.ifname).exists());
+    }
+}
+
 fn has_full_tunnel_rules(lines: &[String]) -> bool {
     lines
         .iter()
@@ -89,22 +143,17 @@ fn a_closed_log_pipe_neither_kills_up_nor_skips_its_teardown() {
     if !suidao_lab::require("closed log pipe", &[]) {
         return;
     }
-    let lab = P2p::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let ns = &lab.client.ns;
-    let (spec, config) = full_tunnel_client(dir.path());
-    let before = snapshot(ns);
-    let (mut p, pipe) = up(ns, &config, Stdio::piped(), &[]);
+    let case = Case::new();
+    let (mut p, pipe) = case.up(Stdio::piped(), &[]);
     // `| head -c 100`: read 100 bytes of the log, then go away.
     let mut pipe = pipe.unwrap();
     let mut first = [0u8; 100];
     pipe.read_exact(&mut first).unwrap();
     drop(pipe);
-    wait_up(&spec.ifname, &mut p);
-    assert!(has_full_tunnel_rules(&snapshot(ns)));
+    case.wait_up(&mut p);
     // Each reload logs a line into the closed pipe.
     for _ in 0..3 {
-        reload(&config);
+        reload(&case.config);
     }
     std::thread::sleep(Duration::from_millis(200));
     assert!(p.is_running(), "up died of its closed log pipe");
@@ -112,8 +161,7 @@ fn a_closed_log_pipe_neither_kills_up_nor_skips_its_teardown() {
         .stop_with(Signal::SIGTERM, Duration::from_secs(5))
         .unwrap();
     assert!(exit.success(), "{exit:?}");
-    assert_eq!(snapshot(ns), before, "everything up added is gone");
-    assert!(!suidao_common::uapi::socket_path(&spec.ifname).exists());
+    case.assert_as_before("everything up added is gone");
 }
 
 #[test]
@@ -121,31 +169,20 @@ fn a_panic_still_ends_in_the_teardown() {
     if !suidao_lab::require("panic teardown", &[]) {
         return;
     }
-    let lab = P2p::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let ns = &lab.client.ns;
-    let (spec, config) = full_tunnel_client(dir.path());
-    let before = snapshot(ns);
-    let log = std::fs::File::create(dir.path().join("panic.log")).unwrap();
-    let (mut p, _) = up(
-        ns,
-        &config,
-        Stdio::from(log),
-        &[("SUIDAO_TEST_PANIC_ON_RELOAD", "1")],
-    );
-    wait_up(&spec.ifname, &mut p);
-    assert!(has_full_tunnel_rules(&snapshot(ns)));
+    let case = Case::new();
+    let log_path = case.dir.path().join("panic.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut p, _) = case.up(Stdio::from(log), &[("SUIDAO_TEST_PANIC_ON_RELOAD", "1")]);
     p.signal(Signal::SIGHUP).unwrap();
     let exit = p.wait_timeout(Duration::from_secs(10)).expect("up exits");
-    let log = std::fs::read_to_string(dir.path().join("panic.log")).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!exit.success(), "a panic is a failure: {log}");
     assert!(log.contains("SUIDAO_TEST_PANIC_ON_RELOAD"), "{log}");
     assert!(
         !log.contains('\x1b'),
         "no colour codes in a log that is not a terminal: {log}"
     );
-    assert_eq!(snapshot(ns), before, "torn down after the panic\n{log}");
-    assert!(!suidao_common::uapi::socket_path(&spec.ifname).exists());
+    case.assert_as_before(&format!("torn down after the panic\n{log}"));
 }
 
 #[test]
@@ -153,27 +190,18 @@ fn after_kill_9_the_next_up_cleans_what_the_last_one_left() {
     if !suidao_lab::require("kill -9 leftovers", &[]) {
         return;
     }
-    let lab = P2p::new().unwrap();
-    let dir = TempDir::new().unwrap();
-    let ns = &lab.client.ns;
-    let (spec, config) = full_tunnel_client(dir.path());
-    let before = snapshot(ns);
-    let (mut p, _) = up(ns, &config, Stdio::null(), &[]);
-    wait_up(&spec.ifname, &mut p);
+    let case = Case::new();
+    let (mut p, _) = case.up(Stdio::null(), &[]);
     p.stop_with(Signal::SIGKILL, Duration::from_secs(5));
-    let left = snapshot(ns);
-    assert!(has_full_tunnel_rules(&left), "SIGKILL leaves the rules");
-    assert!(suidao_common::uapi::socket_path(&spec.ifname).exists());
-    let (mut again, _) = up(ns, &config, Stdio::null(), &[]);
-    wait_up(&spec.ifname, &mut again);
+    assert!(
+        has_full_tunnel_rules(&snapshot(case.ns())),
+        "SIGKILL leaves the rules"
+    );
+    assert!(suidao_common::uapi::socket_path(&case.ifname).exists());
+    let (mut again, _) = case.up(Stdio::null(), &[]);
     let exit = again
         .stop_with(Signal::SIGTERM, Duration::from_secs(5))
         .unwrap();
     assert!(exit.success());
-    assert_eq!(
-        snapshot(ns),
-        before,
-        "the second run removed the first's leftovers too"
-    );
-    assert!(!suidao_common::uapi::socket_path(&spec.ifname).exists());
+    case.assert_as_before("the second run removed the first's leftovers too");
 }
