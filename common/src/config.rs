@@ -48,6 +48,8 @@ struct RawInterface {
     address: Vec<Spanned<String>>,
     mtu: Option<Spanned<u32>>,
     workers: Option<Spanned<u32>>,
+    table: Option<Spanned<RawTable>>,
+    fwmark: Option<Spanned<u32>>,
     hairpin: Option<bool>,
     /// host:port the server's clients should use (for `add-client`).
     public_endpoint: Option<Spanned<String>>,
@@ -59,6 +61,36 @@ struct RawInterface {
     pre_down: Commands,
     #[serde(default)]
     post_down: Commands,
+}
+
+/// `table`: a word or a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTable {
+    Word(String),
+    Number(u32),
+}
+
+/// Where the routes of the peers' allowed IPs go (wg-quick's `Table`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Table {
+    /// The main table; a default route (`0.0.0.0/0`, `::/0`) makes a full tunnel.
+    #[default]
+    Auto,
+    /// No routes at all: the person routes.
+    Off,
+    /// Every allowed IP, default routes included, as a route in this table; no policy rules.
+    Id(u32),
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Table::Auto => write!(f, "auto"),
+            Table::Off => write!(f, "off"),
+            Table::Id(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// A hook: one shell command, or a list of them.
@@ -138,6 +170,11 @@ pub struct Interface {
     pub workers: Option<usize>,
     /// Relay packets between peers inside the process (server).
     pub hairpin: bool,
+    /// Where the peers' routes go.
+    pub table: Table,
+    /// SO_MARK on the UDP sockets (wg-quick's `FwMark`); also the mark a full tunnel's policy
+    /// rule lets past.
+    pub fwmark: Option<u32>,
     /// host:port clients should use to reach this server (for `add-client`).
     pub public_endpoint: Option<String>,
     /// Shell commands run around `up` and its teardown (`%i` is the interface name), as in
@@ -575,6 +612,33 @@ impl Config {
                 );
             }
         }
+        let table = match &ri.table {
+            None => Table::Auto,
+            Some(t) => match t.get_ref() {
+                RawTable::Word(w) => {
+                    match w.as_str() {
+                        "auto" => Table::Auto,
+                        "off" => Table::Off,
+                        "main" => Table::Id(crate::netlink::MAIN_TABLE),
+                        other => return cx.err(
+                            Some(t.span()),
+                            "interface.table",
+                            format!(
+                                "'{other}' is not \"auto\", \"off\", \"main\" or a table number"
+                            ),
+                        ),
+                    }
+                }
+                RawTable::Number(n) if *n == 0 || *n == 255 => return cx.err(
+                    Some(t.span()),
+                    "interface.table",
+                    format!(
+                        "{n} is not a table for routes (0 is none, 255 the kernel's local table)"
+                    ),
+                ),
+                RawTable::Number(n) => Table::Id(*n),
+            },
+        };
         let interface = Interface {
             name,
             private_key,
@@ -583,6 +647,8 @@ impl Config {
             mtu,
             workers,
             hairpin: ri.hairpin.unwrap_or(true),
+            table,
+            fwmark: ri.fwmark.map(|m| *m.get_ref()).filter(|m| *m != 0),
             public_endpoint: ri.public_endpoint.map(|e| e.into_inner()),
             hooks: Hooks {
                 pre_up: ri.pre_up.into_vec(),

@@ -18,7 +18,7 @@
 //! On SIGINT/SIGTERM the routes and addresses `up` added are removed in reverse order, the API
 //! socket file is removed, and the process exits (the TUN interface goes with it).
 
-use crate::config::{Config, InterfaceAddress};
+use crate::config::{Config, InterfaceAddress, Table};
 use crate::gro::Coalescer;
 use crate::keys::PublicKey;
 use crate::netlink::{self, Added, NetlinkError, Teardown};
@@ -254,21 +254,77 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(text.as_bytes())
 }
 
-/// Routes `up` adds: one per allowed-IPs prefix of every peer, except the default routes
-/// (`0.0.0.0/0`, `::/0`), which make a full tunnel instead (see `full_tunnel`).
+/// Which of the peers' prefixes become routes through the interface, as `table` says: in the
+/// main table every one but the default routes (`0.0.0.0/0`, `::/0`), which make a full
+/// tunnel instead (see `full_tunnel`); in a table of the config's every one; with `off` none.
+fn routed(table: Table, prefixes: &[crate::allowed_ips::Cidr]) -> Vec<crate::allowed_ips::Cidr> {
+    match table {
+        Table::Off => Vec::new(),
+        Table::Auto => prefixes
+            .iter()
+            .filter(|c| c.prefix_len() > 0)
+            .copied()
+            .collect(),
+        Table::Id(_) => prefixes.to_vec(),
+    }
+}
+
+/// The routing table the peers' routes go in (None: none are made).
+fn route_table(table: Table) -> Option<u32> {
+    match table {
+        Table::Off => None,
+        Table::Auto => Some(netlink::MAIN_TABLE),
+        Table::Id(n) => Some(n),
+    }
+}
+
+/// Routes `up` adds (see `routed`).
 pub fn planned_routes(config: &Config) -> Vec<crate::allowed_ips::Cidr> {
-    config
+    let all: Vec<_> = config
         .peers
         .iter()
         .flat_map(|p| p.allowed_ips.iter())
-        .filter(|c| c.prefix_len() > 0)
         .copied()
-        .collect()
+        .collect();
+    routed(config.interface.table, &all)
 }
 
-/// Which families are tunnelled in full (some peer's allowed IPs hold the default route):
-/// (IPv4, IPv6).
+/// The mark on suidao's own UDP packets: the config's `fwmark`, else, for a full tunnel, the
+/// full tunnel's table number (as wg-quick does).
+fn socket_mark(config: &Config) -> Option<u32> {
+    config
+        .interface
+        .fwmark
+        .or_else(|| (full_tunnel(config) != (false, false)).then_some(netlink::FULL_TUNNEL_TABLE))
+}
+
+/// Adds a route to `c` through `dev` in `table`; what to undo, if it was not there already.
+async fn add_peer_route(
+    h: &rtnetlink::Handle,
+    c: &crate::allowed_ips::Cidr,
+    dev: &str,
+    table: u32,
+) -> Result<Option<Added>, NetlinkError> {
+    let (dst, len, dev) = (c.addr(), c.prefix_len(), dev.to_string());
+    if table == netlink::MAIN_TABLE {
+        let added = netlink::add_route(h, dst, len, &dev).await?;
+        return Ok(added.then_some(Added::Route { dev, dst, len }));
+    }
+    let added = netlink::add_table_route(h, dst, len, &dev, table).await?;
+    Ok(added.then_some(Added::TableRoute {
+        dev,
+        dst,
+        len,
+        table,
+    }))
+}
+
+/// Which families are tunnelled in full (some peer's allowed IPs hold the default route, and
+/// the routes go in the main table): (IPv4, IPv6).
 pub fn full_tunnel(config: &Config) -> (bool, bool) {
+    if config.interface.table != Table::Auto {
+        return (false, false);
+    }
     let all = config.peers.iter().flat_map(|p| p.allowed_ips.iter());
     let (mut v4, mut v6) = (false, false);
     for c in all.filter(|c| c.prefix_len() == 0) {
@@ -307,12 +363,13 @@ async fn configure_full_tunnel(
             });
         }
         // Rules there already were left by a run that was killed (SIGKILL skips the teardown).
-        let left = netlink::del_leftover_rules(h, v6).await?;
+        let mark = socket_mark(config).unwrap_or(netlink::FULL_TUNNEL_TABLE);
+        let left = netlink::del_leftover_rules(h, v6, mark).await?;
         if left > 0 {
             info!("full tunnel: removed {left} policy rule(s) left by an earlier run");
         }
         for rule in [
-            netlink::FullTunnelRule::NotMarked,
+            netlink::FullTunnelRule::NotMarked(mark),
             netlink::FullTunnelRule::MainWithoutDefault,
         ] {
             if netlink::add_rule(h, v6, rule).await? {
@@ -354,13 +411,11 @@ async fn configure(
         }
     }
     netlink::set_up(h, name).await?;
-    for c in planned_routes(config) {
-        if netlink::add_route(h, c.addr(), c.prefix_len(), name).await? {
-            td.push(Added::Route {
-                dev: name.clone(),
-                dst: c.addr(),
-                len: c.prefix_len(),
-            });
+    if let Some(table) = route_table(config.interface.table) {
+        for c in planned_routes(config) {
+            if let Some(a) = add_peer_route(h, &c, name, table).await? {
+                td.push(a);
+            }
         }
     }
     configure_full_tunnel(h, config, td).await
@@ -386,10 +441,10 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
         .unwrap_or_else(crate::config::default_workers);
     let sockets = Udp::bind_group(config.interface.listen_port, worker_count)?;
     let listen_port = sockets[0].local_port()?;
-    if full_tunnel(&config) != (false, false) {
+    if let Some(mark) = socket_mark(&config) {
         for udp in &sockets {
-            udp.set_mark(netlink::FULL_TUNNEL_TABLE)
-                .map_err(|e| setup(format!("marking the UDP socket for the full tunnel: {e}")))?;
+            udp.set_mark(mark)
+                .map_err(|e| setup(format!("marking the UDP sockets with {mark}: {e}")))?;
         }
     }
     let queues = Tun::create_queues(&ifname, worker_count).map_err(|e| name_taken(&ifname, e))?;
@@ -654,19 +709,44 @@ fn configured_endpoints(config: &Config) -> HashSet<PublicKey> {
         .collect()
 }
 
-/// The routes `up` (or an earlier change) added through the interface: prefixes other than /0.
-fn our_routes(live: &Live<'_>) -> Vec<crate::allowed_ips::Cidr> {
+/// The peers' routes `up` (or an earlier change) added through the interface in `table`,
+/// each with its teardown entry.
+fn our_routes(live: &Live<'_>, table: u32) -> Vec<(crate::allowed_ips::Cidr, Added)> {
     let dev = &live.config.interface.name;
     live.td
         .items()
         .iter()
-        .filter_map(|a| match a {
-            Added::Route { dev: d, dst, len } if d == dev => {
-                crate::allowed_ips::Cidr::new(*dst, *len)
+        .filter_map(|a| {
+            let (d, dst, len) = match a {
+                Added::Route { dev, dst, len } if table == netlink::MAIN_TABLE => (dev, dst, len),
+                Added::TableRoute {
+                    dev,
+                    dst,
+                    len,
+                    table: t,
+                } if *t == table => (dev, dst, len),
+                _ => return None,
+            };
+            if d != dev {
+                return None;
             }
-            _ => None,
+            Some((crate::allowed_ips::Cidr::new(*dst, *len)?, a.clone()))
         })
         .collect()
+}
+
+/// Removes a peer route `add_peer_route` added.
+async fn del_peer_route(h: &rtnetlink::Handle, a: &Added) -> Result<(), NetlinkError> {
+    match a {
+        Added::Route { dev, dst, len } => netlink::del_route(h, *dst, *len, dev).await,
+        Added::TableRoute {
+            dev,
+            dst,
+            len,
+            table,
+        } => netlink::del_table_route(h, *dst, *len, dev, *table).await,
+        _ => Ok(()),
+    }
 }
 
 /// Debug builds only: `SUIDAO_TEST_FAIL_ROUTE=PREFIX` makes adding a route to PREFIX fail, so
@@ -696,18 +776,23 @@ async fn apply_peers(
     let plan = apply::plan(&shared.device, &read_lock(&shared.names), desired)
         .map_err(|e| e.to_string())?;
     let dev = live.config.interface.name.clone();
-    let have = our_routes(live);
-    // Default routes make a full tunnel, set up by `up` only.
-    let want: Vec<_> = plan
-        .prefixes
+    // `table = "off"`: the person routes; the device alone changes.
+    let Some(table) = route_table(live.config.interface.table) else {
+        apply::apply_to_device(&shared.device, &plan);
+        *write_lock(&shared.names) = plan.names.clone();
+        return Ok(plan.summary());
+    };
+    let have = our_routes(live, table);
+    // (In the main table, default routes make a full tunnel, set up by `up` only.)
+    let want = routed(live.config.interface.table, &plan.prefixes);
+    let missing: Vec<_> = want
         .iter()
-        .filter(|c| c.prefix_len() > 0)
+        .filter(|c| !have.iter().any(|(h, _)| h == *c))
         .copied()
         .collect();
-    let missing: Vec<_> = want.iter().filter(|c| !have.contains(c)).copied().collect();
     // A prefix the main table already routes through another interface would not reach the
     // tunnel (and adding ours would be refused): refuse the change before anything moves.
-    if !missing.is_empty() {
+    if !missing.is_empty() && table == netlink::MAIN_TABLE {
         let elsewhere = netlink::main_routes_elsewhere(live.h, &dev)
             .await
             .map_err(|e| e.to_string())?;
@@ -726,43 +811,33 @@ async fn apply_peers(
     for c in &missing {
         let r = match injected_route_failure(c) {
             Some(e) => Err(e),
-            None => netlink::add_route(live.h, c.addr(), c.prefix_len(), &dev)
+            None => add_peer_route(live.h, c, &dev, table)
                 .await
                 .map_err(|e| e.to_string()),
         };
         match r {
-            Ok(true) => added.push(*c),
-            Ok(false) => {}
+            Ok(Some(a)) => added.push(a),
+            Ok(None) => {}
             Err(e) => {
-                for c in added.iter().rev() {
-                    if let Err(e) = netlink::del_route(live.h, c.addr(), c.prefix_len(), &dev).await
-                    {
-                        warn!("taking back the route to {c}: {e}");
+                for a in added.iter().rev() {
+                    if let Err(e) = del_peer_route(live.h, a).await {
+                        warn!("taking back a route: {e}");
                     }
                 }
                 return Err(e);
             }
         }
     }
-    for c in added {
-        live.td.push(Added::Route {
-            dev: dev.clone(),
-            dst: c.addr(),
-            len: c.prefix_len(),
-        });
+    for a in added {
+        live.td.push(a);
     }
     apply::apply_to_device(&shared.device, &plan);
     *write_lock(&shared.names) = plan.names.clone();
-    for c in have.iter().filter(|c| !want.contains(c)) {
-        let a = Added::Route {
-            dev: dev.clone(),
-            dst: c.addr(),
-            len: c.prefix_len(),
-        };
-        live.td.forget(&a);
+    for (c, a) in have.iter().filter(|(c, _)| !want.contains(c)) {
+        live.td.forget(a);
         // The device no longer routes there; a route that cannot be removed now goes with
         // the interface at exit.
-        if let Err(e) = netlink::del_route(live.h, c.addr(), c.prefix_len(), &dev).await {
+        if let Err(e) = del_peer_route(live.h, a).await {
             warn!("removing the route to {c}: {e}");
         }
     }
@@ -830,8 +905,10 @@ async fn apply_reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<Strin
         || new_i.mtu != old_i.mtu
         || new_i.hairpin != old_i.hairpin
         || full_tunnel(&new) != full_tunnel(&live.config)
+        || new_i.table != old_i.table
+        || new_i.fwmark != old_i.fwmark
     {
-        warn!("reload: changes to address, mtu, hairpin or a full tunnel take effect at the next restart");
+        warn!("reload: changes to address, mtu, hairpin, table, fwmark or a full tunnel take effect at the next restart");
     }
     let desired = desired_peers(&new, Some(&live.config));
     let message = apply_peers(shared, live, &desired).await?;
@@ -1398,16 +1475,29 @@ pub fn describe(config: &Config) -> String {
     for a in &i.addresses {
         s.push_str(&format!("  address      {a}\n"));
     }
+    let table = match i.table {
+        Table::Id(n) if n != netlink::MAIN_TABLE => format!(" table {n}"),
+        _ => String::new(),
+    };
+    if i.table == Table::Off {
+        s.push_str("  routes       none (table = \"off\")\n");
+    }
     for r in planned_routes(config) {
-        s.push_str(&format!("  route        {r} dev {}\n", i.name));
+        s.push_str(&format!("  route        {r} dev {}{table}\n", i.name));
+    }
+    if let Some(m) = i.fwmark {
+        s.push_str(&format!(
+            "  fwmark       {m} (0x{m:x}) on the UDP sockets\n"
+        ));
     }
     let (v4, v6) = full_tunnel(config);
     for (on, family) in [(v4, "IPv4"), (v6, "IPv6")] {
         if on {
             s.push_str(&format!(
-                "  full tunnel  {family}: default route dev {} in table {t}, rules `not fwmark {t}` and `main suppress_prefixlength 0`\n",
+                "  full tunnel  {family}: default route dev {} in table {t}, rules `not fwmark {m}` and `main suppress_prefixlength 0`\n",
                 i.name,
-                t = netlink::FULL_TUNNEL_TABLE
+                t = netlink::FULL_TUNNEL_TABLE,
+                m = socket_mark(config).unwrap_or(netlink::FULL_TUNNEL_TABLE)
             ));
         }
     }

@@ -237,14 +237,14 @@ pub async fn del_route(h: &Handle, dst: IpAddr, len: u8, dev: &str) -> Result<()
 
 /// The routing table (and socket mark) of a full tunnel, as wg-quick uses by default.
 pub const FULL_TUNNEL_TABLE: u32 = 51820;
-const MAIN_TABLE: u32 = 254;
+pub const MAIN_TABLE: u32 = 254;
 
 /// The two policy rules of a full tunnel, per address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FullTunnelRule {
     /// `ip rule add not fwmark MARK table TABLE`: everything but the tunnel's own packets
-    /// looks up the tunnel's table.
-    NotMarked,
+    /// (marked MARK) looks up the tunnel's table.
+    NotMarked(u32),
     /// `ip rule add table main suppress_prefixlength 0`: the main table still wins, except its
     /// default route.
     MainWithoutDefault,
@@ -258,16 +258,16 @@ fn rule_message(
     use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags};
     let req = h.rule().add();
     let mut req = match (v6, rule) {
-        (false, FullTunnelRule::NotMarked) => req
+        (false, FullTunnelRule::NotMarked(mark)) => req
             .v4()
-            .fw_mark(FULL_TUNNEL_TABLE)
+            .fw_mark(mark)
             .table_id(FULL_TUNNEL_TABLE)
             .action(RuleAction::ToTable)
             .message_mut()
             .clone(),
-        (true, FullTunnelRule::NotMarked) => req
+        (true, FullTunnelRule::NotMarked(mark)) => req
             .v6()
-            .fw_mark(FULL_TUNNEL_TABLE)
+            .fw_mark(mark)
             .table_id(FULL_TUNNEL_TABLE)
             .action(RuleAction::ToTable)
             .message_mut()
@@ -286,7 +286,7 @@ fn rule_message(
             .clone(),
     };
     match rule {
-        FullTunnelRule::NotMarked => req.header.flags |= RuleFlags::Invert,
+        FullTunnelRule::NotMarked(_) => req.header.flags |= RuleFlags::Invert,
         FullTunnelRule::MainWithoutDefault => {
             req.attributes.push(RuleAttribute::SuppressPrefixLen(0))
         }
@@ -318,10 +318,10 @@ pub async fn del_rule(h: &Handle, v6: bool, rule: FullTunnelRule) -> Result<bool
 /// Removes every full-tunnel rule of a family that is there before `up` adds its own: a run
 /// killed with SIGKILL leaves them (the kernel gives a rule without a priority a new one, so
 /// adding ours again would not find them). Returns how many went.
-pub async fn del_leftover_rules(h: &Handle, v6: bool) -> Result<usize, NetlinkError> {
+pub async fn del_leftover_rules(h: &Handle, v6: bool, mark: u32) -> Result<usize, NetlinkError> {
     let mut removed = 0;
     for rule in [
-        FullTunnelRule::NotMarked,
+        FullTunnelRule::NotMarked(mark),
         FullTunnelRule::MainWithoutDefault,
     ] {
         // Bounded: a rule that keeps coming back is not ours to fight.
@@ -357,6 +357,31 @@ pub async fn add_table_route(
     }
 }
 
+/// `ip route del DST/LEN dev NAME table TABLE`. A route that is gone already is success.
+pub async fn del_table_route(
+    h: &Handle,
+    dst: IpAddr,
+    len: u8,
+    dev: &str,
+    table: u32,
+) -> Result<(), NetlinkError> {
+    let i = match index(h, dev).await {
+        Ok(i) => i,
+        Err(_) => return Ok(()),
+    };
+    let mut msg = route(dst, len, i)?;
+    msg.attributes
+        .push(rtnetlink::packet_route::route::RouteAttribute::Table(table));
+    match h.route().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(fail(
+            format!("removing the route to {dst}/{len} from table {table}"),
+            e,
+        )),
+    }
+}
+
 /// One thing `up` added, to be undone on the way down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Added {
@@ -370,8 +395,8 @@ pub enum Added {
         dst: IpAddr,
         len: u8,
     },
-    /// A full tunnel's default route in its own table (goes with the device; listed for
-    /// completeness).
+    /// A route in a table other than main: a full tunnel's default route, or every route
+    /// with `table = N` (goes with the device; listed for completeness).
     TableRoute {
         dev: String,
         dst: IpAddr,

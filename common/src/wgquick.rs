@@ -7,6 +7,8 @@
 //! Address = 10.0.0.1/24, fd::1/64   address = ["10.0.0.1/24", "fd::1/64"]
 //! ListenPort = 51820                listen_port = 51820
 //! MTU = 1420                        mtu = 1420
+//! Table = off | auto | main | 1234  table = "off" | (left out) | "main" | 1234
+//! FwMark = 0x1234                   fwmark = 0x1234
 //! PostUp = cmd                      post_up = ["cmd"]      (PreUp, PreDown, PostDown alike)
 //! [Peer]                            [[peer]]
 //! PublicKey / PresharedKey          public_key / preshared_key
@@ -16,10 +18,9 @@
 //!
 //! A `# name` comment right after a `[Peer]` header (as `export` writes it) or right above it
 //! is the peer's `name`. Comments start with `#` (anywhere) or `;` (at the start of a line).
-//! wg-quick keys suidao does not carry
-//! yet (DNS, Table, FwMark), `SaveConfig` (suidao never rewrites a config behind the user's
-//! back) and keys it does not know are not a refusal: `import` leaves them out and says so,
-//! one warning each, with its line.
+//! What suidao does not carry yet (DNS), `SaveConfig` (suidao never rewrites a config behind
+//! the user's back) and keys it does not know are not a refusal: `import` leaves them out and
+//! says so, one warning each, with its line.
 
 use crate::config::Config;
 use std::fmt::Write as _;
@@ -182,6 +183,8 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
                 "address",
                 "listenport",
                 "mtu",
+                "table",
+                "fwmark",
                 "preup",
                 "postup",
                 "predown",
@@ -204,8 +207,6 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
             let why = match lower.as_str() {
                 "saveconfig" => "suidao never rewrites a config behind your back, so this is left out",
                 "dns" => "suidao does not set name servers yet: left out (set them yourself, e.g. with a post_up hook)",
-                "table" => "suidao does not take a routing table yet: left out (routes go in the main table)",
-                "fwmark" => "suidao does not take a firewall mark yet: left out",
                 _ => "not a wg-quick key suidao knows: left out",
             };
             warnings.push(format!("line {line}: {k} = {v}: {why}"));
@@ -230,6 +231,36 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
                     .parse()
                     .map_err(|_| format!("MTU {m:?} is not a number"))?;
                 let _ = writeln!(out, "mtu = {m}");
+            }
+            if let Some(t) = s.one("Table") {
+                match t.as_str() {
+                    "auto" => {}
+                    "off" | "main" => {
+                        let _ = writeln!(out, "table = {}", toml_string(&t));
+                    }
+                    n => match n.parse::<u32>() {
+                        Ok(n) => {
+                            let _ = writeln!(out, "table = {n}");
+                        }
+                        Err(_) => warnings.push(format!(
+                            "Table = {t}: a table by name (other than off, auto, main) is not taken: left out (give its number)"
+                        )),
+                    },
+                }
+            }
+            if let Some(m) = s.one("FwMark") {
+                let value = match m.strip_prefix("0x").or_else(|| m.strip_prefix("0X")) {
+                    Some(hex) => u32::from_str_radix(hex, 16).map(|v| format!("0x{v:x}")),
+                    None if m == "off" => Ok(String::new()),
+                    None => m.parse::<u32>().map(|v| v.to_string()),
+                };
+                match value {
+                    Ok(v) if v.is_empty() || v == "0" || v == "0x0" => {}
+                    Ok(v) => {
+                        let _ = writeln!(out, "fwmark = {v}");
+                    }
+                    Err(_) => return Err(format!("FwMark {m:?} is not a number")),
+                }
             }
             for (key, toml_key) in [
                 ("PreUp", "pre_up"),
@@ -292,6 +323,17 @@ pub fn export(c: &Config) -> String {
     }
     if i.mtu != crate::config::DEFAULT_MTU {
         let _ = writeln!(out, "MTU = {}", i.mtu);
+    }
+    match i.table {
+        crate::config::Table::Auto => {}
+        crate::config::Table::Off => out.push_str("Table = off\n"),
+        crate::config::Table::Id(crate::netlink::MAIN_TABLE) => out.push_str("Table = main\n"),
+        crate::config::Table::Id(n) => {
+            let _ = writeln!(out, "Table = {n}");
+        }
+    }
+    if let Some(m) = i.fwmark {
+        let _ = writeln!(out, "FwMark = 0x{m:x}");
     }
     for (key, cmds) in [
         ("PreUp", &i.hooks.pre_up),

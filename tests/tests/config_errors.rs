@@ -129,6 +129,21 @@ fn bad_configs_fail_with_one_clear_line() {
             vec!["host-bits.toml:8", "peer[0].allowed_ips", "host bits", "10.77.0.0/24", "10.77.0.5/32"],
         ),
         (
+            "table-word.toml",
+            format!("{head}table = \"vpn\"\n"),
+            vec!["table-word.toml:5", "interface.table", "a table number"],
+        ),
+        (
+            "table-zero.toml",
+            format!("{head}table = 0\n"),
+            vec!["table-zero.toml:5", "interface.table", "not a table"],
+        ),
+        (
+            "fwmark-type.toml",
+            format!("{head}fwmark = \"0x1234\"\n"),
+            vec!["fwmark-type.toml:5", "interface.fwmark", "without quotes"],
+        ),
+        (
             "port-zero.toml",
             format!("{head}\n[[peer]]\npublic_key = \"{pk1}\"\nendpoint = \"198.18.0.1:0\"\n"),
             vec!["port-zero.toml:8", "peer[0].endpoint", "port 0"],
