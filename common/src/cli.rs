@@ -126,6 +126,14 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "Relay packets between peers inside suidao; default true.",
     ),
     (
+        "table",
+        "Where the peers' routes go: \"auto\" (the main table; a default route makes a full tunnel), \"off\", \"main\" or a table number.",
+    ),
+    (
+        "fwmark",
+        "A mark on suidao's own UDP packets (SO_MARK), as wg-quick's FwMark.",
+    ),
+    (
         "public_endpoint",
         "host:port clients use to reach this server (written by add-client).",
     ),

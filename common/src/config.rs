@@ -615,27 +615,29 @@ impl Config {
         let table = match &ri.table {
             None => Table::Auto,
             Some(t) => match t.get_ref() {
-                RawTable::Word(w) => {
-                    match w.as_str() {
-                        "auto" => Table::Auto,
-                        "off" => Table::Off,
-                        "main" => Table::Id(crate::netlink::MAIN_TABLE),
-                        other => return cx.err(
+                RawTable::Word(w) => match w.as_str() {
+                    "auto" => Table::Auto,
+                    "off" => Table::Off,
+                    "main" => Table::Id(crate::netlink::MAIN_TABLE),
+                    other => {
+                        return cx.err(
                             Some(t.span()),
                             "interface.table",
                             format!(
                                 "'{other}' is not \"auto\", \"off\", \"main\" or a table number"
                             ),
-                        ),
+                        )
                     }
-                }
-                RawTable::Number(n) if *n == 0 || *n == 255 => return cx.err(
-                    Some(t.span()),
-                    "interface.table",
-                    format!(
+                },
+                RawTable::Number(n) if *n == 0 || *n == 255 => {
+                    return cx.err(
+                        Some(t.span()),
+                        "interface.table",
+                        format!(
                         "{n} is not a table for routes (0 is none, 255 the kernel's local table)"
                     ),
-                ),
+                    )
+                }
                 RawTable::Number(n) => Table::Id(*n),
             },
         };

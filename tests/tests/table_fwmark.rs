@@ -4,6 +4,7 @@
 //!   policy rules, and the tunnel works through what the main table routes;
 //! - `fwmark = 0x1234` on a full tunnel: suidao's own UDP packets carry the mark (counted by an
 //!   nftables rule) and the policy rule lets exactly that mark past, so the tunnel works.
+//!
 //! Each time the namespace is as before once `up` has gone.
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,8 +19,8 @@ fn snapshot(ns: &Netns) -> Vec<String> {
     suidao_lab::netlink::snapshot_of(ns).unwrap()
 }
 
-/// A server and a client whose `[interface]` gains `extra` and whose peer allows `routes`;
-/// runs `check` on the client's lines of the snapshot while up; returns them.
+/// A server and a client whose `[interface]` gains `extra` and whose peer allows `routes`:
+/// `during` looks at the client's namespace while the tunnel is up.
 fn run_client(extra: &str, routes: &[&str], during: impl FnOnce(&P2p, &[String])) {
     let lab = P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
