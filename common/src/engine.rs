@@ -529,6 +529,7 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
             ifname: ifname.clone(),
             device: device.clone(),
             listen_port,
+            fwmark: socket_mark(&config),
             names: names.clone(),
             control: Some(control_tx),
             set_lock: Default::default(),

@@ -35,6 +35,9 @@ pub struct ApiState {
     pub ifname: String,
     pub device: Arc<Device>,
     pub listen_port: u16,
+    /// The mark on the UDP sockets (`fwmark` in the config, or a full tunnel's), reported by
+    /// `get` as wireguard-go does, so `wg showconf` | `wg setconf` goes through.
+    pub fwmark: Option<u32>,
     /// Configured peer names, by public key (shared with the engine, which updates them on
     /// reload).
     pub names: Arc<RwLock<HashMap<PublicKey, String>>>,
@@ -115,6 +118,9 @@ impl ApiState {
             let _ = writeln!(out, "interface_public_key={}", d.public_key().to_hex());
         }
         let _ = writeln!(out, "listen_port={}", self.listen_port);
+        if let Some(m) = self.fwmark {
+            let _ = writeln!(out, "fwmark={m}");
+        }
         if !with_secrets {
             for (reason, n) in d.drops() {
                 let _ = writeln!(out, "drop_{}={n}", reason.name());
@@ -171,7 +177,10 @@ impl ApiState {
             );
             return Err(EOPNOTSUPP);
         }
-        if let Some(m) = request.fwmark.filter(|m| *m != 0) {
+        if let Some(m) = request
+            .fwmark
+            .filter(|m| *m != 0 && Some(*m) != self.fwmark)
+        {
             tracing::warn!(
                 "wg set fwmark {m}: not supported (suidao marks its own sockets for a full tunnel)"
             );
@@ -489,6 +498,7 @@ mod tests {
                 ifname: "sdtest".into(),
                 device,
                 listen_port: 51820,
+                fwmark: None,
                 names: Arc::new(RwLock::new(HashMap::new())),
                 control: None,
                 set_lock: Default::default(),

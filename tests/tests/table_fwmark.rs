@@ -21,7 +21,7 @@ fn snapshot(ns: &Netns) -> Vec<String> {
 
 /// A server and a client whose `[interface]` gains `extra` and whose peer allows `routes`:
 /// `during` looks at the client's namespace while the tunnel is up.
-fn run_client(extra: &str, routes: &[&str], during: impl FnOnce(&P2p, &[String])) {
+fn run_client(extra: &str, routes: &[&str], during: impl FnOnce(&P2p, &[String], &str)) {
     let lab = P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
     let (server, mut client) = NodeSpec::pair(
@@ -45,7 +45,7 @@ fn run_client(extra: &str, routes: &[&str], during: impl FnOnce(&P2p, &[String])
         "{extra}\n{}",
         node.log()
     );
-    during(&lab, &snapshot(&lab.client.ns));
+    during(&lab, &snapshot(&lab.client.ns), &client.ifname);
     let exit = node.process.stop().unwrap();
     assert!(exit.success(), "{}", node.log());
     assert_eq!(snapshot(&lab.client.ns), before, "{extra}: as before");
@@ -60,13 +60,13 @@ fn table_off_adds_no_routes() {
     if !suidao_lab::require("table off", &["ping"]) {
         return;
     }
-    run_client("", &["10.99.0.0/24", "10.98.0.0/24"], |_, lines| {
+    run_client("", &["10.99.0.0/24", "10.98.0.0/24"], |_, lines, _| {
         assert!(has(lines, "route 10.98.0.0/24"), "auto: routed {lines:#?}");
     });
     run_client(
         "table = \"off\"\n",
         &["10.99.0.0/24", "10.98.0.0/24"],
-        |_, lines| {
+        |_, lines, _| {
             assert!(
                 !has(lines, "route 10.98.0.0/24"),
                 "off: not routed {lines:#?}"
@@ -83,7 +83,7 @@ fn a_table_number_takes_every_route_and_no_policy_rules() {
     run_client(
         "table = 1234\n",
         &["0.0.0.0/0", "10.98.0.0/24"],
-        |_, lines| {
+        |_, lines, _| {
             let in_table = |dst: &str| {
                 lines
                     .iter()
@@ -105,10 +105,10 @@ fn a_table_number_takes_every_route_and_no_policy_rules() {
 
 #[test]
 fn a_full_tunnel_with_a_fwmark_marks_its_packets_and_lets_them_past() {
-    if !suidao_lab::require("fwmark", &["ping", "nft"]) {
+    if !suidao_lab::require("fwmark", &["ping", "nft", "wg"]) {
         return;
     }
-    run_client("fwmark = 0x1234\n", &["0.0.0.0/0"], |lab, lines| {
+    run_client("fwmark = 0x1234\n", &["0.0.0.0/0"], |lab, lines, ifname| {
         assert!(
             lines.iter().any(|l| l.starts_with("rule")
                 && l.contains("Invert")
@@ -135,5 +135,14 @@ fn a_full_tunnel_with_a_fwmark_marks_its_packets_and_lets_them_past() {
             .unwrap_or(0);
         assert!(packets > 0, "marked packets to the server: {table}");
         run(ns, "nft", &["delete", "table", "inet", "sdmark"]).unwrap();
+        // `wg` sees the mark, and a `wg setconf` of what `wg showconf` says goes through.
+        let shown = run(ns, "wg", &["show", ifname, "fwmark"]).unwrap();
+        assert_eq!(shown.trim(), "0x1234");
+        let conf = run(ns, "wg", &["showconf", ifname]).unwrap();
+        let path = std::env::temp_dir().join(format!("{ifname}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let set = run(ns, "wg", &["setconf", ifname, path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        set.unwrap();
     });
 }
