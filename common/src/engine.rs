@@ -500,21 +500,24 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
         .build()?;
     rt.block_on(async move {
         let h = netlink::connect()?;
-        let mut td = Teardown::default();
-        if let Err(e) = configure(&h, &config, &mut td).await {
-            td.undo(&h).await;
-            return Err(e);
-        }
-
+        // The control socket first: nothing is configured yet if it cannot be made.
+        // CAP_NET_ADMIN makes the interface; the control socket needs a folder this user may
+        // write to, which only root has by default: say so rather than a bare EACCES.
+        let needs_root = |e: &std::io::Error| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!(
+                    " (run as root, or make {} writable for this user: CAP_NET_ADMIN alone does not give that)",
+                    uapi::SOCKET_DIR
+                )
+            } else {
+                String::new()
+            }
+        };
         std::fs::create_dir_all(uapi::SOCKET_DIR).map_err(|e| {
             setup(format!(
                 "creating {} (where the control socket goes): {e}{}",
                 uapi::SOCKET_DIR,
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    " (run as root, or create it writable for this user: CAP_NET_ADMIN alone does not give that)"
-                } else {
-                    ""
-                }
+                needs_root(&e)
             ))
         })?;
         let listener = {
@@ -522,8 +525,21 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
             let old = set_umask(0o077);
             let l = UnixListener::bind(&sock_path);
             set_umask(old);
-            l.map_err(|e| setup(format!("creating {}: {e}", sock_path.display())))?
+            l.map_err(|e| {
+                setup(format!(
+                    "creating {}: {e}{}",
+                    sock_path.display(),
+                    needs_root(&e)
+                ))
+            })?
         };
+        let mut td = Teardown::default();
+        if let Err(e) = configure(&h, &config, &mut td).await {
+            td.undo(&h).await;
+            let _ = std::fs::remove_file(&sock_path);
+            return Err(e);
+        }
+
         let (control_tx, mut control_rx) = tokio::sync::mpsc::unbounded_channel();
         let api = Arc::new(ApiState {
             ifname: ifname.clone(),

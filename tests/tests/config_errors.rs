@@ -378,3 +378,64 @@ fn an_unresolvable_endpoint_name_is_a_warning_for_check_and_export() {
         assert!(text.contains("vpn.nowhere.invalid:51820"), "{cmd}: {text}");
     }
 }
+
+/// `up` as a user with CAP_NET_ADMIN but not root: the interface could be made, the control
+/// socket cannot; one line says what is needed, and nothing is left behind.
+#[test]
+fn up_with_cap_net_admin_but_not_root_says_what_it_needs() {
+    if !suidao_lab::require("up with CAP_NET_ADMIN only", &["setpriv", "ip"]) {
+        return;
+    }
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let ns = suidao_lab::Netns::create(&suidao_lab::unique(suidao_lab::PREFIX)).unwrap();
+    // A folder the user can reach, whatever folder this checkout is in, with a copy of the
+    // binary and a config (and key) of the user's own.
+    let dir = std::env::temp_dir().join(suidao_lab::unique("sdcap"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("suidao-client");
+    std::fs::copy(bin_path("suidao-client").unwrap(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = dir.join("k");
+    std::fs::write(&key, PrivateKey::generate().to_base64().as_str()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ifname = suidao_lab::unique("sdcap");
+    let cfg = dir.join("cap.toml");
+    std::fs::write(
+        &cfg,
+        format!("[interface]\nname = \"{ifname}\"\nprivate_key_file = \"k\"\naddress = [\"10.99.0.2/24\"]\n"),
+    )
+    .unwrap();
+    for f in [&key, &cfg] {
+        chown(f, Some(65534), Some(65534)).unwrap();
+    }
+    let before = suidao_lab::netlink::snapshot_of(&ns).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "setpriv"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+net_admin",
+            "--ambient-caps=+net_admin",
+        ])
+        .arg(&bin)
+        .args(["up", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains("CAP_NET_ADMIN alone does not give that"),
+        "{err}"
+    );
+    assert_eq!(
+        suidao_lab::netlink::snapshot_of(&ns).unwrap(),
+        before,
+        "nothing left behind"
+    );
+    assert!(!suidao_common::uapi::socket_path(&ifname).exists());
+}
