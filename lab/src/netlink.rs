@@ -120,9 +120,10 @@ pub async fn snapshot(h: &Handle) -> Result<Vec<String>> {
             ));
         }
     }
-    // IPv6 link-local addresses and their routes come and go by themselves (after duplicate
-    // address detection), whatever suidao does: leave them out.
-    lines.retain(|l| !l.contains("fe80:"));
+    // IPv6 link-local addresses and their routes, and the ff00::/8 multicast route, come by
+    // themselves when a link's carrier comes up (for a veth, a moment after both ends are set
+    // up, so possibly after a first snapshot), whatever suidao does: leave them out.
+    lines.retain(|l| !l.contains("fe80:") && !l.contains("type Multicast"));
     lines.sort();
     Ok(lines)
 }
