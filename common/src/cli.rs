@@ -134,6 +134,10 @@ const CONFIG_KEYS: &[(&str, &str)] = &[
         "A mark on suidao's own UDP packets (SO_MARK), as wg-quick's FwMark.",
     ),
     (
+        "dns",
+        "Name servers (addresses) and search domains (names) while the interface is up, set as wg-quick sets them: through resolvconf, else resolvectl.",
+    ),
+    (
         "public_endpoint",
         "host:port clients use to reach this server (written by add-client).",
     ),

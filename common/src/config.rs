@@ -50,6 +50,8 @@ struct RawInterface {
     workers: Option<Spanned<u32>>,
     table: Option<Spanned<RawTable>>,
     fwmark: Option<Spanned<u32>>,
+    #[serde(default)]
+    dns: Vec<Spanned<String>>,
     hairpin: Option<bool>,
     /// host:port the server's clients should use (for `add-client`).
     public_endpoint: Option<Spanned<String>>,
@@ -175,6 +177,8 @@ pub struct Interface {
     /// SO_MARK on the UDP sockets (wg-quick's `FwMark`); also the mark a full tunnel's policy
     /// rule lets past.
     pub fwmark: Option<u32>,
+    /// Name servers and search domains while the interface is up (wg-quick's `DNS`).
+    pub dns: crate::dns::Dns,
     /// host:port clients should use to reach this server (for `add-client`).
     pub public_endpoint: Option<String>,
     /// Shell commands run around `up` and its teardown (`%i` is the interface name), as in
@@ -641,6 +645,12 @@ impl Config {
                 RawTable::Number(n) => Table::Id(*n),
             },
         };
+        let mut dns = crate::dns::Dns::default();
+        for d in &ri.dns {
+            if let Err(m) = dns.add(d.get_ref()) {
+                return cx.err(Some(d.span()), "interface.dns", m);
+            }
+        }
         let interface = Interface {
             name,
             private_key,
@@ -651,6 +661,7 @@ impl Config {
             hairpin: ri.hairpin.unwrap_or(true),
             table,
             fwmark: ri.fwmark.map(|m| *m.get_ref()).filter(|m| *m != 0),
+            dns,
             public_endpoint: ri.public_endpoint.map(|e| e.into_inner()),
             hooks: Hooks {
                 pre_up: ri.pre_up.into_vec(),

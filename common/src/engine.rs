@@ -418,7 +418,18 @@ async fn configure(
             }
         }
     }
-    configure_full_tunnel(h, config, td).await
+    configure_full_tunnel(h, config, td).await?;
+    let dns = &config.interface.dns;
+    if !dns.is_empty() {
+        let undo = crate::dns::set(name, dns).map_err(setup)?;
+        info!(
+            "name servers for {name}: {} ({})",
+            dns.entries().join(", "),
+            undo.describe()
+        );
+        td.push(Added::Dns(undo));
+    }
+    Ok(())
 }
 
 /// `up`: runs the interface until SIGINT or SIGTERM, then removes what it added.
@@ -924,8 +935,9 @@ async fn apply_reload(shared: &Arc<Shared>, live: &mut Live<'_>) -> Result<Strin
         || full_tunnel(&new) != full_tunnel(&live.config)
         || new_i.table != old_i.table
         || new_i.fwmark != old_i.fwmark
+        || new_i.dns != old_i.dns
     {
-        warn!("reload: changes to address, mtu, hairpin, table, fwmark or a full tunnel take effect at the next restart");
+        warn!("reload: changes to address, mtu, hairpin, table, fwmark, dns or a full tunnel take effect at the next restart");
     }
     let desired = desired_peers(&new, Some(&live.config));
     let message = apply_peers(shared, live, &desired).await?;
@@ -1516,6 +1528,15 @@ pub fn describe(config: &Config) -> String {
                 t = netlink::FULL_TUNNEL_TABLE,
                 m = socket_mark(config).unwrap_or(netlink::FULL_TUNNEL_TABLE)
             ));
+        }
+    }
+    if !i.dns.is_empty() {
+        if !i.dns.servers.is_empty() {
+            let servers: Vec<String> = i.dns.servers.iter().map(|s| s.to_string()).collect();
+            s.push_str(&format!("  dns          {}\n", servers.join(", ")));
+        }
+        if !i.dns.search.is_empty() {
+            s.push_str(&format!("  search       {}\n", i.dns.search.join(" ")));
         }
     }
     // Relaying between peers needs two of them.

@@ -16,6 +16,7 @@ pub mod apply;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dns;
 pub mod engine;
 pub mod gro;
 pub mod hooks;

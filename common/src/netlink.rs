@@ -412,6 +412,8 @@ pub enum Added {
         path: String,
         old: String,
     },
+    /// Name servers set through resolvconf or resolvectl (`dns`).
+    Dns(crate::dns::Undo),
 }
 
 /// What `up` added, in order; `undo` removes it in reverse.
@@ -455,6 +457,10 @@ impl Teardown {
                         source: e,
                     })
                 }
+                Added::Dns(undo) => undo.run().map_err(|m| NetlinkError {
+                    what: "taking back the name servers".into(),
+                    source: std::io::Error::other(m),
+                }),
             };
             if let Err(e) = r {
                 errors.push(e);

@@ -9,6 +9,7 @@
 //! MTU = 1420                        mtu = 1420
 //! Table = off | auto | main | 1234  table = "off" | (left out) | "main" | 1234
 //! FwMark = 0x1234                   fwmark = 0x1234
+//! DNS = 10.0.0.1, corp.example      dns = ["10.0.0.1", "corp.example"]
 //! PostUp = cmd                      post_up = ["cmd"]      (PreUp, PreDown, PostDown alike)
 //! [Peer]                            [[peer]]
 //! PublicKey / PresharedKey          public_key / preshared_key
@@ -18,9 +19,9 @@
 //!
 //! A `# name` comment right after a `[Peer]` header (as `export` writes it) or right above it
 //! is the peer's `name`. Comments start with `#` (anywhere) or `;` (at the start of a line).
-//! What suidao does not carry yet (DNS), `SaveConfig` (suidao never rewrites a config behind
-//! the user's back) and keys it does not know are not a refusal: `import` leaves them out and
-//! says so, one warning each, with its line.
+//! `SaveConfig` (suidao never rewrites a config behind the user's back) and keys it does not
+//! know are not a refusal: `import` leaves them out and says so, one warning each, with its
+//! line.
 
 use crate::config::Config;
 use std::fmt::Write as _;
@@ -185,6 +186,7 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
                 "mtu",
                 "table",
                 "fwmark",
+                "dns",
                 "preup",
                 "postup",
                 "predown",
@@ -205,8 +207,9 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
                 continue;
             }
             let why = match lower.as_str() {
-                "saveconfig" => "suidao never rewrites a config behind your back, so this is left out",
-                "dns" => "suidao does not set name servers yet: left out (set them yourself, e.g. with a post_up hook)",
+                "saveconfig" => {
+                    "suidao never rewrites a config behind your back, so this is left out"
+                }
                 _ => "not a wg-quick key suidao knows: left out",
             };
             warnings.push(format!("line {line}: {k} = {v}: {why}"));
@@ -261,6 +264,10 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
                     }
                     Err(_) => return Err(format!("FwMark {m:?} is not a number")),
                 }
+            }
+            let dns = s.all("DNS");
+            if !dns.is_empty() {
+                let _ = writeln!(out, "dns = {}", quoted(&dns));
             }
             for (key, toml_key) in [
                 ("PreUp", "pre_up"),
@@ -334,6 +341,9 @@ pub fn export(c: &Config) -> String {
     }
     if let Some(m) = i.fwmark {
         let _ = writeln!(out, "FwMark = 0x{m:x}");
+    }
+    if !i.dns.is_empty() {
+        let _ = writeln!(out, "DNS = {}", i.dns.entries().join(", "));
     }
     for (key, cmds) in [
         ("PreUp", &i.hooks.pre_up),
@@ -475,15 +485,16 @@ mod tests {
             "x",
         )
         .unwrap();
-        assert_eq!(i.warnings.len(), 3, "{:?}", i.warnings);
+        assert_eq!(i.warnings.len(), 2, "{:?}", i.warnings);
+        assert!(i.toml.contains("dns = [\"1.1.1.1\"]"), "{}", i.toml);
         assert!(
-            i.warnings[0].starts_with("line 3: DNS = 1.1.1.1:"),
+            i.warnings[0].starts_with("line 5: SaveConfig")
+                && i.warnings[0].contains("never rewrites"),
             "{:?}",
             i.warnings
         );
-        assert!(i.warnings[1].contains("never rewrites"), "{:?}", i.warnings);
         assert!(
-            i.warnings[2].starts_with("line 6: Fancy"),
+            i.warnings[1].starts_with("line 6: Fancy"),
             "{:?}",
             i.warnings
         );

@@ -20,7 +20,7 @@ pub mod wggo;
 
 pub use netns::Netns;
 pub use process::Process;
-pub use require::require;
+pub use require::{require, unmet};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

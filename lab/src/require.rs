@@ -41,7 +41,13 @@ pub fn require(test: &str, tools: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let msg = format!("{test} needs {}", missing.join(", "));
+    unmet(test, &missing.join(", "))
+}
+
+/// A need `require` cannot check (a particular flavour of a tool, say): prints a loud SKIPPED
+/// line and returns false, or panics when `CI=true`.
+pub fn unmet(test: &str, need: &str) -> bool {
+    let msg = format!("{test} needs {need}");
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}; under CI=true this is a failure, not a skip (does .ci/run install it?)");
     }

@@ -139,6 +139,11 @@ fn bad_configs_fail_with_one_clear_line() {
             vec!["table-zero.toml:5", "interface.table", "not a table"],
         ),
         (
+            "dns-line.toml",
+            format!("{head}dns = [\"10.99.0.1\", \"corp.example\\nnameserver 198.18.0.66\"]\n"),
+            vec!["dns-line.toml:5", "interface.dns", "neither an IP address"],
+        ),
+        (
             "fwmark-type.toml",
             format!("{head}fwmark = \"0x1234\"\n"),
             vec!["fwmark-type.toml:5", "interface.fwmark", "without quotes"],
@@ -197,7 +202,7 @@ fn bad_configs_fail_with_one_clear_line() {
         d,
         "good.toml",
         &format!(
-            "[interface]\nname = \"sdgood\"\nprivate_key_file = \"good.key\"\naddress = [\"10.99.0.1/24\"]\npost_up = [\"nft list ruleset\", \"echo %i\"]\n\n[[peer]]\nname = \"alice\"\npublic_key = \"{pk1}\"\nallowed_ips = [\"10.99.0.2/32\"]\n"
+            "[interface]\nname = \"sdgood\"\nprivate_key_file = \"good.key\"\naddress = [\"10.99.0.1/24\"]\ndns = [\"10.99.0.53\", \"fd99::53\", \"corp.example\"]\npost_up = [\"nft list ruleset\", \"echo %i\"]\n\n[[peer]]\nname = \"alice\"\npublic_key = \"{pk1}\"\nallowed_ips = [\"10.99.0.2/32\"]\n"
         ),
     );
     let out = Command::new(bin_path("suidao-server").unwrap())
@@ -219,6 +224,8 @@ fn bad_configs_fail_with_one_clear_line() {
         "mtu          1420",
         "post_up      nft list ruleset",
         "post_up      echo %i",
+        "dns          10.99.0.53, fd99::53",
+        "search       corp.example",
     ] {
         assert!(text.contains(e), "check output lacks {e:?}:\n{text}");
     }

@@ -10,40 +10,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use suidao_lab::netlink::add_addr;
-use suidao_lab::suidao::{bin_path, ping, ping_until, NodeSpec, Role, TempDir};
+use suidao_lab::suidao::{ping, ping_until, NodeSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
-use suidao_lab::Process;
+use suidao_tests::etc::{up_in, NetnsEtc};
 use suidao_tests::vpn::{CLIENT_V4, PORT, SERVER_V4};
 
 const NAME: &str = "vpn-server.test";
-
-/// `/etc/netns/NS/`, removed when the test ends however it ends.
-struct NetnsEtc(PathBuf);
-
-impl NetnsEtc {
-    fn hosts(ns: &str, text: &str) -> NetnsEtc {
-        let dir = PathBuf::from("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("hosts"), text).unwrap();
-        NetnsEtc(dir)
-    }
-
-    /// Rewrites the hosts file in place (the bind mount holds on to the file, not the name).
-    fn set(&self, text: &str) {
-        std::fs::write(self.0.join("hosts"), text).unwrap();
-    }
-}
-
-impl Drop for NetnsEtc {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_dir("/etc/netns");
-    }
-}
 
 #[test]
 fn a_server_whose_name_moves_is_reached_again_without_a_restart() {
@@ -65,29 +39,20 @@ fn a_server_whose_name_moves_is_reached_again_without_a_restart() {
     let server_node = server
         .start(&lab.server.ns, Role::Server, dir.path())
         .unwrap();
-    let etc = NetnsEtc::hosts(lab.client.ns.name(), &format!("{old} {NAME}\n"));
+    let etc = NetnsEtc::new(lab.client.ns.name()).unwrap();
+    etc.write("hosts", &format!("{old} {NAME}\n")).unwrap();
     let config = client.write(dir.path()).unwrap();
     let log_path = dir.path().join("client.log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", lab.client.ns.name()])
-        .arg(bin_path("suidao-client").unwrap())
-        .args(["up", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env("SUIDAO_TEST_CLOCK_SCALE", "10")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut client_process = Process::new("suidao-client", child);
+    let mut client_process = up_in(
+        &etc,
+        "suidao-client",
+        &config,
+        &client.ifname,
+        &log_path,
+        &[("SUIDAO_TEST_CLOCK_SCALE", "10")],
+    )
+    .unwrap();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while suidao_common::status::query(&client.ifname).is_err() {
-        assert!(client_process.is_running(), "{}", log());
-        assert!(Instant::now() < deadline, "not up\n{}", log());
-        std::thread::sleep(Duration::from_millis(25));
-    }
     assert!(
         ping_until(&lab.client.ns, SERVER_V4, Duration::from_secs(10)).unwrap(),
         "through the tunnel to {NAME} = {old}\n{}\n{}",
@@ -105,7 +70,7 @@ fn a_server_whose_name_moves_is_reached_again_without_a_restart() {
             Ok(())
         })
         .unwrap();
-    etc.set(&format!("{new} {NAME}\n"));
+    etc.write("hosts", &format!("{new} {NAME}\n")).unwrap();
     assert!(
         !ping(&lab.client.ns, &old.to_string(), 1).unwrap(),
         "the old address is gone"
