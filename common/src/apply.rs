@@ -9,12 +9,12 @@
 //! which cannot fail once planned. So a refused change leaves the device, its sessions and its
 //! routes exactly as they were.
 
-use crate::allowed_ips::Cidr;
-use crate::keys::{PresharedKey, PublicKey};
-use crate::proto::{Device, PeerConfig, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
+use suidao_proto::allowed_ips::Cidr;
+use suidao_proto::keys::{PresharedKey, PublicKey};
+use suidao_proto::{Device, PeerConfig, PeerId};
 
 /// A peer as it should be.
 #[derive(Clone, Debug, PartialEq)]
@@ -240,7 +240,8 @@ pub fn apply_to_device(device: &Device, plan: &Plan) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::keys::PrivateKey;
+    use rand_core::OsRng;
+    use suidao_proto::keys::PrivateKey;
 
     fn cidr(s: &str) -> Cidr {
         s.parse().unwrap()
@@ -254,11 +255,11 @@ mod tests {
 
     #[test]
     fn plan_is_the_difference_with_the_device() {
-        let dev = Device::new(PrivateKey::generate());
+        let dev = Device::new(PrivateKey::generate(&mut OsRng), OsRng);
         let (a, b, c) = (
-            PrivateKey::generate().public_key(),
-            PrivateKey::generate().public_key(),
-            PrivateKey::generate().public_key(),
+            PrivateKey::generate(&mut OsRng).public_key(),
+            PrivateKey::generate(&mut OsRng).public_key(),
+            PrivateKey::generate(&mut OsRng).public_key(),
         );
         let now = [spec(a, &["10.0.0.2/32"]), spec(b, &["10.0.0.3/32"])];
         let p = plan(&dev, &HashMap::new(), &now).unwrap();
@@ -284,10 +285,10 @@ mod tests {
 
     #[test]
     fn a_set_that_cannot_be_applied_whole_is_refused_before_anything_changes() {
-        let dev = Device::new(PrivateKey::generate());
+        let dev = Device::new(PrivateKey::generate(&mut OsRng), OsRng);
         let (a, b) = (
-            PrivateKey::generate().public_key(),
-            PrivateKey::generate().public_key(),
+            PrivateKey::generate(&mut OsRng).public_key(),
+            PrivateKey::generate(&mut OsRng).public_key(),
         );
         let own = dev.public_key();
         assert_eq!(

@@ -2,11 +2,14 @@
 //! `suidao-client` and `suidao-server` stay thin: parse, load, hand to the engine.
 
 use crate::config::Config;
-use crate::{engine, keys, status};
+use crate::{engine, status};
 use clap::Subcommand;
+use rand_core::OsRng;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use suidao_proto::keys::{self, KeyError, PrivateKey};
+use zeroize::Zeroizing;
 
 #[derive(Subcommand, Debug)]
 pub enum Common {
@@ -372,13 +375,13 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
         Common::Genkey | Common::Genpsk => {
             warn_if_stdout_is_open_to_others();
             let key = match cmd {
-                Common::Genkey => keys::genkey_text(),
-                _ => keys::PresharedKey::generate().to_base64(),
+                Common::Genkey => PrivateKey::generate(&mut OsRng).to_base64(),
+                _ => keys::PresharedKey::generate(&mut OsRng).to_base64(),
             };
             let _ = writeln!(std::io::stdout(), "{}", *key);
             ExitCode::SUCCESS
         }
-        Common::Pubkey => match keys::pubkey_text(std::io::stdin().lock()) {
+        Common::Pubkey => match pubkey_text(std::io::stdin().lock()) {
             Ok(public) => {
                 println!("{public}");
                 ExitCode::SUCCESS
@@ -451,9 +454,29 @@ pub fn run(program: &str, cmd: Common, command: fn() -> clap::Command) -> ExitCo
     }
 }
 
+/// `pubkey`: the public key for the base64 private key read from `input` (what `wg pubkey`
+/// does with its standard input).
+fn pubkey_text(mut input: impl std::io::Read) -> Result<String, KeyError> {
+    let mut text = Zeroizing::new(String::new());
+    input
+        .read_to_string(&mut text)
+        .map_err(|_| KeyError::Base64)?;
+    let key: PrivateKey = text.parse()?;
+    Ok(key.public_key().to_base64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pubkey_text_is_wg_pubkey() {
+        let key = PrivateKey::generate(&mut OsRng);
+        let public = pubkey_text(format!("{}\n", *key.to_base64()).as_bytes()).unwrap();
+        assert_eq!(public, key.public_key().to_base64());
+        assert_eq!(pubkey_text(&b"nonsense"[..]), Err(KeyError::Length(6)));
+        assert_eq!(pubkey_text(&b"no!"[..]), Err(KeyError::Base64));
+    }
 
     /// Colour only on a terminal, and NO_COLOR (any non-empty value) turns it off.
     #[test]

@@ -12,8 +12,8 @@
 //! _TIME (120 s) passes in 120/N real seconds. It is a test-only setting: release builds ignore
 //! it, and no config file has it.
 
-use crate::proto::Time;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use suidao_proto::Time;
 
 fn since_epoch() -> Duration {
     SystemTime::now()

@@ -2,8 +2,6 @@
 //! unknown keys refused. Loading validates everything before anything is touched, and every
 //! error is one line naming the file, the line (where known) and the key.
 
-use crate::allowed_ips::Cidr;
-use crate::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -11,6 +9,8 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+use suidao_proto::allowed_ips::Cidr;
+use suidao_proto::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 use toml::Spanned;
 use zeroize::Zeroizing;
 
@@ -798,9 +798,10 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_core::OsRng;
 
     fn key() -> String {
-        PrivateKey::generate().to_base64().to_string()
+        PrivateKey::generate(&mut OsRng).to_base64().to_string()
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -809,7 +810,7 @@ mod tests {
 
     #[test]
     fn minimal_and_full() {
-        let pk = PrivateKey::generate().public_key();
+        let pk = PrivateKey::generate(&mut OsRng).public_key();
         let c = parse(&format!(
             "[interface]\nname = \"sd0\"\nprivate_key = \"{}\"\nlisten_port = 51820\naddress = [\"10.99.0.1/24\", \"fd99::1/64\"]\n\n[[peer]]\nname = \"alice\"\npublic_key = \"{pk}\"\nallowed_ips = [\"10.99.0.2/32\", \"fd99::2/128\"]\nendpoint = \"198.18.0.2:51820\"\npersistent_keepalive = 25\n",
             key()
@@ -850,15 +851,15 @@ mod tests {
             e.starts_with("/tmp/x.toml:3: interface.private_key: "),
             "{e}"
         );
-        let e = error_of(&format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/33\"]\n", PrivateKey::generate().public_key()));
+        let e = error_of(&format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/33\"]\n", PrivateKey::generate(&mut OsRng).public_key()));
         assert!(e.starts_with("/tmp/x.toml:6: peer[0].allowed_ips: "), "{e}");
-        let p = PrivateKey::generate().public_key();
+        let p = PrivateKey::generate(&mut OsRng).public_key();
         let e = error_of(&format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n[[peer]]\npublic_key = \"{p}\"\n[[peer]]\npublic_key = \"{p}\"\n"));
         assert!(
             e.contains("peer[1].public_key: the same public key as peer[0]"),
             "{e}"
         );
-        let e = error_of(&format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/24\"]\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/24\"]\n", PrivateKey::generate().public_key(), PrivateKey::generate().public_key()));
+        let e = error_of(&format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/24\"]\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.0/24\"]\n", PrivateKey::generate(&mut OsRng).public_key(), PrivateKey::generate(&mut OsRng).public_key()));
         assert!(e.contains("already claimed by peer[0]"), "{e}");
         let e = error_of(&format!(
             "[interface]\nname = \"much-too-long-name\"\nprivate_key = \"{k}\"\n"

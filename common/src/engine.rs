@@ -20,16 +20,13 @@
 
 use crate::config::{Config, InterfaceAddress, Table};
 use crate::gro::Coalescer;
-use crate::keys::PublicKey;
 use crate::netlink::{self, Added, NetlinkError, Teardown};
-use crate::proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
-use crate::proto::messages::Message;
-use crate::proto::{ip, Device, DropReason, Endpoint, Outgoing, Received, Sent};
 use crate::tun::{Tun, IDEAL_BATCH_SIZE, MAX_READ};
 use crate::uapi::{self, ApiState};
 use crate::udp::{SendError, Udp};
 use crate::{apply, clock, hooks, notify};
 use quinn_udp::RecvMeta;
+use rand_core::OsRng;
 use std::collections::{HashMap, HashSet};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +36,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use suidao_proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
+use suidao_proto::keys::PublicKey;
+use suidao_proto::messages::Message;
+use suidao_proto::{ip, Device, DropReason, Endpoint, Outgoing, Received, Sent};
 use tracing::{debug, info, warn};
 
 /// Handshake messages waiting for the handshake thread, at most.
@@ -154,7 +155,7 @@ impl Shared {
         }
     }
 
-    fn peer_name(&self, id: crate::proto::PeerId) -> String {
+    fn peer_name(&self, id: suidao_proto::PeerId) -> String {
         let Some(info) = self.device.peer_info(id) else {
             return format!("peer {id}");
         };
@@ -257,7 +258,10 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// Which of the peers' prefixes become routes through the interface, as `table` says: in the
 /// main table every one but the default routes (`0.0.0.0/0`, `::/0`), which make a full
 /// tunnel instead (see `full_tunnel`); in a table of the config's every one; with `off` none.
-fn routed(table: Table, prefixes: &[crate::allowed_ips::Cidr]) -> Vec<crate::allowed_ips::Cidr> {
+fn routed(
+    table: Table,
+    prefixes: &[suidao_proto::allowed_ips::Cidr],
+) -> Vec<suidao_proto::allowed_ips::Cidr> {
     match table {
         Table::Off => Vec::new(),
         Table::Auto => prefixes
@@ -279,7 +283,7 @@ fn route_table(table: Table) -> Option<u32> {
 }
 
 /// Routes `up` adds (see `routed`).
-pub fn planned_routes(config: &Config) -> Vec<crate::allowed_ips::Cidr> {
+pub fn planned_routes(config: &Config) -> Vec<suidao_proto::allowed_ips::Cidr> {
     let all: Vec<_> = config
         .peers
         .iter()
@@ -301,7 +305,7 @@ fn socket_mark(config: &Config) -> Option<u32> {
 /// Adds a route to `c` through `dev` in `table`; what to undo, if it was not there already.
 async fn add_peer_route(
     h: &rtnetlink::Handle,
-    c: &crate::allowed_ips::Cidr,
+    c: &suidao_proto::allowed_ips::Cidr,
     dev: &str,
     table: u32,
 ) -> Result<Option<Added>, NetlinkError> {
@@ -470,7 +474,7 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
         });
     }
 
-    let device = Arc::new(Device::new(config.interface.private_key.clone()));
+    let device = Arc::new(Device::new(config.interface.private_key.clone(), OsRng));
     device.set_mtu(config.interface.mtu as usize);
     // The config's peers go in by the same path a reload takes (on an empty device: all added).
     let plan = apply::plan(&device, &HashMap::new(), &desired_peers(&config, None))
@@ -739,7 +743,7 @@ fn configured_endpoints(config: &Config) -> HashSet<PublicKey> {
 
 /// The peers' routes `up` (or an earlier change) added through the interface in `table`,
 /// each with its teardown entry.
-fn our_routes(live: &Live<'_>, table: u32) -> Vec<(crate::allowed_ips::Cidr, Added)> {
+fn our_routes(live: &Live<'_>, table: u32) -> Vec<(suidao_proto::allowed_ips::Cidr, Added)> {
     let dev = &live.config.interface.name;
     live.td
         .items()
@@ -758,7 +762,7 @@ fn our_routes(live: &Live<'_>, table: u32) -> Vec<(crate::allowed_ips::Cidr, Add
             if d != dev {
                 return None;
             }
-            Some((crate::allowed_ips::Cidr::new(*dst, *len)?, a.clone()))
+            Some((suidao_proto::allowed_ips::Cidr::new(*dst, *len)?, a.clone()))
         })
         .collect()
 }
@@ -779,7 +783,7 @@ async fn del_peer_route(h: &rtnetlink::Handle, a: &Added) -> Result<(), NetlinkE
 
 /// Debug builds only: `SUIDAO_TEST_FAIL_ROUTE=PREFIX` makes adding a route to PREFIX fail, so
 /// the tests can see a change refused at its last step and taken back whole.
-fn injected_route_failure(c: &crate::allowed_ips::Cidr) -> Option<String> {
+fn injected_route_failure(c: &suidao_proto::allowed_ips::Cidr) -> Option<String> {
     #[cfg(debug_assertions)]
     {
         let bad = std::env::var("SUIDAO_TEST_FAIL_ROUTE").ok()?;
@@ -1362,7 +1366,7 @@ fn receive_one(
     w: &Worker,
     from: Endpoint,
     datagram: &mut [u8],
-    now: crate::proto::Time,
+    now: suidao_proto::Time,
     out: &mut Vec<Outgoing>,
     relay: &mut [u8],
 ) -> Option<std::ops::Range<usize>> {
@@ -1415,7 +1419,7 @@ fn write_tun(s: &Shared, w: &Worker, gro: &mut Coalescer, rx: &mut [u8]) {
 }
 
 /// Whether an opened packet is for another peer (relay it) rather than for this host.
-fn hairpin(s: &Shared, from_peer: crate::proto::PeerId, packet: &[u8]) -> bool {
+fn hairpin(s: &Shared, from_peer: suidao_proto::PeerId, packet: &[u8]) -> bool {
     let Some(dst) = ip::destination(packet) else {
         return false;
     };
@@ -1433,7 +1437,7 @@ fn queue_handshake(
     s: &Shared,
     from: Endpoint,
     datagram: &[u8],
-    now: crate::proto::Time,
+    now: suidao_proto::Time,
     out: &mut Vec<Outgoing>,
 ) {
     if let Some(verdict) = s.device.triage_handshake(from, datagram, now, out) {

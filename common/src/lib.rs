@@ -1,17 +1,14 @@
-//! suidao-common: everything `suidao-client` and `suidao-server` share.
+//! suidao-common: everything `suidao-client` and `suidao-server` share around the protocol,
+//! which is a crate of its own (`suidao-proto`: no I/O, no randomness of its own).
 //!
-//! - [`proto`]: the WireGuard protocol, sans-I/O.
-//! - [`keys`]: private, public and pre-shared keys.
-//! - [`allowed_ips`]: cryptokey routing's prefix table.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`engine`]: threads and control plane around the protocol core.
 //! - [`apply`]: the one path by which a running interface's peers change (reload, `wg set`).
 //! - [`tun`], [`udp`], [`netlink`]: the Linux side.
 //! - [`uapi`], [`status`]: the WireGuard userspace API socket (`wg show`, `wg set`, `status`).
 //! - [`cli`]: the commands both binaries share.
-//! - [`clock`]: the real clock, read here and passed into `proto`.
+//! - [`clock`]: the real clock, read here and passed into `suidao_proto`.
 
-pub mod allowed_ips;
 pub mod apply;
 pub mod cli;
 pub mod clock;
@@ -20,11 +17,9 @@ pub mod dns;
 pub mod engine;
 pub mod gro;
 pub mod hooks;
-pub mod keys;
 pub mod netlink;
 pub mod notify;
 pub mod poll;
-pub mod proto;
 pub mod provision;
 pub mod status;
 pub mod tun;

@@ -6,13 +6,14 @@
 //! suidao-client and `NAME.conf` for wg-quick and the WireGuard apps (also as a QR code). Every
 //! file is written to a temporary name and renamed, so a crash never leaves half a file.
 
-use crate::allowed_ips::Cidr;
 use crate::config::{check_endpoint, Config, InterfaceAddress};
-use crate::keys::{PresharedKey, PrivateKey};
+use rand_core::OsRng;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use suidao_proto::allowed_ips::Cidr;
+use suidao_proto::keys::{PresharedKey, PrivateKey};
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
 pub struct AddClient<'a> {
@@ -153,14 +154,14 @@ pub fn add_client(req: &AddClient<'_>) -> Result<Added, String> {
         }
     }
 
-    let key = PrivateKey::generate();
+    let key = PrivateKey::generate(&mut OsRng);
     let public = key.public_key();
     if server.peers.iter().any(|p| p.public_key == public)
         || public == server.interface.private_key.public_key()
     {
         return Err("the generated key is taken (run again)".into());
     }
-    let psk = PresharedKey::generate();
+    let psk = PresharedKey::generate(&mut OsRng);
     let taken: Vec<Cidr> = server
         .peers
         .iter()
@@ -325,8 +326,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("suidao-prov-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("server.toml");
-        let key = PrivateKey::generate();
-        let existing = PrivateKey::generate().public_key();
+        let key = PrivateKey::generate(&mut OsRng);
+        let existing = PrivateKey::generate(&mut OsRng).public_key();
         let text = format!(
             "# my server\n[interface]\nname = \"sd0\"   # the tunnel\nprivate_key = \"{}\"\nlisten_port = 51820\naddress = [\"10.99.0.1/24\", \"fd99::1/64\"]\npublic_endpoint = \"198.18.0.1:51820\"\n\n# alice is first\n[[peer]]\nname = \"alice\"\npublic_key = \"{existing}\"\nallowed_ips = [\"10.99.0.2/32\", \"fd99::2/128\"]\n",
             key.to_base64().as_str()

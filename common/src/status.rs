@@ -20,7 +20,7 @@ pub fn interfaces() -> Vec<String> {
 
 fn hex_to_base64(hex: &str) -> String {
     use base64::Engine;
-    match crate::keys::from_hex(hex) {
+    match suidao_proto::keys::from_hex(hex) {
         Ok(b) => base64::engine::general_purpose::STANDARD.encode(*b),
         Err(_) => hex.to_string(),
     }

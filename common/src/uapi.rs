@@ -6,10 +6,7 @@
 //! names and the drop counters by reason. `suidao-client status` and `suidao-server status`
 //! use it.
 
-use crate::allowed_ips::Cidr;
 use crate::apply;
-use crate::keys::{from_hex, PresharedKey, PrivateKey, PublicKey};
-use crate::proto::Device;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -18,6 +15,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use suidao_proto::allowed_ips::Cidr;
+use suidao_proto::keys::{from_hex, PresharedKey, PrivateKey, PublicKey};
+use suidao_proto::Device;
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 /// Requests are small; anything bigger is refused.
@@ -489,10 +489,11 @@ pub fn request(ifname: &str, op: &str) -> io::Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_core::OsRng;
 
     fn state() -> (ApiState, PrivateKey) {
-        let key = PrivateKey::generate();
-        let device = Arc::new(Device::new(key.clone()));
+        let key = PrivateKey::generate(&mut OsRng);
+        let device = Arc::new(Device::new(key.clone(), OsRng));
         (
             ApiState {
                 ifname: "sdtest".into(),
@@ -510,8 +511,8 @@ mod tests {
     #[test]
     fn set_then_get_like_wg() {
         let (s, key) = state();
-        let peer = PrivateKey::generate().public_key();
-        let psk = PresharedKey::generate();
+        let peer = PrivateKey::generate(&mut OsRng).public_key();
+        let psk = PresharedKey::generate(&mut OsRng);
         let req = format!(
             "set=1\npublic_key={}\npreshared_key={}\nendpoint=198.18.0.2:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.99.0.2/32\nallowed_ip=fd99::2/128\n\n",
             peer.to_hex(),
@@ -548,7 +549,7 @@ mod tests {
         assert_eq!(s.handle("nonsense\n\n"), "errno=22\n\n");
         assert_eq!(s.handle("set=1\nallowed_ip=10.0.0.0/8\n\n"), "errno=22\n\n");
         assert_eq!(s.handle("set=1\nlisten_port=1\n\n"), "errno=95\n\n");
-        let other = PrivateKey::generate();
+        let other = PrivateKey::generate(&mut OsRng);
         assert_eq!(
             s.handle(&format!(
                 "set=1\nprivate_key={}\n\n",
@@ -556,7 +557,7 @@ mod tests {
             )),
             "errno=95\n\n"
         );
-        let peer = PrivateKey::generate().public_key();
+        let peer = PrivateKey::generate(&mut OsRng).public_key();
         assert_eq!(
             s.handle(&format!(
                 "set=1\npublic_key={}\nupdate_only=true\n\n",
@@ -590,7 +591,7 @@ mod tests {
     #[test]
     fn set_behaves_as_wireguard_go() {
         let (s, key) = state();
-        let unknown = PrivateKey::generate().public_key();
+        let unknown = PrivateKey::generate(&mut OsRng).public_key();
         let req = format!(
             "set=1\npublic_key={}\nremove=true\nendpoint=198.18.0.9:1\nallowed_ip=10.1.0.0/16\n\n",
             unknown.to_hex()
@@ -610,7 +611,7 @@ mod tests {
         assert_eq!(s.handle(&req), "errno=0\n\n");
         assert!(s.device.peer_ids().is_empty(), "own key ignored");
         // A bad line is refused even for an ignored peer, and nothing of the request applies.
-        let peer = PrivateKey::generate().public_key();
+        let peer = PrivateKey::generate(&mut OsRng).public_key();
         let req = format!(
             "set=1\npublic_key={}\nallowed_ip=10.3.0.0/16\npublic_key={}\nallowed_ip=banana\n\n",
             peer.to_hex(),
@@ -641,7 +642,7 @@ mod tests {
     fn concurrent_sets_do_not_interleave() {
         let (s, _) = state();
         let s = Arc::new(s);
-        let peer = PrivateKey::generate().public_key();
+        let peer = PrivateKey::generate(&mut OsRng).public_key();
         let request = |third: u8| {
             let mut r = format!(
                 "set=1\npublic_key={}\nreplace_allowed_ips=true\n",

@@ -17,7 +17,6 @@
 //! Replies leave from the address the peer sent to (`Endpoint::local`, IP_PKTINFO /
 //! IPV6_PKTINFO); if that address is gone, from whatever routing picks.
 
-use crate::proto::Endpoint;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
@@ -27,6 +26,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use suidao_proto::Endpoint;
 
 /// Socket buffers large enough for bursts at several gigabits per second.
 const SOCKET_BUFFER: usize = 8 << 20;

@@ -379,17 +379,18 @@ pub fn export(c: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{PresharedKey, PrivateKey};
+    use rand_core::OsRng;
     use std::path::Path;
+    use suidao_proto::keys::{PresharedKey, PrivateKey};
 
     /// A section's kind and its keys with their sorted values.
     type Normal = (String, Vec<(String, Vec<String>)>);
 
     fn sample() -> String {
-        let k = PrivateKey::generate().to_base64();
-        let p1 = PrivateKey::generate().public_key();
-        let p2 = PrivateKey::generate().public_key();
-        let psk = PresharedKey::generate().to_base64();
+        let k = PrivateKey::generate(&mut OsRng).to_base64();
+        let p1 = PrivateKey::generate(&mut OsRng).public_key();
+        let p2 = PrivateKey::generate(&mut OsRng).public_key();
+        let psk = PresharedKey::generate(&mut OsRng).to_base64();
         format!(
             "[Interface]\n# a comment\nPrivateKey = {}\nAddress = 10.8.0.1/24, fd08::1/64\nListenPort = 51820\nMTU = 1380\nPostUp = echo up %i\nPostUp = echo again\n\n[Peer]\nPublicKey = {p1}\nPresharedKey = {}\nAllowedIPs = 10.8.0.2/32, fd08::2/128\nAllowedIPs = 192.0.2.0/24\nPersistentKeepalive = 25\n\n[peer]\npublickey = {p2}\nendpoint = [2001:db8::1]:51820\nallowedips = 10.8.0.3/32\n",
             k.as_str(),
@@ -399,8 +400,8 @@ mod tests {
 
     /// Two more files: an IPv4-only client and an IPv6-only server.
     fn samples() -> Vec<String> {
-        let k = || PrivateKey::generate().to_base64().to_string();
-        let p = || PrivateKey::generate().public_key().to_string();
+        let k = || PrivateKey::generate(&mut OsRng).to_base64().to_string();
+        let p = || PrivateKey::generate(&mut OsRng).public_key().to_string();
         vec![
             sample(),
             format!(
@@ -476,7 +477,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_warnings_and_bad_text_is_refused() {
-        let k = PrivateKey::generate().to_base64();
+        let k = PrivateKey::generate(&mut OsRng).to_base64();
         let i = import(
             &format!(
                 "[Interface]\nPrivateKey = {}\r\nDNS = 1.1.1.1 # the provider's\r\n; SaveConfig was here\nSaveConfig = true\nFancy = 1\n",
@@ -515,10 +516,10 @@ mod tests {
     /// `# name` right after `[Peer]` (what export writes) or right above it; `;` comments.
     #[test]
     fn peer_name_comments_and_semicolon_comments() {
-        let k = PrivateKey::generate().to_base64();
+        let k = PrivateKey::generate(&mut OsRng).to_base64();
         let (p1, p2) = (
-            PrivateKey::generate().public_key(),
-            PrivateKey::generate().public_key(),
+            PrivateKey::generate(&mut OsRng).public_key(),
+            PrivateKey::generate(&mut OsRng).public_key(),
         );
         let text = format!(
             "; a provider's file\n[Interface]\nPrivateKey = {}\n\n# carol\n[Peer]\nPublicKey = {p1} # hers\nAllowedIPs = 10.0.0.2/32\n\n[Peer]\n# dave\nPublicKey = {p2}\nAllowedIPs = 10.0.0.3/32\n",

@@ -4,12 +4,13 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use rand_core::OsRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use suidao_common::keys::PrivateKey;
-use suidao_common::proto::{Device, PeerConfig, Received, Sent, Time};
+use suidao_proto::keys::PrivateKey;
+use suidao_proto::{Device, PeerConfig, Received, Sent, Time};
 
 struct Counting;
 
@@ -54,8 +55,14 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
 
 #[test]
 fn sealing_and_opening_allocate_nothing_once_the_session_is_up() {
-    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
-    let (a, b) = (Device::new(ka.clone()), Device::new(kb.clone()));
+    let (ka, kb) = (
+        PrivateKey::generate(&mut OsRng),
+        PrivateKey::generate(&mut OsRng),
+    );
+    let (a, b) = (
+        Device::new(ka.clone(), OsRng),
+        Device::new(kb.clone(), OsRng),
+    );
     let a_addr: SocketAddr = "198.18.0.1:1".parse().unwrap();
     let b_addr: SocketAddr = "198.18.0.2:2".parse().unwrap();
     let mut p = PeerConfig::new(kb.public_key());

@@ -10,9 +10,10 @@ use crate::suidao::{NodeSpec, Role, TempDir};
 use crate::topology::P2p;
 use crate::wggo::{WgPeer, WireguardGo};
 use anyhow::{bail, Result};
+use rand_core::OsRng;
 use serde_json::json;
 use std::net::SocketAddr;
-use suidao_common::keys::PrivateKey;
+use suidao_proto::keys::PrivateKey;
 
 pub struct Options {
     pub reps: usize,
@@ -116,7 +117,10 @@ pub fn run(opts: Options) -> Result<()> {
     // wireguard-go on 10.98.0.0/24, port 51830.
     let mut wg = Vec::new();
     if with_wggo {
-        let (ks, kc) = (PrivateKey::generate(), PrivateKey::generate());
+        let (ks, kc) = (
+            PrivateKey::generate(&mut OsRng),
+            PrivateKey::generate(&mut OsRng),
+        );
         wg.push(WireguardGo::start(
             &lab.server.ns,
             &ks.to_base64(),

@@ -28,7 +28,7 @@ struct Row {
 
 /// The network of a tunnel address ("10.99.0.1/24" -> "10.99.0.0/24").
 fn network_of(addr: &str) -> Result<String> {
-    let c: suidao_common::allowed_ips::Cidr = addr.parse()?;
+    let c: suidao_proto::allowed_ips::Cidr = addr.parse()?;
     Ok(c.to_string())
 }
 

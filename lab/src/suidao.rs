@@ -3,12 +3,13 @@
 
 use crate::{unique, Netns, Process};
 use anyhow::{bail, Context, Result};
+use rand_core::OsRng;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use suidao_common::keys::{PresharedKey, PrivateKey, PublicKey};
+use suidao_proto::keys::{PresharedKey, PrivateKey, PublicKey};
 
 /// Where suidao's binaries are: `$SUIDAO_BIN_DIR`, else next to the running executable (cargo
 /// puts test executables in target/<profile>/deps, binaries one level up).
@@ -104,7 +105,7 @@ impl NodeSpec {
     pub fn new(stem: &str) -> NodeSpec {
         NodeSpec {
             ifname: unique(stem),
-            private_key: PrivateKey::generate(),
+            private_key: PrivateKey::generate(&mut OsRng),
             listen_port: None,
             addresses: Vec::new(),
             peers: Vec::new(),

@@ -1,13 +1,14 @@
 //! An attacker's tools, for the hardening tests: junk of every shape, initiations with a valid
 //! mac1 from keys the server does not know, and reading packets back out of a capture file.
 
+use rand_core::OsRng;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use suidao_common::keys::{PrivateKey, PublicKey};
-use suidao_common::proto::constants::*;
-use suidao_common::proto::cookie::CookieGenerator;
-use suidao_common::proto::handshake::Handshake;
-use suidao_common::proto::time::Tai64N;
+use suidao_proto::constants::*;
+use suidao_proto::cookie::CookieGenerator;
+use suidao_proto::handshake::Handshake;
+use suidao_proto::keys::{PrivateKey, PublicKey};
+use suidao_proto::time::Tai64N;
 
 /// A small deterministic generator (xorshift64*), enough for junk.
 pub struct Rng(u64);
@@ -35,13 +36,18 @@ impl Rng {
 /// A handshake initiation to `server` from a fresh key the server does not know, with a valid
 /// mac1 (anyone who knows the server's public key can make one).
 pub fn initiation_from_stranger(server: &PublicKey) -> Vec<u8> {
-    let me = PrivateKey::generate();
+    let me = PrivateKey::generate(&mut OsRng);
     let mut hs = Handshake::new(&me, *server, None);
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let mut msg = hs
-        .create_initiation(&me, 0x5eed, Tai64N::from_since_epoch(since_epoch))
+        .create_initiation(
+            &me,
+            0x5eed,
+            Tai64N::from_since_epoch(since_epoch),
+            PrivateKey::generate(&mut OsRng),
+        )
         .map(|m| m.to_vec())
         .unwrap_or_default();
     CookieGenerator::new(server).add_macs(&mut msg, Instant::now());

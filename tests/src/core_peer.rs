@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use suidao_common::clock;
-use suidao_common::proto::{Device, Outgoing, Received, Sent};
 use suidao_lab::Netns;
+use suidao_proto::{Device, Outgoing, Received, Sent};
 
 pub struct CorePeer {
     pub device: Device,

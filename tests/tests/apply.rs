@@ -9,12 +9,13 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use rand_core::OsRng;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use suidao_common::keys::PrivateKey;
 use suidao_lab::netlink::{add_route, snapshot_of};
 use suidao_lab::suidao::{bin_path, ping, ping_until, run, PeerSpec};
+use suidao_proto::keys::PrivateKey;
 use suidao_tests::vpn::*;
 
 const FAILING_ROUTE: &str = "10.99.7.0/24";
@@ -83,9 +84,9 @@ fn reload_and_wg_set_share_one_path_that_never_half_applies() {
 
     // The file gains carol; a valid reload.
     let (carol, dave, erin) = (
-        PrivateKey::generate(),
-        PrivateKey::generate(),
-        PrivateKey::generate(),
+        PrivateKey::generate(&mut OsRng),
+        PrivateKey::generate(&mut OsRng),
+        PrivateKey::generate(&mut OsRng),
     );
     vpn.server_spec
         .peers
@@ -169,7 +170,7 @@ fn reload_and_wg_set_share_one_path_that_never_half_applies() {
         Ok(())
     })
     .unwrap();
-    let grace = PrivateKey::generate();
+    let grace = PrivateKey::generate(&mut OsRng);
     vpn.server_spec
         .peers
         .push(peer("grace", &grace, &["10.99.12.0/24"]));
@@ -185,7 +186,7 @@ fn reload_and_wg_set_share_one_path_that_never_half_applies() {
 
     // `wg set` goes the same way: a peer it adds gets its route, and the next reload from the
     // file (which does not have it) takes both away again.
-    let frank = PrivateKey::generate().public_key().to_base64();
+    let frank = PrivateKey::generate(&mut OsRng).public_key().to_base64();
     run(
         s,
         "wg",
@@ -218,7 +219,7 @@ fn reload_and_wg_set_share_one_path_that_never_half_applies() {
     // The userspace API as wireguard-go answers the real `wg`: removing a peer that does not
     // exist is fine; the interface's own key as a peer is ignored; an empty allowed-IPs list
     // clears them (and their routes).
-    let nobody = PrivateKey::generate().public_key().to_base64();
+    let nobody = PrivateKey::generate(&mut OsRng).public_key().to_base64();
     run(s, "wg", &["set", &ifname, "peer", &nobody, "remove"]).unwrap();
     let own = vpn.server_spec.public_key().to_base64();
     run(

@@ -141,10 +141,7 @@ fn genpsk_and_the_genkey_umask_warning() {
             "mode {mode:o}: {err:?}"
         );
         let key = std::fs::read_to_string(&path).unwrap();
-        assert!(key
-            .trim()
-            .parse::<suidao_common::keys::PrivateKey>()
-            .is_ok());
+        assert!(key.trim().parse::<suidao_proto::keys::PrivateKey>().is_ok());
     }
     let out = Command::new(bin_path("suidao-client").unwrap())
         .arg("genpsk")
@@ -154,7 +151,7 @@ fn genpsk_and_the_genkey_umask_warning() {
     let psk = String::from_utf8_lossy(&out.stdout);
     assert!(psk
         .trim()
-        .parse::<suidao_common::keys::PresharedKey>()
+        .parse::<suidao_proto::keys::PresharedKey>()
         .is_ok_and(|k| !k.is_zero()));
 }
 

@@ -3,10 +3,11 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use rand_core::OsRng;
 use std::path::Path;
 use std::process::Command;
-use suidao_common::keys::PrivateKey;
 use suidao_lab::suidao::{bin_path, write_secret, TempDir};
+use suidao_proto::keys::PrivateKey;
 
 /// Runs `suidao-server <cmd> -c FILE` and returns its single stderr line (asserting failure).
 fn one_line_error(cmd: &str, config: &Path) -> String {
@@ -32,9 +33,9 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 fn bad_configs_fail_with_one_clear_line() {
     let dir = TempDir::new().unwrap();
     let d = dir.path();
-    let key = PrivateKey::generate().to_base64().to_string();
-    let pk1 = PrivateKey::generate().public_key().to_string();
-    let pk2 = PrivateKey::generate().public_key().to_string();
+    let key = PrivateKey::generate(&mut OsRng).to_base64().to_string();
+    let pk1 = PrivateKey::generate(&mut OsRng).public_key().to_string();
+    let pk2 = PrivateKey::generate(&mut OsRng).public_key().to_string();
     let head =
         format!("[interface]\nname = \"sdbad\"\nprivate_key = \"{key}\"\nlisten_port = 51820\n");
 
@@ -242,7 +243,7 @@ fn a_port_in_use_fails_with_one_clear_line() {
     }
     let ns = suidao_lab::Netns::create(&suidao_lab::unique(suidao_lab::PREFIX)).unwrap();
     let dir = TempDir::new().unwrap();
-    let key = PrivateKey::generate().to_base64().to_string();
+    let key = PrivateKey::generate(&mut OsRng).to_base64().to_string();
     // The port held by a plain socket; and by another suidao's worker sockets (SO_REUSEPORT,
     // which would let a second group of the same user share the port if asked naively).
     // A port of its own each time: a socket just closed may still be held for a moment by a
@@ -323,7 +324,7 @@ fn a_name_taken_by_another_kind_of_link_is_named() {
     ns.netlink(|h| async move { suidao_lab::netlink::add_veth(&h, "sdtaken", "sdtaken-p").await })
         .unwrap();
     let dir = TempDir::new().unwrap();
-    let key = PrivateKey::generate().to_base64().to_string();
+    let key = PrivateKey::generate(&mut OsRng).to_base64().to_string();
     write_secret(&dir.path().join("k"), &key).unwrap();
     let cfg = write(
         dir.path(),
@@ -356,9 +357,9 @@ fn an_unresolvable_endpoint_name_is_a_warning_for_check_and_export() {
     }
     let ns = suidao_lab::Netns::create(&suidao_lab::unique(suidao_lab::PREFIX)).unwrap();
     let dir = TempDir::new().unwrap();
-    let key = PrivateKey::generate().to_base64().to_string();
+    let key = PrivateKey::generate(&mut OsRng).to_base64().to_string();
     write_secret(&dir.path().join("k"), &key).unwrap();
-    let pk = PrivateKey::generate().public_key().to_string();
+    let pk = PrivateKey::generate(&mut OsRng).public_key().to_string();
     let cfg = write(
         dir.path(),
         "named.toml",
@@ -404,7 +405,7 @@ fn up_with_cap_net_admin_but_not_root_says_what_it_needs() {
     std::fs::copy(bin_path("suidao-client").unwrap(), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let key = dir.join("k");
-    std::fs::write(&key, PrivateKey::generate().to_base64().as_str()).unwrap();
+    std::fs::write(&key, PrivateKey::generate(&mut OsRng).to_base64().as_str()).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let ifname = suidao_lab::unique("sdcap");
     let cfg = dir.join("cap.toml");

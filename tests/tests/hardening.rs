@@ -4,13 +4,14 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use rand_core::OsRng;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use suidao_common::proto::constants::COOKIE_REPLY_LEN;
 use suidao_lab::measure::{rss_kib, udp_counter};
 use suidao_lab::suidao::{ping, ping_until, Node, Role, TempDir};
+use suidao_proto::constants::COOKIE_REPLY_LEN;
 use suidao_tests::attack::{
     initiation_from_stranger, junk, send_paced, split_transport, udp_payloads, Rng,
 };
@@ -88,7 +89,7 @@ fn a_million_junk_datagrams_during_a_256_mib_transfer() {
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (answered, listener) = listen(sock.try_clone().unwrap(), stop.clone());
-    let checker = suidao_common::proto::cookie::CookieChecker::new(&a.server_spec.public_key());
+    let checker = suidao_proto::cookie::CookieChecker::new(&a.server_spec.public_key());
     let flood = std::thread::spawn(move || {
         let mut rng = Rng::new(0x1a2b3c);
         let mut with_mac1 = 0u64;
@@ -381,7 +382,7 @@ fn no_log_line_at_any_level_holds_key_material() {
     let lab = suidao_lab::topology::P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
     let (mut s, mut c) = suidao_tests::vpn::specs(&lab, false).unwrap();
-    let psk = suidao_common::keys::PresharedKey::generate();
+    let psk = suidao_proto::keys::PresharedKey::generate(&mut OsRng);
     s.peers[0].preshared_key = Some(psk.clone());
     c.peers[0].preshared_key = Some(psk.clone());
     let server = s.start(&lab.server.ns, Role::Server, dir.path()).unwrap();

@@ -5,12 +5,13 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use rand_core::OsRng;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use suidao_common::keys::{PresharedKey, PrivateKey};
-use suidao_common::proto::{Device, PeerConfig, Sent};
 use suidao_lab::topology::P2p;
 use suidao_lab::wggo::{WgPeer, WireguardGo};
+use suidao_proto::keys::{PresharedKey, PrivateKey};
+use suidao_proto::{Device, PeerConfig, Sent};
 use suidao_tests::core_peer::CorePeer;
 use suidao_tests::icmp;
 
@@ -28,8 +29,8 @@ struct Setup {
 
 fn setup(psk: Option<PresharedKey>, wg_knows_our_endpoint: bool) -> Setup {
     let lab = P2p::new().expect("building the p2p topology");
-    let wg_key = PrivateKey::generate();
-    let core_key = PrivateKey::generate();
+    let wg_key = PrivateKey::generate(&mut OsRng);
+    let core_key = PrivateKey::generate(&mut OsRng);
     let core_addr = SocketAddr::new(lab.client.v4, CORE_PORT);
     let wg_addr = SocketAddr::new(lab.server.v4, WG_PORT);
     let wg = WireguardGo::start(
@@ -46,7 +47,7 @@ fn setup(psk: Option<PresharedKey>, wg_knows_our_endpoint: bool) -> Setup {
         }],
     )
     .expect("starting wireguard-go");
-    let device = Device::new(core_key);
+    let device = Device::new(core_key, OsRng);
     let mut peer = PeerConfig::new(wg_key.public_key());
     peer.endpoint = Some(wg_addr);
     peer.allowed_ips = vec!["10.77.0.0/24".parse().unwrap()];
@@ -127,7 +128,7 @@ fn wireguard_go_initiates_with_psk_and_core_answers() {
     ) {
         return;
     }
-    let mut s = setup(Some(PresharedKey::generate()), true);
+    let mut s = setup(Some(PresharedKey::generate(&mut OsRng)), true);
     let mut ping = suidao_lab::Process::new(
         "ping",
         s.lab

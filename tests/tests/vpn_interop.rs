@@ -3,11 +3,12 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use rand_core::OsRng;
 use std::net::{IpAddr, SocketAddr};
-use suidao_common::keys::{PresharedKey, PrivateKey};
 use suidao_lab::suidao::{ping, NodeSpec, PeerSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
 use suidao_lab::wggo::{WgPeer, WireguardGo};
+use suidao_proto::keys::{PresharedKey, PrivateKey};
 use suidao_tests::vpn::*;
 
 const TRANSFER: u64 = 32 << 20;
@@ -46,8 +47,8 @@ fn suidao_client_to_wireguard_go_server() {
     }
     let lab = P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
-    let wg_key = PrivateKey::generate();
-    let psk = PresharedKey::generate();
+    let wg_key = PrivateKey::generate(&mut OsRng);
+    let psk = PresharedKey::generate(&mut OsRng);
     let mut client = NodeSpec::new("sdc");
     client.addresses = vec![format!("{CLIENT_V4}/24"), format!("{CLIENT_V6}/64")];
     client.peers.push(PeerSpec {
@@ -95,7 +96,7 @@ fn wireguard_go_client_to_suidao_server() {
     }
     let lab = P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
-    let wg_key = PrivateKey::generate();
+    let wg_key = PrivateKey::generate(&mut OsRng);
     let mut server = NodeSpec::new("sds");
     server.listen_port = Some(PORT);
     server.addresses = vec![format!("{SERVER_V4}/24"), format!("{SERVER_V6}/64")];

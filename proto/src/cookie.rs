@@ -11,7 +11,7 @@ use super::constants::*;
 use super::messages::{offsets::*, CookieReply};
 use super::noise::{hash, mac, xaead_open, xaead_seal};
 use crate::keys::PublicKey;
-use rand_core::{OsRng, RngCore};
+use rand_core::CryptoRngCore;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 use subtle::ConstantTimeEq;
@@ -70,29 +70,41 @@ impl CookieChecker {
         expected.ct_eq(&msg[m1..m2]).into()
     }
 
-    fn current_secret(&mut self, now: Instant) -> &[u8; 32] {
+    fn current_secret(&mut self, now: Instant, rng: &mut dyn CryptoRngCore) -> &[u8; 32] {
         let stale = self
             .secret_born
             .is_none_or(|born| now.saturating_duration_since(born) >= COOKIE_SECRET_MAX_AGE);
         if stale {
-            OsRng.fill_bytes(&mut *self.secret);
+            rng.fill_bytes(&mut *self.secret);
             self.secret_born = Some(now);
         }
         &self.secret
     }
 
-    fn cookie_for(&mut self, src: &SocketAddr, now: Instant) -> [u8; 16] {
+    fn cookie_for(
+        &mut self,
+        src: &SocketAddr,
+        now: Instant,
+        rng: &mut dyn CryptoRngCore,
+    ) -> [u8; 16] {
         let (addr, n) = address_bytes(src);
-        let secret = *self.current_secret(now);
+        let secret = *self.current_secret(now, rng);
         mac(&secret, &[&addr[..n]])
     }
 
-    /// mac2 of a handshake message is right for a cookie we would give `src` now.
-    pub fn check_mac2(&mut self, msg: &[u8], src: &SocketAddr, now: Instant) -> bool {
+    /// mac2 of a handshake message is right for a cookie we would give `src` now. (`rng`
+    /// makes a new secret when the last one is two minutes old.)
+    pub fn check_mac2(
+        &mut self,
+        msg: &[u8],
+        src: &SocketAddr,
+        now: Instant,
+        rng: &mut dyn CryptoRngCore,
+    ) -> bool {
         let Some((_, m2)) = mac_offsets(msg.len()) else {
             return false;
         };
-        let cookie = self.cookie_for(src, now);
+        let cookie = self.cookie_for(src, now, rng);
         let expected = mac(&cookie, &[&msg[..m2]]);
         expected.ct_eq(&msg[m2..m2 + 16]).into()
     }
@@ -104,14 +116,15 @@ impl CookieChecker {
         sender_index: u32,
         src: &SocketAddr,
         now: Instant,
+        rng: &mut dyn CryptoRngCore,
     ) -> Option<[u8; COOKIE_REPLY_LEN]> {
         let (m1, m2) = mac_offsets(msg.len())?;
-        let cookie = self.cookie_for(src, now);
+        let cookie = self.cookie_for(src, now, rng);
         let mut reply = [0u8; COOKIE_REPLY_LEN];
         reply[0] = MESSAGE_COOKIE_REPLY;
         reply[COOKIE_RECEIVER..COOKIE_RECEIVER + 4].copy_from_slice(&sender_index.to_le_bytes());
         let mut nonce = [0u8; 24];
-        OsRng.fill_bytes(&mut nonce);
+        rng.fill_bytes(&mut nonce);
         reply[COOKIE_NONCE..COOKIE_NONCE + 24].copy_from_slice(&nonce);
         let sealed = &mut reply[COOKIE_SEALED..COOKIE_SEALED + 32];
         sealed[..16].copy_from_slice(&cookie);
@@ -193,7 +206,8 @@ impl CookieGenerator {
 mod tests {
     use super::*;
     use crate::keys::PrivateKey;
-    use crate::proto::messages::Message;
+    use crate::messages::Message;
+    use rand::rngs::OsRng;
     use std::time::Duration;
 
     fn reply_view(bytes: &[u8]) -> CookieReply<'_> {
@@ -205,7 +219,7 @@ mod tests {
 
     #[test]
     fn mac1_then_cookie_round_trip_then_mac2() {
-        let responder = PrivateKey::generate().public_key();
+        let responder = PrivateKey::generate(&mut OsRng).public_key();
         let mut checker = CookieChecker::new(&responder);
         let mut gen = CookieGenerator::new(&responder);
         let now = Instant::now();
@@ -214,10 +228,12 @@ mod tests {
         gen.add_macs(&mut msg, now);
         assert!(checker.check_mac1(&msg));
         assert!(
-            !checker.check_mac2(&msg, &src, now),
+            !checker.check_mac2(&msg, &src, now, &mut OsRng),
             "no cookie yet, mac2 is zero"
         );
-        let reply = checker.create_reply(&msg, 42, &src, now).unwrap();
+        let reply = checker
+            .create_reply(&msg, 42, &src, now, &mut OsRng)
+            .unwrap();
         assert!(
             reply.len() < msg.len(),
             "a cookie reply is smaller than what provoked it"
@@ -228,28 +244,28 @@ mod tests {
         assert_eq!(gen.consume_reply(&view, now), Err(CookieError::Unexpected));
         gen.add_macs(&mut msg, now);
         assert!(checker.check_mac1(&msg));
-        assert!(checker.check_mac2(&msg, &src, now));
+        assert!(checker.check_mac2(&msg, &src, now, &mut OsRng));
         // Bound to the source address and port.
         let other: SocketAddr = "198.18.0.2:4001".parse().unwrap();
-        assert!(!checker.check_mac2(&msg, &other, now));
+        assert!(!checker.check_mac2(&msg, &other, now, &mut OsRng));
         // The secret rotates after two minutes: the old cookie stops working.
-        assert!(!checker.check_mac2(&msg, &src, now + COOKIE_SECRET_MAX_AGE));
+        assert!(!checker.check_mac2(&msg, &src, now + COOKIE_SECRET_MAX_AGE, &mut OsRng));
     }
 
     #[test]
     fn wrong_mac1_and_wrong_reply() {
-        let responder = PrivateKey::generate().public_key();
+        let responder = PrivateKey::generate(&mut OsRng).public_key();
         let checker = CookieChecker::new(&responder);
-        let mut gen = CookieGenerator::new(&PrivateKey::generate().public_key());
+        let mut gen = CookieGenerator::new(&PrivateKey::generate(&mut OsRng).public_key());
         let mut msg = [1u8; RESPONSE_LEN];
         gen.add_macs(&mut msg, Instant::now());
         assert!(!checker.check_mac1(&msg), "mac1 for another public key");
         assert!(!checker.check_mac1(&msg[..50]));
         // A cookie reply from someone else does not decrypt.
-        let mut other_checker = CookieChecker::new(&PrivateKey::generate().public_key());
+        let mut other_checker = CookieChecker::new(&PrivateKey::generate(&mut OsRng).public_key());
         let src: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
         let reply = other_checker
-            .create_reply(&msg, 1, &src, Instant::now())
+            .create_reply(&msg, 1, &src, Instant::now(), &mut OsRng)
             .unwrap();
         assert_eq!(
             gen.consume_reply(&reply_view(&reply), Instant::now()),
@@ -259,14 +275,16 @@ mod tests {
 
     #[test]
     fn stale_cookie_is_not_used() {
-        let responder = PrivateKey::generate().public_key();
+        let responder = PrivateKey::generate(&mut OsRng).public_key();
         let mut checker = CookieChecker::new(&responder);
         let mut gen = CookieGenerator::new(&responder);
         let now = Instant::now();
         let src: SocketAddr = "198.18.0.9:1".parse().unwrap();
         let mut msg = [0u8; INITIATION_LEN];
         gen.add_macs(&mut msg, now);
-        let reply = checker.create_reply(&msg, 1, &src, now).unwrap();
+        let reply = checker
+            .create_reply(&msg, 1, &src, now, &mut OsRng)
+            .unwrap();
         gen.consume_reply(&reply_view(&reply), now).unwrap();
         gen.add_macs(&mut msg, now + Duration::from_secs(116));
         assert_eq!(&msg[INIT_MAC2..], &[0u8; 16]);

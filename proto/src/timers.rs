@@ -11,7 +11,6 @@
 //! | persistent_keepalive | any authenticated packet sent or received | the configured interval | keepalive |
 
 use super::constants::*;
-use rand_core::{OsRng, RngCore};
 use std::time::{Duration, Instant};
 
 /// What expired timers ask the peer to do.
@@ -28,7 +27,7 @@ pub struct TimerActions {
     pub zero_keys: bool,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Timers {
     pub retransmit_handshake: Option<Instant>,
     pub send_keepalive: Option<Instant>,
@@ -41,31 +40,25 @@ pub struct Timers {
     need_another_keepalive: bool,
     /// The configured persistent keepalive interval (None: off).
     pub persistent_interval: Option<Duration>,
+    jitter: Jitter,
 }
 
-// Jitter needs no secrecy, only spread: a per-thread xorshift generator seeded once from the
-// OS, so that arming a timer (once per packet sent after a quiet spell) costs no system call.
-thread_local! {
-    static JITTER_STATE: std::cell::Cell<u64> = std::cell::Cell::new(OsRng.next_u64() | 1);
-}
+/// Jitter needs no secrecy, only spread: each peer's timers carry a xorshift generator, seeded
+/// once from the device's randomness (the caller's, so a simulation that replays a seed gets
+/// the same jitter), and arming a timer costs no system call and no lock.
+#[derive(Debug, Clone)]
+struct Jitter(u64);
 
-/// Makes this thread's jitter repeatable, for simulations that replay a seed.
-#[cfg(test)]
-pub(crate) fn seed_jitter(seed: u64) {
-    JITTER_STATE.with(|s| s.set(seed | 1));
-}
-
-fn jitter() -> Duration {
-    let r = JITTER_STATE.with(|s| {
-        let mut x = s.get();
+impl Jitter {
+    fn next(&mut self) -> Duration {
+        let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        s.set(x);
-        x
-    });
-    let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u64;
-    Duration::from_millis((r >> 32) % (max + 1))
+        self.0 = x;
+        let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u64;
+        Duration::from_millis((x >> 32) % (max + 1))
+    }
 }
 
 fn expired(deadline: &mut Option<Instant>, now: Instant) -> bool {
@@ -78,17 +71,25 @@ fn expired(deadline: &mut Option<Instant>, now: Instant) -> bool {
 }
 
 impl Timers {
-    pub fn new(persistent_interval: Option<Duration>) -> Self {
+    /// `seed`: for the jitter (any value; zero is made odd).
+    pub fn new(persistent_interval: Option<Duration>, seed: u64) -> Self {
         Timers {
+            retransmit_handshake: None,
+            send_keepalive: None,
+            new_handshake: None,
+            zero_key_material: None,
+            persistent_keepalive: None,
+            handshake_attempts: 0,
+            need_another_keepalive: false,
             persistent_interval,
-            ..Default::default()
+            jitter: Jitter(seed | 1),
         }
     }
 
     /// We sent a data packet (not a keepalive).
     pub fn data_sent(&mut self, now: Instant) {
         if self.new_handshake.is_none() {
-            self.new_handshake = Some(now + NEW_HANDSHAKE_TIMEOUT + jitter());
+            self.new_handshake = Some(now + NEW_HANDSHAKE_TIMEOUT + self.jitter.next());
         }
     }
 
@@ -120,7 +121,7 @@ impl Timers {
     }
 
     pub fn handshake_initiated(&mut self, now: Instant) {
-        self.retransmit_handshake = Some(now + REKEY_TIMEOUT + jitter());
+        self.retransmit_handshake = Some(now + REKEY_TIMEOUT + self.jitter.next());
     }
 
     pub fn handshake_complete(&mut self) {

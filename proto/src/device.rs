@@ -19,8 +19,12 @@
 //! control-plane datagrams (handshake messages, keepalives, packets released by a completed
 //! handshake). The hot path pushes nothing and allocates nothing.
 //!
-//! Locks, always taken in this order: `peers` (read) → a peer's state → `indices`. Nothing holds
-//! `indices` while taking another lock.
+//! Randomness (session indices, cookie secrets and nonces, the seed of each peer's timer
+//! jitter) comes from the generator the caller hands to `Device::new`, as time comes from the
+//! caller's `now`: `rand_core::OsRng` in a real device, a seeded one in a simulation.
+//!
+//! Locks, always taken in this order: `peers` (read) → a peer's state → `indices` → `rng`;
+//! `cookies` → `rng`. Nothing holding `rng` takes another lock.
 
 use super::constants::*;
 use super::cookie::CookieChecker;
@@ -33,7 +37,7 @@ use super::session::{padded_len, Keypair, OpenError};
 use super::time::{Tai64N, Time};
 use crate::allowed_ips::AllowedIps;
 use crate::keys::{PrivateKey, PublicKey};
-use rand_core::{OsRng, RngCore};
+use rand_core::CryptoRngCore;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 // Integer keys we chose ourselves (random session indices, sequential peer ids): nobody else can
@@ -289,6 +293,8 @@ pub struct Device {
     peers: RwLock<Peers>,
     indices: RwLock<FxHashMap<u32, Slot>>,
     index_writes: AtomicU64,
+    /// The caller's randomness; only handshakes, cookie replies and new peers use it.
+    rng: Mutex<Box<dyn CryptoRngCore + Send>>,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -303,7 +309,8 @@ fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Device {
-    pub fn new(private: PrivateKey) -> Self {
+    /// `rng`: where every random number of the device comes from (see the top of this file).
+    pub fn new(private: PrivateKey, rng: impl CryptoRngCore + Send + 'static) -> Self {
         let public = private.public_key();
         Device {
             cookies: Mutex::new(CookieChecker::new(&public)),
@@ -316,6 +323,7 @@ impl Device {
             peers: RwLock::new(Peers::default()),
             indices: RwLock::new(FxHashMap::default()),
             index_writes: AtomicU64::new(0),
+            rng: Mutex::new(Box::new(rng)),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -367,7 +375,8 @@ impl Device {
         for cidr in &config.allowed_ips {
             peers.allowed.insert(*cidr, id);
         }
-        let peer = Arc::new(Peer::new(id, &self.private, &config));
+        let seed = lock(&self.rng).next_u64();
+        let peer = Arc::new(Peer::new(id, &self.private, &config, seed));
         peers.by_key.insert(config.public_key, id);
         peers.by_id.insert(id, peer);
         Ok(id)
@@ -703,9 +712,9 @@ impl Device {
             self.unregister(old);
         }
         let timestamp = Tai64N::from_since_epoch(now.since_epoch);
-        let Some(mut msg) = st
-            .handshake
-            .create_initiation(&self.private, index, timestamp)
+        let Some(mut msg) =
+            st.handshake
+                .create_initiation(&self.private, index, timestamp, self.ephemeral())
         else {
             self.unregister(index);
             return;
@@ -722,13 +731,18 @@ impl Device {
         });
     }
 
+    /// A fresh ephemeral key for a handshake message.
+    fn ephemeral(&self) -> PrivateKey {
+        PrivateKey::generate(&mut **lock(&self.rng))
+    }
+
     // ----- the index table -----
 
     /// A fresh random index for `slot`.
     fn register(&self, slot: Slot) -> u32 {
         let mut indices = self.indices_mut();
         loop {
-            if let Entry::Vacant(e) = indices.entry(OsRng.next_u32()) {
+            if let Entry::Vacant(e) = indices.entry(lock(&self.rng).next_u32()) {
                 let index = *e.key();
                 e.insert(slot);
                 return index;
@@ -934,8 +948,11 @@ impl Device {
         if !self.under_load(now.instant) {
             return None;
         }
-        if !cookies.check_mac2(msg, &src.addr, now.instant) {
-            if let Some(reply) = cookies.create_reply(msg, sender, &src.addr, now.instant) {
+        let mut rng = lock(&self.rng);
+        if !cookies.check_mac2(msg, &src.addr, now.instant, &mut **rng) {
+            if let Some(reply) =
+                cookies.create_reply(msg, sender, &src.addr, now.instant, &mut **rng)
+            {
                 out.push(Outgoing {
                     to: src,
                     bytes: reply.to_vec(),
@@ -943,6 +960,7 @@ impl Device {
             }
             return Some(self.dropped(DropReason::CookieRequired));
         }
+        drop(rng);
         drop(cookies);
         if !lock(&self.limiter).allow(src.addr.ip(), now.instant) {
             return Some(self.dropped(DropReason::RateLimited));
@@ -966,13 +984,17 @@ impl Device {
             Err(e) => return self.dropped(e.into()),
         };
         let index = self.register(Slot::Handshake(peer.id));
-        let (mut resp, keys) = match st.handshake.respond(accepted, index, now.instant) {
-            Ok(r) => r,
-            Err(e) => {
-                self.unregister(index);
-                return self.dropped(e.into());
-            }
-        };
+        let (mut resp, keys) =
+            match st
+                .handshake
+                .respond(accepted, index, now.instant, self.ephemeral())
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.unregister(index);
+                    return self.dropped(e.into());
+                }
+            };
         peer.add_rx(INITIATION_LEN);
         // Answering an initiation abandons any initiation of our own in flight (the kernel keeps
         // one handshake state per peer).

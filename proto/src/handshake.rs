@@ -136,11 +136,13 @@ impl Handshake {
     }
 
     /// Initiator, 5.4.2: builds the initiation (mac fields left zero) and remembers the state.
+    /// `ephemeral`: a fresh key from the caller's randomness.
     pub fn create_initiation(
         &mut self,
         local: &PrivateKey,
         local_index: u32,
         timestamp: Tai64N,
+        ephemeral: PrivateKey,
     ) -> Option<[u8; INITIATION_LEN]> {
         let static_static = self.static_static.as_ref()?;
         let mut msg = [0u8; INITIATION_LEN];
@@ -148,7 +150,6 @@ impl Handshake {
         msg[INIT_SENDER..INIT_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
 
         let (ck, h) = (&self.initial.chaining_key, &self.initial.hash);
-        let ephemeral = PrivateKey::generate();
         let e_pub = ephemeral.public_key();
         // C := KDF1(C, E_pub_i); msg.ephemeral := E_pub_i; H := HASH(H || msg.ephemeral)
         let [ck] = kdf::<1>(ck, e_pub.as_bytes());
@@ -223,6 +224,7 @@ impl Handshake {
         accepted: AcceptedInitiation,
         local_index: u32,
         now: Instant,
+        ephemeral: PrivateKey,
     ) -> Result<([u8; RESPONSE_LEN], SessionKeys), HandshakeError> {
         let AcceptedInitiation {
             hash: h,
@@ -235,7 +237,6 @@ impl Handshake {
         msg[0] = MESSAGE_RESPONSE;
         msg[RESP_SENDER..RESP_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
         msg[RESP_RECEIVER..RESP_RECEIVER + 4].copy_from_slice(&sender.to_le_bytes());
-        let ephemeral = PrivateKey::generate();
         let e_pub = ephemeral.public_key();
         // C := KDF1(C, E_pub_r); msg.ephemeral := E_pub_r; H := HASH(H || msg.ephemeral)
         let [ck] = kdf::<1>(&ck, e_pub.as_bytes());
@@ -282,7 +283,12 @@ impl Handshake {
         now: Instant,
     ) -> Result<([u8; RESPONSE_LEN], SessionKeys), HandshakeError> {
         let accepted = self.accept_initiation(start, now)?;
-        self.respond(accepted, local_index, now)
+        self.respond(
+            accepted,
+            local_index,
+            now,
+            PrivateKey::generate(&mut rand::rngs::OsRng),
+        )
     }
 
     /// Initiator, 5.4.3/5.4.5: checks the response against the pending initiation and derives
@@ -354,7 +360,8 @@ pub fn begin_consume_initiation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::messages::Message;
+    use crate::messages::Message;
+    use rand::rngs::OsRng;
 
     fn initiation_view(bytes: &[u8]) -> Initiation<'_> {
         match Message::parse(bytes) {
@@ -374,12 +381,12 @@ mod tests {
         psk_i: Option<PresharedKey>,
         psk_r: Option<PresharedKey>,
     ) -> Option<(SessionKeys, SessionKeys)> {
-        let i_key = PrivateKey::generate();
-        let r_key = PrivateKey::generate();
+        let i_key = PrivateKey::generate(&mut OsRng);
+        let r_key = PrivateKey::generate(&mut OsRng);
         let mut hs_i = Handshake::new(&i_key, r_key.public_key(), psk_i);
         let mut hs_r = Handshake::new(&r_key, i_key.public_key(), psk_r);
         let ts = Tai64N::from_since_epoch(Duration::from_secs(1_000_000));
-        let init = hs_i.create_initiation(&i_key, 11, ts)?;
+        let init = hs_i.create_initiation(&i_key, 11, ts, PrivateKey::generate(&mut OsRng))?;
         let start = begin_consume_initiation(
             &r_key,
             &InitialState::new(&r_key.public_key()),
@@ -407,27 +414,29 @@ mod tests {
 
     #[test]
     fn handshake_with_psk() {
-        let psk = PresharedKey::generate();
+        let psk = PresharedKey::generate(&mut OsRng);
         let (i, r) = run(Some(psk.clone()), Some(psk)).unwrap();
         assert_eq!(*i.send, *r.recv);
         // Mismatched pre-shared keys: the initiator cannot open the response.
         assert!(run(
-            Some(PresharedKey::generate()),
-            Some(PresharedKey::generate())
+            Some(PresharedKey::generate(&mut OsRng)),
+            Some(PresharedKey::generate(&mut OsRng))
         )
         .is_none());
-        assert!(run(None, Some(PresharedKey::generate())).is_none());
+        assert!(run(None, Some(PresharedKey::generate(&mut OsRng))).is_none());
     }
 
     #[test]
     fn replayed_and_flooded_initiations_are_refused() {
-        let i_key = PrivateKey::generate();
-        let r_key = PrivateKey::generate();
+        let i_key = PrivateKey::generate(&mut OsRng);
+        let r_key = PrivateKey::generate(&mut OsRng);
         let mut hs_i = Handshake::new(&i_key, r_key.public_key(), None);
         let mut hs_r = Handshake::new(&r_key, i_key.public_key(), None);
         let t0 = Instant::now();
         let ts = Tai64N::from_since_epoch(Duration::from_secs(1_000_000));
-        let init = hs_i.create_initiation(&i_key, 1, ts).unwrap();
+        let init = hs_i
+            .create_initiation(&i_key, 1, ts, PrivateKey::generate(&mut OsRng))
+            .unwrap();
         let start = || {
             begin_consume_initiation(
                 &r_key,
@@ -445,7 +454,9 @@ mod tests {
         );
         // A newer one too soon after: flood.
         let ts2 = Tai64N::from_since_epoch(Duration::from_secs(1_000_001));
-        let init2 = hs_i.create_initiation(&i_key, 4, ts2).unwrap();
+        let init2 = hs_i
+            .create_initiation(&i_key, 4, ts2, PrivateKey::generate(&mut OsRng))
+            .unwrap();
         let start2 = || {
             begin_consume_initiation(
                 &r_key,
@@ -466,12 +477,14 @@ mod tests {
 
     #[test]
     fn response_for_another_index_or_tampered_is_refused() {
-        let i_key = PrivateKey::generate();
-        let r_key = PrivateKey::generate();
+        let i_key = PrivateKey::generate(&mut OsRng);
+        let r_key = PrivateKey::generate(&mut OsRng);
         let mut hs_i = Handshake::new(&i_key, r_key.public_key(), None);
         let mut hs_r = Handshake::new(&r_key, i_key.public_key(), None);
         let ts = Tai64N::from_since_epoch(Duration::from_secs(5));
-        let init = hs_i.create_initiation(&i_key, 1, ts).unwrap();
+        let init = hs_i
+            .create_initiation(&i_key, 1, ts, PrivateKey::generate(&mut OsRng))
+            .unwrap();
         let start = begin_consume_initiation(
             &r_key,
             &InitialState::new(&r_key.public_key()),
@@ -503,13 +516,18 @@ mod tests {
 
     #[test]
     fn initiation_to_someone_else_does_not_decrypt() {
-        let i_key = PrivateKey::generate();
-        let r_key = PrivateKey::generate();
+        let i_key = PrivateKey::generate(&mut OsRng);
+        let r_key = PrivateKey::generate(&mut OsRng);
         let mut hs_i = Handshake::new(&i_key, r_key.public_key(), None);
         let init = hs_i
-            .create_initiation(&i_key, 1, Tai64N::default())
+            .create_initiation(
+                &i_key,
+                1,
+                Tai64N::default(),
+                PrivateKey::generate(&mut OsRng),
+            )
             .unwrap();
-        let other = PrivateKey::generate();
+        let other = PrivateKey::generate(&mut OsRng);
         assert!(begin_consume_initiation(
             &other,
             &InitialState::new(&other.public_key()),

@@ -1,8 +1,11 @@
-//! The WireGuard protocol, sans-I/O: bytes and `now` in, bytes and actions out.
+//! suidao-proto: the WireGuard protocol, sans-I/O: bytes, `now` and randomness in, bytes and
+//! actions out.
 //!
-//! Nothing here opens a socket, reads a clock, spawns a thread or knows about tokio, which is
-//! what lets the handshake, the timers and the replay logic be tested with a fake clock and fed
-//! to a fuzzer. Start reading at [`device`]: its header walks through the whole pipeline.
+//! Nothing here opens a socket, reads a clock or the OS's randomness, spawns a thread or knows
+//! about tokio, which is what lets the handshake, the timers and the replay logic be tested
+//! with a fake clock and a seeded generator, and fed to a fuzzer. Cargo keeps it that way: this
+//! crate's dependencies are the cryptography and nothing else. Start reading at [`device`]: its
+//! header walks through the whole pipeline.
 //!
 //! | file | holds |
 //! |---|---|
@@ -19,13 +22,17 @@
 //! | device | the entry points: encapsulate, receive, update_timers |
 //! | ip | the few inner-IP header fields cryptokey routing needs |
 //! | time | `Time` (monotonic + wall clock) and TAI64N |
-#![deny(unsafe_code)]
+//! | keys | private, public and pre-shared keys, their base64 form |
+//! | allowed_ips | the longest-prefix-match table of cryptokey routing |
+#![forbid(unsafe_code)]
 
+pub mod allowed_ips;
 pub mod constants;
 pub mod cookie;
 pub mod device;
 pub mod handshake;
 pub mod ip;
+pub mod keys;
 pub mod messages;
 pub mod noise;
 pub mod peer;

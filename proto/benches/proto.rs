@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the protocol core (`cargo bench -p suidao-common`):
+//! Micro-benchmarks of the protocol core (`cargo bench -p suidao-proto`):
 //! - one X25519 scalar multiplication, the unit of handshake cost;
 //! - one full handshake between two devices: initiation, response, first transport packet
 //!   (sealed by the initiator and opened by the responder);
@@ -6,17 +6,18 @@
 //!   ChaCha20-Poly1305 at 1420 bytes for comparison.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use rand::rngs::OsRng;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use suidao_common::keys::PrivateKey;
-use suidao_common::proto::session::Keypair;
-use suidao_common::proto::{Device, PeerConfig, Received, Time};
+use suidao_proto::keys::PrivateKey;
+use suidao_proto::session::Keypair;
+use suidao_proto::{Device, PeerConfig, Received, Time};
 
 fn x25519(c: &mut Criterion) {
-    let a = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+    let a = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
     let b = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(
-        rand_core::OsRng,
+        rand::rngs::OsRng,
     ));
     c.bench_function("x25519_scalar_mult", |bench| {
         bench.iter(|| black_box(a.diffie_hellman(black_box(&b))))
@@ -24,10 +25,10 @@ fn x25519(c: &mut Criterion) {
 }
 
 fn handshake(c: &mut Criterion) {
-    let i_key = PrivateKey::generate();
-    let r_key = PrivateKey::generate();
-    let initiator = Device::new(i_key.clone());
-    let responder = Device::new(r_key.clone());
+    let i_key = PrivateKey::generate(&mut OsRng);
+    let r_key = PrivateKey::generate(&mut OsRng);
+    let initiator = Device::new(i_key.clone(), OsRng);
+    let responder = Device::new(r_key.clone(), OsRng);
     let i_addr: SocketAddr = "198.18.0.1:1".parse().unwrap_or_else(|_| unreachable!());
     let r_addr: SocketAddr = "198.18.0.2:1".parse().unwrap_or_else(|_| unreachable!());
     let mut p = PeerConfig::new(r_key.public_key());

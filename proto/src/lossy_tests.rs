@@ -80,13 +80,14 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64, loss: f64) -> Sim {
-        let a_key = PrivateKey::generate();
-        let b_key = PrivateKey::generate();
+        // Keys, indices and timer jitter all from the seed: a run replays exactly.
+        let mut rng = StdRng::seed_from_u64(seed);
+        let a_key = PrivateKey::generate(&mut rng);
+        let b_key = PrivateKey::generate(&mut rng);
         let a_addr: SocketAddr = "198.18.0.1:40000".parse().unwrap();
         let b_addr: SocketAddr = "198.18.0.2:51820".parse().unwrap();
-        super::timers::seed_jitter(seed);
-        let a = Device::new(a_key.clone());
-        let b = Device::new(b_key.clone());
+        let a = Device::new(a_key.clone(), StdRng::seed_from_u64(rng.gen()));
+        let b = Device::new(b_key.clone(), StdRng::seed_from_u64(rng.gen()));
         // A is the client: it knows B's endpoint and keeps the path open every 25 s.
         let mut to_b = PeerConfig::new(b_key.public_key());
         to_b.endpoint = Some(b_addr);

@@ -7,6 +7,7 @@ use super::ip::tests::ipv4;
 use super::peer::PeerConfig;
 use super::time::Time;
 use crate::keys::{PresharedKey, PrivateKey};
+use rand::rngs::OsRng;
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,12 +28,12 @@ fn start_time() -> Time {
 }
 
 fn net_with(psk: Option<PresharedKey>, a_keepalive: Option<Duration>) -> Net {
-    let a_key = PrivateKey::generate();
-    let b_key = PrivateKey::generate();
+    let a_key = PrivateKey::generate(&mut OsRng);
+    let b_key = PrivateKey::generate(&mut OsRng);
     let a_addr: SocketAddr = "198.18.0.1:51820".parse().unwrap();
     let b_addr: SocketAddr = "198.18.0.2:51820".parse().unwrap();
-    let a = Device::new(a_key.clone());
-    let b = Device::new(b_key.clone());
+    let a = Device::new(a_key.clone(), OsRng);
+    let b = Device::new(b_key.clone(), OsRng);
     let mut to_b = PeerConfig::new(b_key.public_key());
     to_b.endpoint = Some(b_addr);
     to_b.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
@@ -181,7 +182,7 @@ fn kinds(wire: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn handshake_and_transport_both_ways() {
-    for psk in [None, Some(PresharedKey::generate())] {
+    for psk in [None, Some(PresharedKey::generate(&mut OsRng))] {
         let net = net_with(psk, None);
         net.connect();
         // Now straight through, both ways, with no more handshakes.
@@ -219,17 +220,17 @@ fn the_other_side_can_initiate_too() {
 
 #[test]
 fn mismatched_psk_never_connects() {
-    let a_key = PrivateKey::generate();
-    let b_key = PrivateKey::generate();
-    let a = Device::new(a_key.clone());
-    let b = Device::new(b_key.clone());
+    let a_key = PrivateKey::generate(&mut OsRng);
+    let b_key = PrivateKey::generate(&mut OsRng);
+    let a = Device::new(a_key.clone(), OsRng);
+    let b = Device::new(b_key.clone(), OsRng);
     let mut to_b = PeerConfig::new(b_key.public_key());
     to_b.endpoint = Some("198.18.0.2:1".parse().unwrap());
     to_b.allowed_ips = vec!["0.0.0.0/0".parse().unwrap()];
-    to_b.preshared_key = Some(PresharedKey::generate());
+    to_b.preshared_key = Some(PresharedKey::generate(&mut OsRng));
     a.add_peer(to_b).unwrap();
     let mut to_a = PeerConfig::new(a_key.public_key());
-    to_a.preshared_key = Some(PresharedKey::generate());
+    to_a.preshared_key = Some(PresharedKey::generate(&mut OsRng));
     b.add_peer(to_a).unwrap();
     let now = start_time();
     let mut buf = vec![0u8; 256];
@@ -852,8 +853,8 @@ fn junk_and_mutations_never_panic_and_get_no_answer() {
     let (_, data) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 64));
     net.deliver(Side::B, data.clone());
     let mut samples: Vec<Vec<u8>> = data;
-    let c = PrivateKey::generate();
-    let stranger = Device::new(c);
+    let c = PrivateKey::generate(&mut OsRng);
+    let stranger = Device::new(c, OsRng);
     let mut cfg = PeerConfig::new(net.b.public_key());
     cfg.endpoint = Some(net.b_addr);
     cfg.allowed_ips = vec!["0.0.0.0/0".parse().unwrap()];
@@ -934,10 +935,10 @@ fn removing_a_peer_forgets_its_sessions() {
 
 #[test]
 fn own_key_and_duplicates_are_refused() {
-    let key = PrivateKey::generate();
-    let dev = Device::new(key.clone());
+    let key = PrivateKey::generate(&mut OsRng);
+    let dev = Device::new(key.clone(), OsRng);
     assert!(dev.add_peer(PeerConfig::new(key.public_key())).is_err());
-    let other = PrivateKey::generate().public_key();
+    let other = PrivateKey::generate(&mut OsRng).public_key();
     dev.add_peer(PeerConfig::new(other)).unwrap();
     assert!(dev.add_peer(PeerConfig::new(other)).is_err());
 }

@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use suidao_common::proto::ip;
-use suidao_common::proto::messages::Message;
+use suidao_proto::ip;
+use suidao_proto::messages::Message;
 
 fuzz_target!(|data: &[u8]| {
     match Message::parse(data) {

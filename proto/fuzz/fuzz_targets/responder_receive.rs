@@ -10,12 +10,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use suidao_common::keys::PrivateKey;
-use suidao_common::proto::constants::{COOKIE_REPLY_LEN, RESPONSE_LEN};
-use suidao_common::proto::{Device, PeerConfig, Received, Time};
+use suidao_proto::keys::PrivateKey;
+use suidao_proto::constants::{COOKIE_REPLY_LEN, RESPONSE_LEN};
+use suidao_proto::{Device, PeerConfig, Received, Time};
 
 struct World {
     responder: Device,
@@ -29,8 +31,8 @@ fn world() -> &'static World {
     W.get_or_init(|| {
         let r_key = PrivateKey::from_bytes([0x11; 32]);
         let i_key = PrivateKey::from_bytes([0x22; 32]);
-        let responder = Device::new(r_key.clone());
-        let initiator = Device::new(i_key.clone());
+        let responder = Device::new(r_key.clone(), StdRng::seed_from_u64(1));
+        let initiator = Device::new(i_key.clone(), StdRng::seed_from_u64(2));
         let mut p = PeerConfig::new(i_key.public_key());
         p.allowed_ips = vec!["10.0.0.1/32".parse().unwrap()];
         responder.add_peer(p).unwrap();

@@ -208,12 +208,13 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub(crate) fn new(id: PeerId, local: &PrivateKey, config: &PeerConfig) -> Self {
+    /// `seed`: for its timers' jitter (from the device's randomness).
+    pub(crate) fn new(id: PeerId, local: &PrivateKey, config: &PeerConfig, seed: u64) -> Self {
         let state = PeerState {
             handshake: Handshake::new(local, config.public_key, config.preshared_key.clone()),
             cookie: CookieGenerator::new(&config.public_key),
             keypairs: Keypairs::default(),
-            timers: Timers::new(config.persistent_keepalive),
+            timers: Timers::new(config.persistent_keepalive, seed),
             endpoint: config.endpoint.map(Into::into),
             staged: VecDeque::new(),
             last_sent_handshake: None,

@@ -6,7 +6,7 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use rand_core::{OsRng, RngCore};
+use rand_core::CryptoRngCore;
 use std::fmt;
 use std::str::FromStr;
 use subtle::ConstantTimeEq;
@@ -69,9 +69,10 @@ fn decode_32(text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
 pub struct PrivateKey(x25519_dalek::StaticSecret);
 
 impl PrivateKey {
-    /// A new key from the operating system's random number generator.
-    pub fn generate() -> Self {
-        PrivateKey(x25519_dalek::StaticSecret::random_from_rng(OsRng))
+    /// A new key from `rng` (the caller's: `rand_core::OsRng` for a real key; this crate
+    /// reads no randomness of its own).
+    pub fn generate<R: CryptoRngCore + ?Sized>(rng: &mut R) -> Self {
+        PrivateKey(x25519_dalek::StaticSecret::random_from_rng(rng))
     }
 
     /// The key from its 32 raw bytes (clamping happens in the scalar multiplication).
@@ -183,9 +184,10 @@ impl fmt::Debug for PublicKey {
 pub struct PresharedKey([u8; KEY_LEN]);
 
 impl PresharedKey {
-    pub fn generate() -> Self {
+    /// A new key from `rng`, as `PrivateKey::generate`.
+    pub fn generate<R: CryptoRngCore + ?Sized>(rng: &mut R) -> Self {
         let mut key = [0u8; KEY_LEN];
-        OsRng.fill_bytes(&mut key);
+        rng.fill_bytes(&mut key);
         let psk = PresharedKey(key);
         key.zeroize();
         psk
@@ -236,25 +238,10 @@ impl PartialEq for PresharedKey {
     }
 }
 
-/// `genkey`: a new private key in base64 (what `wg genkey` prints).
-pub fn genkey_text() -> Zeroizing<String> {
-    PrivateKey::generate().to_base64()
-}
-
-/// `pubkey`: the public key for the base64 private key read from `input` (what `wg pubkey`
-/// does with its standard input).
-pub fn pubkey_text(mut input: impl std::io::Read) -> Result<String, KeyError> {
-    let mut text = Zeroizing::new(String::new());
-    input
-        .read_to_string(&mut text)
-        .map_err(|_| KeyError::Base64)?;
-    let key: PrivateKey = text.parse()?;
-    Ok(key.public_key().to_base64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::OsRng;
 
     /// The seven well-known low-order points of Curve25519 (and non-canonical encodings of
     /// them), as listed in the X25519 literature and refused by libsodium and WireGuard.
@@ -300,7 +287,7 @@ mod tests {
 
     #[test]
     fn low_order_points_are_refused() {
-        let ours = PrivateKey::generate();
+        let ours = PrivateKey::generate(&mut OsRng);
         for point in LOW_ORDER_POINTS {
             assert_eq!(PublicKey::from_bytes(point), Err(KeyError::LowOrder));
             // And the raw DH refuses them too, whatever the private key.
@@ -316,8 +303,8 @@ mod tests {
 
     #[test]
     fn ordinary_keys_are_accepted_and_agree() {
-        let a = PrivateKey::generate();
-        let b = PrivateKey::generate();
+        let a = PrivateKey::generate(&mut OsRng);
+        let b = PrivateKey::generate(&mut OsRng);
         let ab = a.dh(&b.public_key()).map(|k| *k);
         let ba = b.dh(&a.public_key()).map(|k| *k);
         assert!(ab.is_some());
@@ -327,14 +314,14 @@ mod tests {
 
     #[test]
     fn base64_round_trip_and_errors() {
-        let key = PrivateKey::generate();
+        let key = PrivateKey::generate(&mut OsRng);
         let text = key.to_base64();
         assert_eq!(text.len(), 44);
         let back: PrivateKey = text.parse().unwrap();
         assert_eq!(back.public_key(), key.public_key());
         assert_eq!("!!!".parse::<PublicKey>(), Err(KeyError::Base64));
         assert_eq!("AAAA".parse::<PublicKey>(), Err(KeyError::Length(3)));
-        let psk = PresharedKey::generate();
+        let psk = PresharedKey::generate(&mut OsRng);
         assert_eq!(psk.to_base64().parse::<PresharedKey>().unwrap(), psk);
     }
 
@@ -353,7 +340,7 @@ mod tests {
 
     #[test]
     fn hex_round_trip() {
-        let key = PrivateKey::generate();
+        let key = PrivateKey::generate(&mut OsRng);
         let hex = key.to_hex();
         assert_eq!(hex.len(), 64);
         let back = PrivateKey::from_bytes(*from_hex(&hex).unwrap());
@@ -363,22 +350,12 @@ mod tests {
     }
 
     #[test]
-    fn genkey_and_pubkey_texts() {
-        let private = genkey_text();
-        let public = pubkey_text(format!("{}\n", *private).as_bytes()).unwrap();
-        let key: PrivateKey = private.parse().unwrap();
-        assert_eq!(public, key.public_key().to_base64());
-        assert_eq!(pubkey_text(&b"nonsense"[..]), Err(KeyError::Length(6)));
-        assert_eq!(pubkey_text(&b"no!"[..]), Err(KeyError::Base64));
-    }
-
-    #[test]
     fn debug_shows_no_secret() {
-        let key = PrivateKey::generate();
+        let key = PrivateKey::generate(&mut OsRng);
         let text = key.to_base64();
         let shown = format!("{key:?}");
         assert!(!shown.contains(text.as_str()));
-        let psk = PresharedKey::generate();
+        let psk = PresharedKey::generate(&mut OsRng);
         assert!(!format!("{psk:?}").contains(psk.to_base64().as_str()));
     }
 }
