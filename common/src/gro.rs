@@ -482,6 +482,7 @@ fn rewrite_head(pkt: &mut [u8], c: &Candidate, payload_total: usize, psh: bool) 
     }
 }
 
+/// Also the engine's tests' packet builders (TCP streams) and splitter.
 #[cfg(test)]
 #[path = "gro_tests.rs"]
-mod tests;
+pub(crate) mod tests;

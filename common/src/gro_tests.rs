@@ -10,10 +10,10 @@ use rand::{Rng, SeedableRng};
 const SLOT: usize = 2048;
 
 #[derive(Clone)]
-struct Flow {
-    v6: bool,
-    sport: u16,
-    dport: u16,
+pub(crate) struct Flow {
+    pub(crate) v6: bool,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
 }
 
 fn src(v6: bool) -> Vec<u8> {
@@ -109,7 +109,7 @@ fn payload(seed: u8, n: usize) -> Vec<u8> {
 }
 
 /// A stream of `sizes.len()` in-sequence TCP segments of one flow, PSH on the last.
-fn stream(f: &Flow, sizes: &[usize], options: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn stream(f: &Flow, sizes: &[usize], options: &[u8]) -> Vec<Vec<u8>> {
     let mut seq = 1000u32;
     let mut out = Vec::new();
     for (i, n) in sizes.iter().enumerate() {
@@ -156,7 +156,7 @@ fn coalesce(packets: &[Vec<u8>], vnet: bool, udp: bool) -> Vec<Vec<u8>> {
 }
 
 /// What the kernel would make of one write: the packets it stands for.
-fn split(write: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn split(write: &[u8]) -> Vec<Vec<u8>> {
     let hdr = VirtioNetHdr::decode(&write[..HEADROOM]).unwrap();
     let mut body = write[HEADROOM..].to_vec();
     if hdr.gso_type == 0 {
@@ -207,7 +207,7 @@ fn assert_round_trip(packets: &[Vec<u8>], writes: &[Vec<u8>]) {
     }
 }
 
-fn flow(v6: bool, sport: u16) -> Flow {
+pub(crate) fn flow(v6: bool, sport: u16) -> Flow {
     Flow {
         v6,
         sport,

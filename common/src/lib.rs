@@ -4,7 +4,9 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`engine`]: threads and control plane around the protocol core.
 //! - [`apply`]: the one path by which a running interface's peers change (reload, `wg set`).
-//! - [`tun`], [`udp`], [`netlink`]: the Linux side.
+//! - [`packet_device`], [`transport`]: the data path's two edges, as traits; [`tun`] and
+//!   [`udp`] implement them, [`testing`] has in-memory ones for tests.
+//! - [`netlink`]: addresses, routes, rules.
 //! - [`uapi`], [`status`]: the WireGuard userspace API socket (`wg show`, `wg set`, `status`).
 //! - [`cli`]: the commands both binaries share.
 //! - [`clock`]: the real clock, read here and passed into `suidao_proto`.
@@ -19,9 +21,12 @@ pub mod gro;
 pub mod hooks;
 pub mod netlink;
 pub mod notify;
+pub mod packet_device;
 pub mod poll;
 pub mod provision;
 pub mod status;
+pub mod testing;
+pub mod transport;
 pub mod tun;
 pub mod uapi;
 pub mod udp;

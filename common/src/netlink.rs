@@ -1,7 +1,7 @@
 //! The netlink requests suidao makes (through `rtnetlink`), each the equivalent of one `ip`
 //! command, named in its doc line. Adding something that already exists is success, so every
-//! call can be repeated; `Teardown` remembers what was really added so that it, and only it,
-//! is removed in reverse order.
+//! call can be repeated; each add says whether it added anything (`Added`), so that the
+//! engine's teardown list removes what it added, and only that, in reverse order.
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
@@ -412,60 +412,18 @@ pub enum Added {
         path: String,
         old: String,
     },
-    /// Name servers set through resolvconf or resolvectl (`dns`).
-    Dns(crate::dns::Undo),
 }
 
-/// What `up` added, in order; `undo` removes it in reverse.
-#[derive(Debug, Default)]
-pub struct Teardown {
-    added: Vec<Added>,
-}
-
-impl Teardown {
-    pub fn push(&mut self, a: Added) {
-        self.added.push(a);
-    }
-
-    pub fn items(&self) -> &[Added] {
-        &self.added
-    }
-
-    /// Stops tracking `a` (it is being removed now); false if it was not tracked.
-    pub fn forget(&mut self, a: &Added) -> bool {
-        match self.added.iter().position(|x| x == a) {
-            Some(i) => {
-                self.added.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Removes everything in reverse order; keeps going past errors and returns them.
-    pub async fn undo(&mut self, h: &Handle) -> Vec<NetlinkError> {
-        let mut errors = Vec::new();
-        while let Some(a) = self.added.pop() {
-            let r = match &a {
-                Added::Address { dev, addr, len } => del_addr(h, dev, *addr, *len).await,
-                Added::Route { dev, dst, len } => del_route(h, *dst, *len, dev).await,
-                Added::TableRoute { .. } => Ok(()),
-                Added::Rule { v6, rule } => del_rule(h, *v6, *rule).await.map(|_| ()),
-                Added::Sysctl { path, old } => {
-                    std::fs::write(path, old).map_err(|e| NetlinkError {
-                        what: format!("restoring {path}"),
-                        source: e,
-                    })
-                }
-                Added::Dns(undo) => undo.run().map_err(|m| NetlinkError {
-                    what: "taking back the name servers".into(),
-                    source: std::io::Error::other(m),
-                }),
-            };
-            if let Err(e) = r {
-                errors.push(e);
-            }
-        }
-        errors
+/// Removes what `a` says was added (a table route goes with the device: nothing to do).
+pub async fn remove(h: &Handle, a: &Added) -> Result<(), NetlinkError> {
+    match a {
+        Added::Address { dev, addr, len } => del_addr(h, dev, *addr, *len).await,
+        Added::Route { dev, dst, len } => del_route(h, *dst, *len, dev).await,
+        Added::TableRoute { .. } => Ok(()),
+        Added::Rule { v6, rule } => del_rule(h, *v6, *rule).await.map(|_| ()),
+        Added::Sysctl { path, old } => std::fs::write(path, old).map_err(|e| NetlinkError {
+            what: format!("restoring {path}"),
+            source: e,
+        }),
     }
 }

@@ -1,30 +1,101 @@
 //! Waiting for a file descriptor to become readable, for the data-path threads that read in
-//! non-blocking batches (read until EAGAIN, then wait here).
+//! non-blocking batches (read until EAGAIN, then wait here), with no timeout: an idle tunnel's
+//! threads sleep until a packet comes, or until `Interrupt::wake` says to stop.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// Waits until `fd` is readable, or `timeout` passes (false).
-pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `p` is a valid pollfd for the duration of the call, and nfds is 1.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
-    match r {
-        r if r > 0 => Ok(true),
-        0 => Ok(false),
-        _ => {
+/// An eventfd a waiting thread also watches: `wake` ends every wait on it, now and later.
+pub struct Interrupt(OwnedFd);
+
+impl Interrupt {
+    pub fn new() -> io::Result<Interrupt> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and nothing else owns it.
+        Ok(Interrupt(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the eventfd readable for good (never read back): every wait returns at once.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own. A full counter
+        // (EAGAIN) is as readable as it gets, so the result is not needed.
+        let _ = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                (&one as *const u64).cast::<libc::c_void>(),
+                8,
+            )
+        };
+    }
+
+    /// Waits until `fd` is readable (true), `timeout` passes or the interrupt is woken (false).
+    /// `None`: no timeout.
+    pub fn wait_readable(&self, fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+        let mut p = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        // SAFETY: `p` is a valid array of two pollfds for the duration of the call.
+        let r = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
+        if r < 0 {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
+            return if e.kind() == io::ErrorKind::Interrupted {
                 Ok(false)
             } else {
                 Err(e)
-            }
+            };
         }
+        Ok(p[0].revents != 0 && p[1].revents == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed unwrap is a failed test.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_wait_ends_when_readable_when_woken_and_at_its_timeout() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stop = std::sync::Arc::new(Interrupt::new().unwrap());
+        let t = Instant::now();
+        assert!(!stop
+            .wait_readable(a.as_raw_fd(), Some(Duration::from_millis(50)))
+            .unwrap());
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        b.send_to(b"x", a.local_addr().unwrap()).unwrap();
+        assert!(stop.wait_readable(a.as_raw_fd(), None).unwrap());
+        let mut buf = [0u8; 4];
+        a.recv(&mut buf).unwrap();
+        let waker = stop.clone();
+        let h = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        // No timeout: only the wake ends it.
+        assert!(!stop.wait_readable(a.as_raw_fd(), None).unwrap());
+        h.join().unwrap();
+        assert!(
+            !stop.wait_readable(a.as_raw_fd(), None).unwrap(),
+            "and stays woken"
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! received packets of one flow are coalesced back (GRO) before they are written. Addresses, MTU
 //! and link state are set through netlink (see `netlink`), not here.
 
+use crate::packet_device::{Offload, PacketDevice};
+use crate::poll::Interrupt;
 use std::io;
 pub use tun_rs::{VirtioNetHdr, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
@@ -13,6 +15,7 @@ pub struct Tun {
     dev: tun_rs::SyncDevice,
     name: String,
     offload: bool,
+    interrupt: Interrupt,
 }
 
 fn explain(name: &str, e: io::Error) -> io::Error {
@@ -32,7 +35,7 @@ impl Tun {
     /// Creates the TUN interface `name`, with offloads where the kernel supports them, and
     /// `queues` queues (IFF_MULTI_QUEUE when more than one): each queue is a file descriptor of
     /// its own, and the kernel hands each flow's packets to one queue, so one flow stays in
-    /// order while flows are read in parallel.
+    /// order while flows are read in parallel. Each queue is non-blocking.
     pub fn create_queues(name: &str, queues: usize) -> io::Result<Vec<Tun>> {
         let multi = queues > 1;
         let build = |offload: bool| {
@@ -62,55 +65,57 @@ impl Tun {
             devs.push(q);
         }
         devs.insert(0, first);
-        Ok(devs
-            .into_iter()
-            .map(|dev| Tun {
-                dev,
-                name: name.to_string(),
-                offload,
+        devs.into_iter()
+            .map(|dev| {
+                // Non-blocking: the engine reads in batches until EAGAIN, then waits.
+                dev.set_nonblocking(true)?;
+                Ok(Tun {
+                    dev,
+                    name: name.to_string(),
+                    offload,
+                    interrupt: Interrupt::new()?,
+                })
             })
-            .collect())
+            .collect()
     }
+}
 
-    pub fn name(&self) -> &str {
+impl PacketDevice for Tun {
+    fn name(&self) -> &str {
         &self.name
     }
 
-    /// Non-blocking reads, for reading in batches until EAGAIN.
-    pub fn set_nonblocking(&self) -> io::Result<()> {
-        self.dev.set_nonblocking(true)
+    /// TCP segmentation offload when the kernel took it (super-packets on read, coalescing
+    /// on write); UDP too where the kernel has that.
+    fn offload(&self) -> Offload {
+        let tcp = self.offload && self.dev.tcp_gso();
+        Offload {
+            tcp,
+            udp: tcp && self.dev.udp_gso(),
+        }
     }
 
-    /// Waits until a packet can be read, or `timeout` passes (false).
-    pub fn wait_readable(&self, timeout: std::time::Duration) -> io::Result<bool> {
-        use std::os::fd::AsRawFd;
-        crate::poll::wait_readable(self.dev.as_raw_fd(), timeout)
-    }
-
-    /// Whether TCP segmentation offload is on (super-packets on read, coalescing on write).
-    pub fn offload(&self) -> bool {
-        self.offload && self.dev.tcp_gso()
-    }
-
-    /// Reads one packet or super-packet (blocking) and splits it into `bufs`, each packet at
-    /// `bufs[i][offset..offset + sizes[i]]`; returns how many.
-    pub fn recv_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
+    /// One read: a packet, or a super-packet split into MTU-sized packets.
+    fn read_batch(
         &self,
         scratch: &mut [u8],
-        bufs: &mut [B],
+        bufs: &mut [&mut [u8]],
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
         self.dev.recv_multiple(scratch, bufs, sizes, offset)
     }
 
-    /// Whether UDP segmentation offload is on too (the TUN takes UDP super-packets).
-    pub fn udp_offload(&self) -> bool {
-        self.offload() && self.dev.udp_gso()
+    fn wait_readable(&self, timeout: Option<std::time::Duration>) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        self.interrupt.wait_readable(self.dev.as_raw_fd(), timeout)
     }
 
-    /// Writes one packet gathered from `iov` (with offload, a virtio header first).
-    pub fn write_vectored(&self, iov: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    fn interrupt(&self) {
+        self.interrupt.wake();
+    }
+
+    fn write_vectored(&self, iov: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         let count = libc::c_int::try_from(iov.len())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

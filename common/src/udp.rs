@@ -17,7 +17,10 @@
 //! Replies leave from the address the peer sent to (`Endpoint::local`, IP_PKTINFO /
 //! IPV6_PKTINFO); if that address is gone, from whatever routing picks.
 
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use crate::poll::Interrupt;
+pub use crate::transport::SendError;
+use crate::transport::{RecvMeta, Transport};
+use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -45,27 +48,11 @@ pub struct Udp {
     /// Destinations whose GSO sends failed, and when.
     no_gso: Mutex<HashMap<SocketAddr, Instant>>,
     any_no_gso: AtomicBool,
+    interrupt: Interrupt,
 }
 
-/// A send that did not go (wholly): how many datagrams were lost, and the first error.
-#[derive(Debug)]
-pub struct SendError {
-    pub lost: usize,
-    pub error: io::Error,
-}
-
-impl SendError {
-    /// The datagram was larger than the socket or the path allows (EMSGSIZE).
-    pub fn too_big(&self) -> bool {
-        self.error.raw_os_error() == Some(libc::EMSGSIZE)
-    }
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({} datagram(s) lost)", self.error, self.lost)
-    }
-}
+/// Messages one `recv` takes at most (the engine asks for 16).
+const MAX_RECV: usize = 64;
 
 /// Errors from a GSO send that mean "not as one run" (segment above the path MTU, or a
 /// device without segmentation), rather than "not at all".
@@ -217,6 +204,7 @@ impl Udp {
             dual_stack,
             no_gso: Mutex::new(HashMap::new()),
             any_no_gso: AtomicBool::new(false),
+            interrupt: Interrupt::new()?,
         })
     }
 
@@ -230,16 +218,6 @@ impl Udp {
         Ok(self.sock.local_addr()?.port())
     }
 
-    /// How many datagrams one GSO send may carry (1 without GSO).
-    pub fn max_gso_segments(&self) -> usize {
-        self.gso_segments
-    }
-
-    /// How many datagrams one GRO receive may carry (1 without GRO).
-    pub fn gro_segments(&self) -> usize {
-        self.state.gro_segments()
-    }
-
     fn wire_addr(&self, to: SocketAddr) -> SocketAddr {
         match (to, self.dual_stack) {
             (SocketAddr::V4(v4), true) => {
@@ -249,10 +227,7 @@ impl Udp {
         }
     }
 
-    /// Sends `contents` to `to`: one datagram, or with `segment_size` a run of datagrams of that
-    /// size (the last may be shorter) in one system call where the path allows, else one at a
-    /// time. From `to.local` where it is still ours.
-    pub fn send(
+    fn send_run(
         &self,
         contents: &[u8],
         to: Endpoint,
@@ -333,24 +308,52 @@ impl Udp {
         map.insert(to, Instant::now());
         self.any_no_gso.store(true, Ordering::Relaxed);
     }
+}
 
-    pub fn send_to(&self, buf: &[u8], to: Endpoint) -> Result<(), SendError> {
-        self.send(buf, to, None)
-    }
-
-    /// Receives what is waiting, without blocking: up to `bufs.len()` messages, each possibly
-    /// several datagrams of `meta.stride` bytes (GRO). Addresses in `meta` are unmapped.
-    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
-        let n = self.state.recv(UdpSockRef::from(&self.sock), bufs, meta)?;
-        for m in &mut meta[..n] {
-            m.addr = unmap(m.addr);
-            m.dst_ip = m.dst_ip.map(unmap_ip);
+impl Transport for Udp {
+    /// recvmmsg with GRO: what is waiting, without blocking. Addresses come unmapped.
+    fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        let mut raw = [quinn_udp::RecvMeta::default(); MAX_RECV];
+        let count = bufs.len().min(meta.len()).min(MAX_RECV);
+        let n = self.state.recv(
+            UdpSockRef::from(&self.sock),
+            &mut bufs[..count],
+            &mut raw[..count],
+        )?;
+        for (m, r) in meta.iter_mut().zip(&raw[..n]) {
+            *m = RecvMeta {
+                from: Endpoint {
+                    addr: unmap(r.addr),
+                    local: r.dst_ip.map(unmap_ip),
+                },
+                len: r.len,
+                stride: r.stride,
+            };
         }
         Ok(n)
     }
 
-    /// Waits until a datagram can be read, or `timeout` passes (false).
-    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        crate::poll::wait_readable(self.sock.as_raw_fd(), timeout)
+    /// One datagram, or a run in one UDP_SEGMENT system call where the path allows (else one
+    /// at a time). From `to.local` where it is still ours.
+    fn send(&self, contents: &[u8], to: Endpoint, segment: Option<usize>) -> Result<(), SendError> {
+        self.send_run(contents, to, segment)
+    }
+
+    /// As found when the socket was made (1 without GSO).
+    fn max_segments(&self) -> usize {
+        self.gso_segments
+    }
+
+    /// 1 without GRO.
+    fn gro_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+
+    fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.interrupt.wait_readable(self.sock.as_raw_fd(), timeout)
+    }
+
+    fn interrupt(&self) {
+        self.interrupt.wake();
     }
 }

@@ -35,6 +35,7 @@ use super::peer::{Peer, PeerConfig, PeerId, PeerInfo, PeerState};
 use super::ratelimiter::RateLimiter;
 use super::session::{padded_len, Keypair, OpenError};
 use super::time::{Tai64N, Time};
+use super::timers::Attention;
 use crate::allowed_ips::AllowedIps;
 use crate::keys::{PrivateKey, PublicKey};
 use rand_core::CryptoRngCore;
@@ -295,6 +296,8 @@ pub struct Device {
     index_writes: AtomicU64,
     /// The caller's randomness; only handshakes, cookie replies and new peers use it.
     rng: Mutex<Box<dyn CryptoRngCore + Send>>,
+    /// Raised when a timer is armed where none was, or an endpoint changes.
+    attention: Arc<Attention>,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -324,6 +327,7 @@ impl Device {
             indices: RwLock::new(FxHashMap::default()),
             index_writes: AtomicU64::new(0),
             rng: Mutex::new(Box::new(rng)),
+            attention: Arc::default(),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -376,9 +380,17 @@ impl Device {
             peers.allowed.insert(*cidr, id);
         }
         let seed = lock(&self.rng).next_u64();
-        let peer = Arc::new(Peer::new(id, &self.private, &config, seed));
+        let peer = Arc::new(Peer::new(
+            id,
+            &self.private,
+            &config,
+            seed,
+            self.attention.clone(),
+        ));
         peers.by_key.insert(config.public_key, id);
         peers.by_id.insert(id, peer);
+        // (A keepalive may be owed at the next timer pass.)
+        self.attention.raise();
         Ok(id)
     }
 
@@ -413,6 +425,7 @@ impl Device {
         let mut st = peer.lock();
         st.endpoint = endpoint.map(Endpoint::from);
         st.kick |= kick && endpoint.is_some();
+        st.timers.call_attention();
         Ok(())
     }
 
@@ -441,6 +454,7 @@ impl Device {
             st.timers.persistent_keepalive = None;
         } else if was.is_none() {
             st.kick = true;
+            st.timers.call_attention();
         }
         Ok(())
     }
@@ -902,6 +916,9 @@ impl Device {
                 self.replace(kp.local_index, Slot::Keypair(peer.id, kp.clone()));
                 st.keypairs
                     .initiator_complete(kp, &mut |i| self.unregister(i));
+                if st.endpoint != Some(src) {
+                    st.timers.call_attention();
+                }
                 st.endpoint = Some(src);
                 st.timers.any_authenticated_packet_received();
                 st.timers.any_authenticated_packet_traversal(now.instant);
@@ -1007,6 +1024,9 @@ impl Device {
         self.replace(index, Slot::Keypair(peer.id, kp.clone()));
         st.keypairs
             .responder_derived(kp, &mut |i| self.unregister(i));
+        if st.endpoint != Some(src) {
+            st.timers.call_attention();
+        }
         st.endpoint = Some(src);
         st.timers.any_authenticated_packet_received();
         st.timers.any_authenticated_packet_traversal(now.instant);
@@ -1073,6 +1093,9 @@ impl Device {
             st.last_handshake = Some(now.since_epoch);
             self.send_staged(&peer, &mut st, now, out);
         }
+        if st.endpoint != Some(src) {
+            st.timers.call_attention();
+        }
         st.endpoint = Some(src);
         st.timers.any_authenticated_packet_received();
         st.timers.any_authenticated_packet_traversal(now.instant);
@@ -1102,6 +1125,28 @@ impl Device {
     }
 
     // ----- time -----
+
+    /// Whether something changed that a caller sleeping until `next_wake` should look at now
+    /// (a deadline armed sooner than that, an endpoint that moved, a keepalive owed) since the
+    /// last call. Rare and cheap: a data path may ask after every batch.
+    pub fn take_attention(&self) -> bool {
+        self.attention.take()
+    }
+
+    /// The earliest deadline, announced as the caller's next wake-up: from here on, a deadline
+    /// armed sooner raises `take_attention`. (A deadline armed while this looks is caught:
+    /// every one raises until the plan is in place, and then it looks again.)
+    pub fn next_wake(&self) -> Option<std::time::Instant> {
+        loop {
+            self.attention.plan(None);
+            self.attention.take();
+            let due = self.next_deadline();
+            self.attention.plan(due);
+            if !self.attention.take() {
+                return due;
+            }
+        }
+    }
 
     /// Runs every peer's due timers. Call it at least every few hundred milliseconds (or at
     /// `next_deadline`).

@@ -203,6 +203,45 @@ fn handshake_and_transport_both_ways() {
     }
 }
 
+/// A caller may sleep until `next_wake` and still hear of sooner deadlines: attention is
+/// raised when a timer is armed sooner than that or an endpoint moves, and not by the packets
+/// of a steady flow (which re-arm their timers later), so asking after every batch is free.
+#[test]
+fn attention_is_raised_by_new_deadlines_and_moved_endpoints_only() {
+    let net = net();
+    assert!(
+        net.a.take_attention() && net.b.take_attention(),
+        "new peers"
+    );
+    assert!(!net.a.take_attention(), "lowered once taken");
+    net.connect();
+    assert!(net.a.take_attention(), "A's handshake timers");
+    assert!(net.b.take_attention(), "B's session and keepalive timers");
+    // A steady flow both ways: every timer it uses is armed already.
+    for _ in 0..2 {
+        let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 100));
+        net.deliver(Side::B, wire);
+        let (_, wire) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 100));
+        net.deliver(Side::A, wire);
+    }
+    net.a.next_wake();
+    net.b.next_wake();
+    for _ in 0..3 {
+        let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 100));
+        net.deliver(Side::B, wire);
+        let (_, wire) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 100));
+        net.deliver(Side::A, wire);
+    }
+    assert!(
+        !net.a.take_attention() && !net.b.take_attention(),
+        "steady flow"
+    );
+    // A roams: B hears of it.
+    let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 100));
+    net.deliver_from(Side::B, "198.18.0.9:4000".parse().unwrap(), wire);
+    assert!(net.b.take_attention(), "endpoint moved");
+}
+
 #[test]
 fn the_other_side_can_initiate_too() {
     let net = net();

@@ -208,13 +208,20 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// `seed`: for its timers' jitter (from the device's randomness).
-    pub(crate) fn new(id: PeerId, local: &PrivateKey, config: &PeerConfig, seed: u64) -> Self {
+    /// `seed`: for its timers' jitter (from the device's randomness); `attention`: the
+    /// device's (see `Attention`).
+    pub(crate) fn new(
+        id: PeerId,
+        local: &PrivateKey,
+        config: &PeerConfig,
+        seed: u64,
+        attention: std::sync::Arc<super::timers::Attention>,
+    ) -> Self {
         let state = PeerState {
             handshake: Handshake::new(local, config.public_key, config.preshared_key.clone()),
             cookie: CookieGenerator::new(&config.public_key),
             keypairs: Keypairs::default(),
-            timers: Timers::new(config.persistent_keepalive, seed),
+            timers: Timers::new(config.persistent_keepalive, seed, attention),
             endpoint: config.endpoint.map(Into::into),
             staged: VecDeque::new(),
             last_sent_handshake: None,

@@ -11,7 +11,66 @@
 //! | persistent_keepalive | any authenticated packet sent or received | the configured interval | keepalive |
 
 use super::constants::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Raised when the control plane should look again before it planned to: a timer was armed
+/// sooner than the wake-up it announced (`plan`), or a peer's endpoint changed. A steady flow
+/// re-arms its timers later than the plan and raises nothing, so a caller can sleep until its
+/// next deadline instead of polling, and a data path can check after every batch (one relaxed
+/// load).
+#[derive(Debug)]
+pub struct Attention {
+    raised: AtomicBool,
+    /// The announced wake-up, in nanoseconds after `base`; u64::MAX: none (every deadline
+    /// armed raises).
+    planned: AtomicU64,
+    base: OnceLock<Instant>,
+}
+
+impl Default for Attention {
+    fn default() -> Self {
+        Attention {
+            raised: AtomicBool::new(false),
+            planned: AtomicU64::new(u64::MAX),
+            base: OnceLock::new(),
+        }
+    }
+}
+
+impl Attention {
+    fn nanos(&self, at: Instant) -> u64 {
+        let base = *self.base.get_or_init(|| at);
+        u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    pub fn raise(&self) {
+        // Read first: no write (and no cache-line traffic between workers) when already up.
+        if !self.raised.load(Ordering::Relaxed) {
+            self.raised.store(true, Ordering::Release);
+        }
+    }
+
+    /// A deadline was set for `at`: raise if that is sooner than the plan.
+    fn armed(&self, at: Instant) {
+        let planned = self.planned.load(Ordering::Acquire);
+        if planned == u64::MAX || self.nanos(at) < planned {
+            self.raise();
+        }
+    }
+
+    /// The caller will look again at `at` (None: only when raised).
+    pub fn plan(&self, at: Option<Instant>) {
+        let v = at.map_or(u64::MAX, |a| self.nanos(a));
+        self.planned.store(v, Ordering::Release);
+    }
+
+    /// Whether it was raised since the last call (and lowers it).
+    pub fn take(&self) -> bool {
+        self.raised.load(Ordering::Relaxed) && self.raised.swap(false, Ordering::AcqRel)
+    }
+}
 
 /// What expired timers ask the peer to do.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +86,7 @@ pub struct TimerActions {
     pub zero_keys: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Timers {
     pub retransmit_handshake: Option<Instant>,
     pub send_keepalive: Option<Instant>,
@@ -41,6 +100,7 @@ pub struct Timers {
     /// The configured persistent keepalive interval (None: off).
     pub persistent_interval: Option<Duration>,
     jitter: Jitter,
+    attention: Arc<Attention>,
 }
 
 /// Jitter needs no secrecy, only spread: each peer's timers carry a xorshift generator, seeded
@@ -71,8 +131,13 @@ fn expired(deadline: &mut Option<Instant>, now: Instant) -> bool {
 }
 
 impl Timers {
-    /// `seed`: for the jitter (any value; zero is made odd).
-    pub fn new(persistent_interval: Option<Duration>, seed: u64) -> Self {
+    /// `seed`: for the jitter (any value; zero is made odd). `attention`: told of every
+    /// deadline set.
+    pub fn new(
+        persistent_interval: Option<Duration>,
+        seed: u64,
+        attention: Arc<Attention>,
+    ) -> Self {
         Timers {
             retransmit_handshake: None,
             send_keepalive: None,
@@ -83,20 +148,37 @@ impl Timers {
             need_another_keepalive: false,
             persistent_interval,
             jitter: Jitter(seed | 1),
+            attention,
         }
+    }
+
+    /// Sets a deadline (raising `attention` if it is sooner than the caller's plan).
+    fn arm(slot: &mut Option<Instant>, at: Instant, attention: &Attention) {
+        attention.armed(at);
+        *slot = Some(at);
+    }
+
+    /// Raises `attention` (for the peer's other news: a new endpoint, a keepalive owed).
+    pub fn call_attention(&self) {
+        self.attention.raise();
     }
 
     /// We sent a data packet (not a keepalive).
     pub fn data_sent(&mut self, now: Instant) {
         if self.new_handshake.is_none() {
-            self.new_handshake = Some(now + NEW_HANDSHAKE_TIMEOUT + self.jitter.next());
+            let at = now + NEW_HANDSHAKE_TIMEOUT + self.jitter.next();
+            Self::arm(&mut self.new_handshake, at, &self.attention);
         }
     }
 
     /// We received a data packet (not a keepalive).
     pub fn data_received(&mut self, now: Instant) {
         if self.send_keepalive.is_none() {
-            self.send_keepalive = Some(now + KEEPALIVE_TIMEOUT);
+            Self::arm(
+                &mut self.send_keepalive,
+                now + KEEPALIVE_TIMEOUT,
+                &self.attention,
+            );
         } else {
             self.need_another_keepalive = true;
         }
@@ -116,12 +198,17 @@ impl Timers {
     /// Any authenticated packet went either way: restart the persistent keepalive.
     pub fn any_authenticated_packet_traversal(&mut self, now: Instant) {
         if let Some(interval) = self.persistent_interval {
-            self.persistent_keepalive = Some(now + interval);
+            Self::arm(
+                &mut self.persistent_keepalive,
+                now + interval,
+                &self.attention,
+            );
         }
     }
 
     pub fn handshake_initiated(&mut self, now: Instant) {
-        self.retransmit_handshake = Some(now + REKEY_TIMEOUT + self.jitter.next());
+        let at = now + REKEY_TIMEOUT + self.jitter.next();
+        Self::arm(&mut self.retransmit_handshake, at, &self.attention);
     }
 
     pub fn handshake_complete(&mut self) {
@@ -130,7 +217,11 @@ impl Timers {
     }
 
     pub fn session_derived(&mut self, now: Instant) {
-        self.zero_key_material = Some(now + ZERO_KEY_MATERIAL_AFTER);
+        Self::arm(
+            &mut self.zero_key_material,
+            now + ZERO_KEY_MATERIAL_AFTER,
+            &self.attention,
+        );
     }
 
     /// A new (not retried) handshake starts: count retries from zero.

@@ -1,0 +1,112 @@
+//! The main loop of a running interface: the protocol's timers, the endpoint memory, signals
+//! (SIGINT/SIGTERM: go down; SIGHUP: reload) and the control plane's requests (`reload` and
+//! `wg set` through the API socket, new addresses of re-resolved host names). It sleeps until
+//! the next timer is due or something arrives; the data path wakes it when the protocol asks
+//! (`Engine::attention`), so an idle interface does not wake at all.
+
+use super::dataplane::Engine;
+use super::endpoints::Moved;
+use super::reload::{apply_peers, reload, Live};
+use super::{read_lock, setup_error, EngineError};
+use crate::apply;
+use crate::uapi::{self, ApiState};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{debug, info, warn};
+
+/// Until SIGINT or SIGTERM (Ok), or a failed thread (Err).
+pub(super) async fn run(
+    engine: &Engine,
+    live: &mut Live<'_>,
+    requests: &mut UnboundedReceiver<uapi::Control>,
+    moved: &mut UnboundedReceiver<Moved>,
+) -> Result<(), EngineError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let ifname = live.config.interface.name.clone();
+    loop {
+        if engine.failed() {
+            return Err(setup_error("an internal thread failed (see the log above)"));
+        }
+        // Deadlines are in protocol time; the nap is real time (see `clock`).
+        let nap = engine.run_timers();
+        live.memory.save();
+        let sleep = async {
+            match nap {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = engine.attention() => {}
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = sighup.recv() => {
+                let _ = reload(live).await;
+            }
+            Some((key, addr, host)) = moved.recv() => {
+                if let Some(id) = live.device.peer_id(&key) {
+                    let was = live.device.peer_info(id).and_then(|i| i.endpoint);
+                    let name = read_lock(&live.names).get(&key).cloned().unwrap_or_else(|| {
+                        format!("{}…", &key.to_base64()[..8])
+                    });
+                    info!(
+                        "{name}: {host} resolves to {addr} now (was {}): trying there",
+                        was.map_or("none".into(), |e| e.to_string())
+                    );
+                    let _ = live.device.set_endpoint(id, Some(addr), true);
+                }
+            }
+            Some(request) = requests.recv() => match request {
+                uapi::Control::Reload(meant, reply) => {
+                    let started = live.config.path.clone();
+                    let same = |p: &Path| {
+                        std::fs::canonicalize(p).ok() == std::fs::canonicalize(&started).ok()
+                    };
+                    let r = match meant {
+                        Some(m) if !same(&m) => Err(format!(
+                            "{ifname} was started with {}, which is what reload re-reads; to use {} instead, restart with it",
+                            started.display(),
+                            m.display()
+                        )),
+                        _ => reload(live).await,
+                    };
+                    let _ = reply.send(r);
+                }
+                uapi::Control::Set(request, reply) => {
+                    let names = read_lock(&live.names).clone();
+                    let desired = request.desired(apply::current(&live.device, &names));
+                    let r = apply_peers(live, &desired).await;
+                    if let Err(e) = &r {
+                        warn!("set refused: {e}");
+                    }
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// The API socket's thread: one thread per client (`wg` connects, asks once and leaves).
+pub(super) fn serve_api(listener: UnixListener, api: Arc<ApiState>) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let api = api.clone();
+                let _ = std::thread::Builder::new()
+                    .name("uapi-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = uapi::serve_connection(&api, stream) {
+                            debug!("api connection: {e}");
+                        }
+                    });
+            }
+            Err(e) => debug!("api accept: {e}"),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! `Engine`: the running data plane. Its workers each own a packet device queue and a
+//! transport socket and run a send and a receive thread; a handshake thread does the costly
+//! handshake work; `run_timers` runs the protocol's timers and says when to run them next.
+//!
+//! `up` wraps one around a TUN and UDP sockets; the engine's tests wrap two or three around
+//! in-memory ones and let them talk.
+
+use super::handshakes::{self, HANDSHAKE_QUEUE};
+use super::send::TxState;
+use super::{receive, send, setup_error, EngineError};
+use crate::clock;
+use crate::packet_device::PacketDevice;
+use crate::transport::{SendError, Transport};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use suidao_proto::keys::PublicKey;
+use suidao_proto::{Device, DropReason, Endpoint, Outgoing, PeerId};
+use tracing::{debug, warn};
+
+/// What the engine needs besides the protocol device and its queues.
+pub struct Options {
+    /// Relay packets between peers inside the engine (a server's clients reach each other).
+    pub hairpin: bool,
+    /// The interface's own addresses: a packet for one of them is for this host, not relayed.
+    pub own_addrs: Vec<IpAddr>,
+    /// The tunnel MTU (the send path's buffers are sized for it).
+    pub mtu: usize,
+    /// Peers' names, for the logs.
+    pub names: Arc<RwLock<HashMap<PublicKey, String>>>,
+}
+
+/// One data-path worker: a queue of the packet device, a transport socket on the listen port,
+/// and a thread per direction. Flows are spread over workers by the kernel: outgoing by the
+/// TUN's per-flow queue choice, incoming by SO_REUSEPORT's per-sender socket choice, so the
+/// packets of one flow (or one peer) always go through one worker, in order.
+pub(super) struct Worker {
+    pub(super) device: Box<dyn PacketDevice>,
+    pub(super) transport: Box<dyn Transport>,
+    /// The send path's buffers (see `TxState`), held by whichever thread sends.
+    pub(super) tx: Mutex<TxState>,
+}
+
+/// What every thread shares.
+pub(super) struct Shared {
+    pub(super) device: Arc<Device>,
+    pub(super) workers: Vec<Worker>,
+    pub(super) hairpin: bool,
+    pub(super) own_addrs: Vec<IpAddr>,
+    pub(super) names: Arc<RwLock<HashMap<PublicKey, String>>>,
+    pub(super) handshakes: SyncSender<(Endpoint, Vec<u8>)>,
+    pub(super) queued_handshakes: AtomicUsize,
+    pub(super) stopping: AtomicBool,
+    /// A thread died: go down.
+    pub(super) failed: AtomicBool,
+    /// Wakes whoever runs the timers: the protocol asked for attention, or a thread failed.
+    pub(super) attention: tokio::sync::Notify,
+    /// Causes of failed sends and writes already logged (each is logged once, then counted).
+    logged: Mutex<HashSet<(DropReason, Option<i32>)>>,
+}
+
+impl Shared {
+    /// Tells whoever runs the timers to look again, if the protocol asks (a deadline armed
+    /// sooner than planned, an endpoint that moved). Cheap: call it after every batch.
+    pub(super) fn look_again(&self) {
+        if self.device.take_attention() {
+            self.attention.notify_one();
+        }
+    }
+
+    /// Sends what the protocol asked for (handshakes, keepalives, cookie replies) from the
+    /// first worker's socket: every worker's socket has the listen port.
+    pub(super) fn send_all(&self, out: &mut Vec<Outgoing>) {
+        let Some(w) = self.workers.first() else {
+            out.clear();
+            return;
+        };
+        for o in out.drain(..) {
+            if let Err(e) = w.transport.send(&o.bytes, o.to, None) {
+                self.send_failed(o.to, &e);
+            }
+        }
+    }
+
+    /// Counts a failed send by its reason; each cause (reason and error number) is logged the
+    /// first time, later ones only at debug level.
+    pub(super) fn send_failed(&self, to: Endpoint, e: &SendError) {
+        let reason = if e.too_big() {
+            DropReason::PacketTooBig
+        } else {
+            DropReason::SendError
+        };
+        self.device.count_engine_drop(reason, e.lost as u64);
+        self.log_once(reason, e.error.raw_os_error(), || {
+            format!("sending to {to}: {e}")
+        });
+    }
+
+    pub(super) fn device_write_failed(&self, w: &Worker, e: &std::io::Error) {
+        self.device.count_engine_drop(DropReason::TunWriteError, 1);
+        self.log_once(DropReason::TunWriteError, e.raw_os_error(), || {
+            format!("writing to {}: {e}", w.device.name())
+        });
+    }
+
+    fn log_once(&self, reason: DropReason, errno: Option<i32>, what: impl FnOnce() -> String) {
+        let first = self
+            .logged
+            .lock()
+            .map(|mut l| l.insert((reason, errno)))
+            .unwrap_or(false);
+        if first {
+            warn!(
+                "{} (counted as {}; further ones are not logged)",
+                what(),
+                reason.name()
+            );
+        } else {
+            debug!("{}", what());
+        }
+    }
+
+    pub(super) fn peer_name(&self, id: PeerId) -> String {
+        let Some(info) = self.device.peer_info(id) else {
+            return format!("peer {id}");
+        };
+        let name = self
+            .names
+            .read()
+            .map(|n| n.get(&info.public_key).cloned())
+            .ok()
+            .flatten();
+        name.unwrap_or_else(|| {
+            let k = info.public_key.to_base64();
+            format!("{}…", &k[..8])
+        })
+    }
+}
+
+/// The running data plane; stops (and joins its threads) on `stop` or drop.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts a send and a receive thread per (device, transport) queue pair, and the
+    /// handshake thread.
+    pub fn start(
+        device: Arc<Device>,
+        queues: Vec<(Box<dyn PacketDevice>, Box<dyn Transport>)>,
+        options: Options,
+    ) -> Result<Engine, EngineError> {
+        if queues.is_empty() {
+            return Err(setup_error("an engine needs at least one worker"));
+        }
+        let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
+        let workers = queues
+            .into_iter()
+            .map(|(dev, transport)| Worker {
+                tx: Mutex::new(TxState::new(options.mtu, dev.offload().tcp)),
+                device: dev,
+                transport,
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            device,
+            workers,
+            hairpin: options.hairpin,
+            own_addrs: options.own_addrs,
+            names: options.names,
+            handshakes: hs_tx,
+            queued_handshakes: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            attention: tokio::sync::Notify::new(),
+            logged: Mutex::default(),
+        });
+        let mut engine = Engine {
+            shared: shared.clone(),
+            threads: Vec::new(),
+        };
+        for i in 0..shared.workers.len() {
+            let s = shared.clone();
+            engine.spawn("send", move || send::run(&s, &s.workers[i]))?;
+            let s = shared.clone();
+            engine.spawn("receive", move || receive::run(&s, &s.workers[i]))?;
+        }
+        let s = shared.clone();
+        engine.spawn("handshakes", move || handshakes::run(&s, hs_rx))?;
+        Ok(engine)
+    }
+
+    /// Starts a thread; if it ever panics, `failed` says so (and the timers' runner is woken
+    /// to see it), rather than the engine running on with a dead half.
+    fn spawn(&mut self, name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), EngineError> {
+        let shared = self.shared.clone();
+        let thread_name = name.to_string();
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                    tracing::error!("thread {thread_name} failed: taking the interface down");
+                    shared.failed.store(true, Ordering::Relaxed);
+                    shared.attention.notify_one();
+                }
+            })
+            .map_err(|e| setup_error(format!("starting thread {name}: {e}")))?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.shared.device
+    }
+
+    /// Whether a thread died (the engine should be stopped).
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
+    }
+
+    /// Runs every due timer and sends what they ask for; returns how long until the next one
+    /// is due, in real time (None: nothing is scheduled; `attention` says when that changes).
+    pub fn run_timers(&self) -> Option<Duration> {
+        let mut out = Vec::new();
+        let now = clock::now();
+        self.shared.device.update_timers(now, &mut out);
+        self.shared.send_all(&mut out);
+        let due = self.shared.device.next_wake()?;
+        Some(clock::real(due.saturating_duration_since(now.instant)))
+    }
+
+    /// Resolves when `run_timers` should run before the time it last returned: the data path
+    /// armed a sooner deadline, an endpoint moved, or a thread failed.
+    pub async fn attention(&self) {
+        self.shared.attention.notified().await
+    }
+
+    /// Makes the protocol's pending requests go out now (after a change by the control plane,
+    /// such as a new peer or endpoint).
+    pub fn look_again(&self) {
+        self.shared.look_again();
+    }
+
+    /// The first worker's transport, for the control plane's own sends.
+    pub fn send_all(&self, out: &mut Vec<Outgoing>) {
+        self.shared.send_all(out);
+    }
+
+    /// Where the first worker's transport would send a datagram from (for tests).
+    pub fn worker_count(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    /// Stops every thread and waits for them: wakes the waiting ones, ends the handshake
+    /// thread's queue. Idempotent.
+    pub fn stop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        for w in &self.shared.workers {
+            w.device.interrupt();
+            w.transport.interrupt();
+        }
+        // The empty message ends the handshake thread (which drains the queue unread until
+        // then, so this send cannot block for long).
+        let nobody = Endpoint::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _ = self.shared.handshakes.send((nobody, Vec::new()));
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,166 @@
+//! The receive path: datagrams from the transport a batch at a time (recvmmsg, and GRO runs of
+//! one size), handshake messages handed to the handshake thread, transport data opened in
+//! place and written to the packet device together, consecutive segments of one flow as one
+//! super-packet (`gro`): no copy in between. A packet for another peer is sealed again and
+//! sent on (hairpin).
+
+use super::dataplane::{Shared, Worker};
+use super::handshakes;
+use crate::clock;
+use crate::gro::Coalescer;
+use crate::transport::RecvMeta;
+use crate::tun::IDEAL_BATCH_SIZE;
+use std::io::IoSliceMut;
+use std::sync::atomic::Ordering;
+use suidao_proto::constants::TRANSPORT_HEADER_LEN;
+use suidao_proto::messages::Message;
+use suidao_proto::{ip, Endpoint, Outgoing, PeerId, Received, Sent, Time};
+use tracing::debug;
+
+/// Messages per receive call, each up to 64 KB (GRO).
+const RX_MESSAGES: usize = 16;
+const RX_SLOT: usize = 65536;
+/// Opened packets are written to the device (coalesced) once this many wait, at the end of a
+/// received message: a whole receive batch at once (up to a thousand small datagrams) would
+/// overflow the receiving socket's buffer behind the TUN, where a few smaller bursts do not.
+const TUN_WRITE_BATCH: usize = IDEAL_BATCH_SIZE;
+
+/// The receive thread: receives whatever the transport has, then sleeps until it has more.
+pub(super) fn run(s: &Shared, w: &Worker) {
+    let mut rx = vec![0u8; RX_MESSAGES * RX_SLOT];
+    let mut meta = [RecvMeta::default(); RX_MESSAGES];
+    let offload = w.device.offload();
+    let mut gro = Coalescer::new(offload.tcp, offload.udp);
+    let mut out = Vec::new();
+    let mut relay = vec![0u8; RX_SLOT + 64];
+    while !s.stopping.load(Ordering::Relaxed) {
+        let n = {
+            let mut chunks = rx.chunks_mut(RX_SLOT);
+            let mut iovs: [IoSliceMut<'_>; RX_MESSAGES] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            match w.transport.recv(&mut iovs, &mut meta) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = w.transport.wait_readable(None) {
+                        debug!("waiting for the transport: {e}");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    debug!("receiving: {e}");
+                    continue;
+                }
+            }
+        };
+        let now = clock::now();
+        for (k, m) in meta.iter().enumerate().take(n) {
+            let base = k * RX_SLOT;
+            let end = base + m.len.min(RX_SLOT);
+            let stride = if m.stride == 0 {
+                (end - base).max(1)
+            } else {
+                m.stride
+            };
+            let mut at = base;
+            while at < end {
+                let next = (at + stride).min(end);
+                let datagram = &mut rx[at..next];
+                if let Some(range) = receive_one(s, w, m.from, datagram, now, &mut out, &mut relay)
+                {
+                    gro.push(&rx, at + range.start, range.len());
+                    if gro.is_full() {
+                        write_device(s, w, &mut gro, &mut rx);
+                    }
+                }
+                at = next;
+            }
+            // Between messages (one message is usually one run the sender sent in one go,
+            // such as one TCP super-packet's segments), so that a group is not cut in two.
+            if gro.len() >= TUN_WRITE_BATCH {
+                write_device(s, w, &mut gro, &mut rx);
+            }
+        }
+        let wrote = !gro.is_empty();
+        write_device(s, w, &mut gro, &mut rx);
+        s.send_all(&mut out);
+        s.look_again();
+        // Writing to the device often makes the kernel answer at once (a ping's reply, a TCP
+        // ack), and the answer is already waiting in it: send it from here, saving the other
+        // thread's wake-up, unless that thread is already at it.
+        if wrote {
+            if let Ok(mut tx) = w.tx.try_lock() {
+                super::send::drain(s, w, &mut tx);
+            }
+        }
+    }
+}
+
+/// One datagram: handshake messages to the handshake thread; transport data opened (or
+/// relayed to another peer). Returns where in `datagram` an opened packet for the TUN lies.
+fn receive_one(
+    s: &Shared,
+    w: &Worker,
+    from: Endpoint,
+    datagram: &mut [u8],
+    now: Time,
+    out: &mut Vec<Outgoing>,
+    relay: &mut [u8],
+) -> Option<std::ops::Range<usize>> {
+    // Well-formed handshake messages go to the handshake thread; transport data and
+    // malformed datagrams (dropped and counted at once) are handled here.
+    if matches!(
+        Message::parse(datagram),
+        Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
+    ) {
+        handshakes::queue(s, from, datagram, now, out);
+        return None;
+    }
+    match s.device.receive(from, datagram, now, out) {
+        Received::Packet { peer, range } => {
+            let packet = &datagram[range.clone()];
+            if s.hairpin && hairpin(s, peer, packet) {
+                // For another peer: seal it again (in a buffer of its own, with room for the
+                // header, padding and tag) and send it on.
+                let len = packet.len();
+                relay[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].copy_from_slice(packet);
+                if let Sent::Ready { to, len } = s.device.encapsulate(relay, len, now, out) {
+                    if let Err(e) = w.transport.send(&relay[..len], to, None) {
+                        s.send_failed(to, &e);
+                    }
+                }
+                None
+            } else {
+                // The transport header in front of it is free now: room for the virtio
+                // header the device write needs.
+                Some(range)
+            }
+        }
+        Received::Dropped(reason) => {
+            debug!("dropped a datagram from {from}: {}", reason.name());
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Writes what `gro` holds; every failed write is counted (and its cause logged once).
+fn write_device(s: &Shared, w: &Worker, gro: &mut Coalescer, rx: &mut [u8]) {
+    let _ = gro.flush(rx, |iov| {
+        let r = w.device.write_vectored(iov);
+        if let Err(e) = &r {
+            s.device_write_failed(w, e);
+        }
+        r
+    });
+}
+
+/// Whether an opened packet is for another peer (relay it) rather than for this host.
+fn hairpin(s: &Shared, from_peer: PeerId, packet: &[u8]) -> bool {
+    let Some(dst) = ip::destination(packet) else {
+        return false;
+    };
+    if s.own_addrs.contains(&dst) {
+        return false;
+    }
+    matches!(s.device.route(dst), Some(to) if to != from_peer)
+}

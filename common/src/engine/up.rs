@@ -1,0 +1,176 @@
+//! `up`: setup → run → undo. Everything it makes is recorded in one teardown list as it is
+//! made (see `teardown`), and every way out after the first change, a panic in the main loop
+//! included, goes through that list.
+
+use super::control::{self, serve_api};
+use super::dataplane::{Engine, Options};
+use super::endpoints::{hostnames, reresolve, EndpointMemory, RERESOLVE_RETRY};
+use super::reload::{desired_peers, Live};
+use super::setup::{self, socket_mark};
+use super::teardown::{Teardown, Undo};
+use super::{setup_error, EngineError};
+use crate::config::Config;
+use crate::uapi::{self, ApiState};
+use crate::{apply, hooks, netlink, notify};
+use rand_core::OsRng;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use suidao_proto::keys::PublicKey;
+use suidao_proto::Device;
+use tracing::{info, warn};
+
+/// `up`: runs the interface until SIGINT or SIGTERM, then removes what it added.
+pub fn up(mut config: Config) -> Result<(), EngineError> {
+    for f in config.resolve() {
+        warn!(
+            "{f}: the peer has no endpoint until its name resolves (tried again every {} s)",
+            RERESOLVE_RETRY.as_secs()
+        );
+    }
+    let ifname = config.interface.name.clone();
+    setup::claim_socket_path(&uapi::socket_path(&ifname), &ifname)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let h = netlink::connect()?;
+        let hooks = config.interface.hooks.clone();
+        hooks::run("pre_up", &hooks.pre_up, &ifname).map_err(setup_error)?;
+        let mut td = Teardown::default();
+        td.push(Undo::Hook {
+            stage: "post_down",
+            commands: hooks.post_down.clone(),
+            ifname: ifname.clone(),
+        });
+        let result = run(&h, config, &mut td).await;
+        td.undo(&h).await;
+        result
+    })
+}
+
+/// Sets everything up, recording it in `td`, and runs until told to stop.
+async fn run(h: &rtnetlink::Handle, config: Config, td: &mut Teardown) -> Result<(), EngineError> {
+    let ifname = config.interface.name.clone();
+    // The control socket first: nothing is configured yet if it cannot be made.
+    let sock_path = uapi::socket_path(&ifname);
+    let listener = setup::control_socket(&sock_path)?;
+    td.push(Undo::SocketFile(sock_path));
+    let (queues, listen_port) = setup::open_queues(&config)?;
+    let offloads = describe_offloads(&queues);
+    let (device, names) = new_device(&config)?;
+    setup::configure(h, &config, td).await?;
+    let names = Arc::new(RwLock::new(names));
+    let options = Options {
+        hairpin: config.interface.hairpin,
+        own_addrs: config.interface.addresses.iter().map(|a| a.addr).collect(),
+        mtu: config.interface.mtu as usize,
+        names: names.clone(),
+    };
+    let mut engine = Engine::start(device.clone(), queues, options)?;
+    let memory = Arc::new(EndpointMemory::new(&ifname, device.clone(), &config));
+    td.push(Undo::Endpoints(memory.clone()));
+
+    let (control_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    let api = Arc::new(ApiState {
+        ifname: ifname.clone(),
+        device: device.clone(),
+        listen_port,
+        fwmark: socket_mark(&config),
+        names: names.clone(),
+        control: Some(control_tx),
+        set_lock: Default::default(),
+    });
+    spawn("uapi", move || serve_api(listener, api))?;
+    let (hosts, hosts_rx) = std::sync::mpsc::channel();
+    let _ = hosts.send(hostnames(&config));
+    let (moved_tx, mut moved) = tokio::sync::mpsc::unbounded_channel();
+    let d = device.clone();
+    spawn("resolver", move || reresolve(d, hosts_rx, moved_tx))?;
+    info!(
+        "{ifname} is up: public key {}, UDP port {listen_port}, {} peer(s)",
+        device.public_key(),
+        device.peer_ids().len()
+    );
+    info!("{offloads}");
+
+    let hooks = config.interface.hooks.clone();
+    hooks::run("post_up", &hooks.post_up, &ifname).map_err(setup_error)?;
+    td.push(Undo::Hook {
+        stage: "pre_down",
+        commands: hooks.pre_down,
+        ifname: ifname.clone(),
+    });
+    notify::notify(&format!("READY=1\nSTATUS={ifname} is up"));
+    let mut live = Live {
+        h,
+        td,
+        config,
+        listen_port,
+        device,
+        names,
+        memory,
+        hosts,
+    };
+    // A panic in the loop (a bug) still ends in the teardown.
+    use futures_util::FutureExt;
+    let result =
+        std::panic::AssertUnwindSafe(control::run(&engine, &mut live, &mut requests, &mut moved))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(setup_error(
+                    "internal error (see the panic above): going down",
+                ))
+            });
+    notify::notify("STOPPING=1");
+    info!("{ifname} going down");
+    engine.stop();
+    result
+}
+
+/// The protocol device with the config's peers (by the same path a reload takes, on an empty
+/// device: all added), and the endpoints the last run remembered for peers without one.
+fn new_device(config: &Config) -> Result<(Arc<Device>, HashMap<PublicKey, String>), EngineError> {
+    let device = Arc::new(Device::new(config.interface.private_key.clone(), OsRng));
+    device.set_mtu(config.interface.mtu as usize);
+    let plan = apply::plan(&device, &HashMap::new(), &desired_peers(config, None))
+        .map_err(|e| setup_error(e.to_string()))?;
+    apply::apply_to_device(&device, &plan);
+    let remembered = EndpointMemory::recall(&config.interface.name);
+    for p in config.peers.iter().filter(|p| p.endpoint.is_none()) {
+        if let (Some(e), Some(id)) = (
+            remembered.get(&p.public_key.to_base64()),
+            device.peer_id(&p.public_key),
+        ) {
+            // A restarted server tells its clients at once that their sessions are gone.
+            info!("{}: last seen at {e}, starting a handshake", p.label());
+            let _ = device.set_endpoint(id, Some(*e), true);
+        }
+    }
+    Ok((device, plan.names))
+}
+
+fn describe_offloads(queues: &setup::Queues) -> String {
+    let Some((dev, transport)) = queues.first() else {
+        return String::new();
+    };
+    let o = dev.offload();
+    let on = |b: bool| if b { "on" } else { "off" };
+    format!(
+        "{} worker(s); offloads: TUN segmentation {} (UDP {}), UDP GSO {} segments, UDP GRO {} segments",
+        queues.len(),
+        on(o.tcp),
+        on(o.udp),
+        transport.max_segments(),
+        transport.gro_segments()
+    )
+}
+
+/// A control-plane thread that lives as long as the process.
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), EngineError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| setup_error(format!("starting thread {name}: {e}")))
+}

@@ -1,0 +1,74 @@
+//! The outer side of the data path: how sealed datagrams reach peers.
+//!
+//! The UDP socket group (`udp::Udp`) is one implementation; a TCP transport for networks that
+//! block UDP will be the next; `testing::MemoryTransport` is the one the engine's tests use.
+//! Batched both ways: a receive may carry many datagrams (recvmmsg, GRO), a send a run of
+//! same-size datagrams to one endpoint (GSO).
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::time::Duration;
+use suidao_proto::Endpoint;
+
+/// One received message: `len` bytes from `from`, which are datagrams of `stride` bytes each
+/// (the last may be shorter; a stride of 0 or of `len`: one datagram).
+#[derive(Clone, Copy, Debug)]
+pub struct RecvMeta {
+    /// The sender, and the local address it sent to (where answers leave from).
+    pub from: Endpoint,
+    pub len: usize,
+    pub stride: usize,
+}
+
+impl Default for RecvMeta {
+    fn default() -> Self {
+        RecvMeta {
+            from: Endpoint::from(SocketAddr::from(([0, 0, 0, 0], 0))),
+            len: 0,
+            stride: 0,
+        }
+    }
+}
+
+/// A send that did not go (wholly): how many datagrams were lost, and the first error.
+#[derive(Debug)]
+pub struct SendError {
+    pub lost: usize,
+    pub error: io::Error,
+}
+
+impl SendError {
+    /// The datagram was larger than the socket or the path allows (EMSGSIZE).
+    pub fn too_big(&self) -> bool {
+        self.error.raw_os_error() == Some(libc::EMSGSIZE)
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} datagram(s) lost)", self.error, self.lost)
+    }
+}
+
+pub trait Transport: Send + Sync {
+    /// Receives what is waiting, without blocking: up to `bufs.len()` messages, message i in
+    /// `bufs[i]` as `meta[i]` describes it. `WouldBlock` when nothing is waiting.
+    fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize>;
+
+    /// Sends `contents` to `to`: one datagram, or with `segment` a run of datagrams of that
+    /// size (the last may be shorter), in one go where the way allows.
+    fn send(&self, contents: &[u8], to: Endpoint, segment: Option<usize>) -> Result<(), SendError>;
+
+    /// How many datagrams one `send` may carry (1: no runs).
+    fn max_segments(&self) -> usize;
+
+    /// How many datagrams one received message may carry (1: one each).
+    fn gro_segments(&self) -> usize;
+
+    /// Waits until a message can be received (true), `timeout` passes or `interrupt` was
+    /// called (false). `None`: no timeout.
+    fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool>;
+
+    /// Ends every wait, now and later (the engine is stopping).
+    fn interrupt(&self);
+}
