@@ -1,10 +1,12 @@
 //! `suidao-lab bench`: on the `p2p` topology, side by side in one run, the raw veth link,
 //! suidao, and wireguard-go (when installed): iperf3 TCP with 1 and 4 streams, UDP with 64-byte
 //! payloads at full rate (delivered packets per second), ping round trip. Several repetitions,
-//! interleaved so that the machine's noise spreads evenly; medians and ratios.
+//! interleaved so that the machine's noise spreads evenly; medians and ratios. Then, every
+//! tunnel idle at once after one ping, how often each tunnel process wakes (context switches
+//! of all its threads per second, over IDLE_SECONDS).
 
 use crate::interrupt;
-use crate::measure::{cpu_seconds, iperf3, median, ping_rtt, tcp_bps, udp_pps};
+use crate::measure::{context_switches, cpu_seconds, iperf3, median, ping_rtt, tcp_bps, udp_pps};
 use crate::require::have_tool;
 use crate::suidao::{NodeSpec, Role, TempDir};
 use crate::topology::P2p;
@@ -14,6 +16,9 @@ use rand_core::OsRng;
 use serde_json::json;
 use std::net::SocketAddr;
 use suidao_proto::keys::PrivateKey;
+
+/// The idle spell over which wake-ups are counted.
+const IDLE_SECONDS: u64 = 20;
 
 pub struct Options {
     pub reps: usize,
@@ -32,6 +37,8 @@ struct Figures {
     tcp4: Vec<f64>,
     udp64: Vec<f64>,
     rtt: Vec<f64>,
+    /// Context switches per second of one tunnel process, idle (the mean of both ends).
+    idle_wakeups: f64,
 }
 
 struct Target {
@@ -81,6 +88,27 @@ fn measure(lab: &P2p, t: &mut Target, seconds: u32, progress: bool) -> Result<()
     t.figures.tcp4.push(tcp4);
     t.figures.udp64.push(udp);
     t.figures.rtt.push(rtt);
+    Ok(())
+}
+
+/// Every tunnel idle at once: one ping through each (sessions up, timers armed), then the
+/// context switches of their processes over IDLE_SECONDS.
+fn idle_wakeups(lab: &P2p, targets: &mut [Target]) -> Result<()> {
+    for t in targets.iter().filter(|t| !t.pids.is_empty()) {
+        ping_rtt(&lab.client.ns, &t.addr, 1, "0.2")?;
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before: Vec<u64> = targets.iter().map(|t| context_switches(&t.pids)).collect();
+    for _ in 0..IDLE_SECONDS {
+        interrupt::check()?;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    for (t, b) in targets.iter_mut().zip(before) {
+        if !t.pids.is_empty() {
+            let n = context_switches(&t.pids).saturating_sub(b) as f64;
+            t.figures.idle_wakeups = n / IDLE_SECONDS as f64 / t.pids.len() as f64;
+        }
+    }
     Ok(())
 }
 
@@ -203,6 +231,11 @@ pub fn run(opts: Options) -> Result<()> {
         }
     }
 
+    if !opts.json {
+        eprintln!("idle: one ping each, then {IDLE_SECONDS} s of nothing");
+    }
+    idle_wakeups(&lab, &mut targets)?;
+
     let med = |t: &Target| {
         (
             median(&t.figures.tcp1),
@@ -229,6 +262,7 @@ pub fn run(opts: Options) -> Result<()> {
                 t.name.into(),
                 json!({"tcp1_bps": a, "tcp4_bps": b, "udp64_pps": c, "rtt_ms": d,
                        "cpu_seconds_per_gb": if t.pids.is_empty() { None } else { Some(cpu(t)) },
+                       "idle_wakeups_per_s": if t.pids.is_empty() { None } else { Some(t.figures.idle_wakeups) },
                        "runs": {"tcp1_bps": t.figures.tcp1, "tcp4_bps": t.figures.tcp4,
                                 "udp64_pps": t.figures.udp64, "rtt_ms": t.figures.rtt,
                                 "cpu_seconds_per_gb": t.figures.cpu_per_gb}}),
@@ -250,17 +284,20 @@ pub fn run(opts: Options) -> Result<()> {
             "\nsuidao-lab bench, {date}, {cores} cores, suidao workers {workers}, medians of {} repetitions:\n",
             opts.reps
         );
-        println!("| target | TCP 1 stream | TCP 4 streams | UDP 64 B delivered | ping RTT | CPU per GB (TCP 1 stream, both ends) |");
-        println!("|---|---|---|---|---|---|");
+        println!("| target | TCP 1 stream | TCP 4 streams | UDP 64 B delivered | ping RTT | CPU per GB (TCP 1 stream, both ends) | idle wake-ups/s per process |");
+        println!("|---|---|---|---|---|---|---|");
         for t in &targets {
             let (a, b, c, d) = med(t);
-            let per_gb = if t.pids.is_empty() {
-                "-".to_string()
+            let (per_gb, idle) = if t.pids.is_empty() {
+                ("-".to_string(), "-".to_string())
             } else {
-                format!("{:.2} s", cpu(t))
+                (
+                    format!("{:.2} s", cpu(t)),
+                    format!("{:.1}", t.figures.idle_wakeups),
+                )
             };
             println!(
-                "| {} | {:.0} Mbit/s | {:.0} Mbit/s | {:.0} pkt/s | {:.3} ms | {per_gb} |",
+                "| {} | {:.0} Mbit/s | {:.0} Mbit/s | {:.0} pkt/s | {:.3} ms | {per_gb} | {idle} |",
                 t.name,
                 a / 1e6,
                 b / 1e6,
@@ -270,7 +307,7 @@ pub fn run(opts: Options) -> Result<()> {
         }
         let fmt = |r: Option<f64>| r.map_or("-".into(), |v| format!("{v:.2}x"));
         println!(
-            "| suidao / raw | {} | {} | {} | {} | |",
+            "| suidao / raw | {} | {} | {} | {} | | |",
             fmt(ratio(sd.0, raw.0)),
             fmt(ratio(sd.1, raw.1)),
             fmt(ratio(sd.2, raw.2)),
@@ -278,7 +315,7 @@ pub fn run(opts: Options) -> Result<()> {
         );
         if let Some(w) = wgo {
             println!(
-                "| suidao / wireguard-go | {} | {} | {} | {} | {} |",
+                "| suidao / wireguard-go | {} | {} | {} | {} | {} | |",
                 fmt(ratio(sd.0, w.0)),
                 fmt(ratio(sd.1, w.1)),
                 fmt(ratio(sd.2, w.2)),

@@ -124,6 +124,24 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         / ticks_per_second
 }
 
+/// Context switches of every thread of `pids` so far (voluntary and not): each is a thread
+/// going to sleep or being put aside, so over an idle spell they count the wake-ups.
+pub fn context_switches(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// The median of some numbers (NaN-free), or 0 for none.
 pub fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();

@@ -114,7 +114,7 @@ fn three_workers_keep_flows_in_order_and_data_intact() {
     // Eight UDP flows at once, each in order, both ways and over IPv6 inside. The client's
     // flows are spread over its TUN queues: more than one worker seals them.
     let client_pid = vpn.client.process.pid().unwrap();
-    let before = thread_cpu_ns(client_pid, "tun-to-udp");
+    let before = thread_cpu_ns(client_pid, "send");
     let flows = transfer::udp_flows(
         c,
         s,
@@ -125,15 +125,15 @@ fn three_workers_keep_flows_in_order_and_data_intact() {
     )
     .unwrap();
     check_flows("client to server", &flows, &vpn.logs());
-    let after = thread_cpu_ns(client_pid, "tun-to-udp");
-    assert_eq!(before.len(), WORKERS, "one tun-to-udp thread per worker");
+    let after = thread_cpu_ns(client_pid, "send");
+    assert_eq!(before.len(), WORKERS, "one send thread per worker");
     let busy = before
         .iter()
         .zip(&after)
         .filter(|(b, a)| a.saturating_sub(**b) > 5_000_000)
         .count();
     eprintln!(
-        "CPU ms per tun-to-udp thread during the flows: {:?}",
+        "CPU ms per send thread during the flows: {:?}",
         before
             .iter()
             .zip(&after)

@@ -13,20 +13,37 @@ use crate::uapi::{self, ApiState};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, info, warn};
+
+/// The signals `up` answers, caught from its first step on: one that comes during setup is
+/// kept for the loop (the interface comes up, then goes down cleanly), never the default
+/// action that would skip the teardown.
+pub(super) struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    pub(super) fn catch() -> std::io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
 
 /// Until SIGINT or SIGTERM (Ok), or a failed thread (Err).
 pub(super) async fn run(
     engine: &Engine,
     live: &mut Live<'_>,
+    signals: &mut Signals,
     requests: &mut UnboundedReceiver<uapi::Control>,
     moved: &mut UnboundedReceiver<Moved>,
 ) -> Result<(), EngineError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let ifname = live.config.interface.name.clone();
     loop {
         if engine.failed() {
@@ -44,9 +61,9 @@ pub(super) async fn run(
         tokio::select! {
             _ = sleep => {}
             _ = engine.attention() => {}
-            _ = sigint.recv() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
-            _ = sighup.recv() => {
+            _ = signals.int.recv() => return Ok(()),
+            _ = signals.term.recv() => return Ok(()),
+            _ = signals.hup.recv() => {
                 let _ = reload(live).await;
             }
             Some((key, addr, host)) = moved.recv() => {

@@ -21,7 +21,10 @@ use tracing::info;
 /// (with the config's mark); and the listen port.
 pub(super) type Queues = Vec<(Box<dyn PacketDevice>, Box<dyn Transport>)>;
 
-pub(super) fn open_queues(config: &Config) -> Result<(Queues, u16), EngineError> {
+pub(super) async fn open_queues(
+    h: &rtnetlink::Handle,
+    config: &Config,
+) -> Result<(Queues, u16), EngineError> {
     let ifname = &config.interface.name;
     let workers = config
         .interface
@@ -35,7 +38,10 @@ pub(super) fn open_queues(config: &Config) -> Result<(Queues, u16), EngineError>
                 .map_err(|e| setup_error(format!("marking the UDP sockets with {mark}: {e}")))?;
         }
     }
-    let tuns = Tun::create_queues(ifname, workers).map_err(|e| name_taken(ifname, e))?;
+    let tuns = match Tun::create_queues(ifname, workers) {
+        Ok(t) => t,
+        Err(e) => return Err(name_taken(h, ifname, e).await),
+    };
     let queues = tuns
         .into_iter()
         .zip(sockets)
@@ -285,21 +291,12 @@ pub(super) async fn configure(
 
 /// A TUN that cannot be made because a link of another kind has the name (the kernel says only
 /// EINVAL): say which kind.
-pub(super) fn name_taken(ifname: &str, e: std::io::Error) -> EngineError {
+async fn name_taken(h: &rtnetlink::Handle, ifname: &str, e: std::io::Error) -> EngineError {
     // (`Tun` words the error itself, keeping only its kind: EINVAL is InvalidInput.)
     if e.kind() != std::io::ErrorKind::InvalidInput {
         return e.into();
     }
-    let kind = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()
-        .and_then(|rt| {
-            rt.block_on(async {
-                let h = netlink::connect().ok()?;
-                netlink::link_kind(&h, ifname).await.ok().flatten()
-            })
-        });
+    let kind = netlink::link_kind(h, ifname).await.ok().flatten();
     match kind {
         Some(kind) if kind != "tun" => setup_error(format!(
             "an interface named {ifname} exists already, and it is a {kind}, not a TUN: choose another name, or remove it (ip link del {ifname})"

@@ -2,7 +2,7 @@
 //! made (see `teardown`), and every way out after the first change, a panic in the main loop
 //! included, goes through that list.
 
-use super::control::{self, serve_api};
+use super::control::{self, serve_api, Signals};
 use super::dataplane::{Engine, Options};
 use super::endpoints::{hostnames, reresolve, EndpointMemory, RERESOLVE_RETRY};
 use super::reload::{desired_peers, Live};
@@ -33,6 +33,7 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let mut signals = Signals::catch()?;
         let h = netlink::connect()?;
         let hooks = config.interface.hooks.clone();
         hooks::run("pre_up", &hooks.pre_up, &ifname).map_err(setup_error)?;
@@ -42,20 +43,25 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
             commands: hooks.post_down.clone(),
             ifname: ifname.clone(),
         });
-        let result = run(&h, config, &mut td).await;
+        let result = run(&h, config, &mut signals, &mut td).await;
         td.undo(&h).await;
         result
     })
 }
 
 /// Sets everything up, recording it in `td`, and runs until told to stop.
-async fn run(h: &rtnetlink::Handle, config: Config, td: &mut Teardown) -> Result<(), EngineError> {
+async fn run(
+    h: &rtnetlink::Handle,
+    config: Config,
+    signals: &mut Signals,
+    td: &mut Teardown,
+) -> Result<(), EngineError> {
     let ifname = config.interface.name.clone();
     // The control socket first: nothing is configured yet if it cannot be made.
     let sock_path = uapi::socket_path(&ifname);
     let listener = setup::control_socket(&sock_path)?;
     td.push(Undo::SocketFile(sock_path));
-    let (queues, listen_port) = setup::open_queues(&config)?;
+    let (queues, listen_port) = setup::open_queues(h, &config).await?;
     let offloads = describe_offloads(&queues);
     let (device, names) = new_device(&config)?;
     setup::configure(h, &config, td).await?;
@@ -113,15 +119,20 @@ async fn run(h: &rtnetlink::Handle, config: Config, td: &mut Teardown) -> Result
     };
     // A panic in the loop (a bug) still ends in the teardown.
     use futures_util::FutureExt;
-    let result =
-        std::panic::AssertUnwindSafe(control::run(&engine, &mut live, &mut requests, &mut moved))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                Err(setup_error(
-                    "internal error (see the panic above): going down",
-                ))
-            });
+    let result = std::panic::AssertUnwindSafe(control::run(
+        &engine,
+        &mut live,
+        signals,
+        &mut requests,
+        &mut moved,
+    ))
+    .catch_unwind()
+    .await
+    .unwrap_or_else(|_| {
+        Err(setup_error(
+            "internal error (see the panic above): going down",
+        ))
+    });
     notify::notify("STOPPING=1");
     info!("{ifname} going down");
     engine.stop();
