@@ -10,7 +10,7 @@ use crate::measure::{context_switches, cpu_seconds, iperf3, median, ping_rtt, tc
 use crate::require::have_tool;
 use crate::suidao::{NodeSpec, Role, TempDir};
 use crate::topology::P2p;
-use crate::wggo::{WgPeer, WireguardGo};
+use crate::wggo::{Userspace, WgPeer, WireguardGo};
 use anyhow::{bail, Result};
 use rand_core::OsRng;
 use serde_json::json;
@@ -26,6 +26,8 @@ pub struct Options {
     pub json: bool,
     /// `workers` for both suidao ends (None: suidao's default).
     pub workers: Option<u32>,
+    /// Another build of suidao, measured beside this one as "suidao before".
+    pub before: Option<std::path::PathBuf>,
 }
 
 /// The figures of one target.
@@ -57,17 +59,18 @@ fn measure(lab: &P2p, t: &mut Target, seconds: u32, progress: bool) -> Result<()
     let cpu_before = cpu_seconds(&t.pids);
     let tcp1_report = run(&["-t", &secs])?;
     let cpu = cpu_seconds(&t.pids) - cpu_before;
-    let tcp1 = tcp_bps(&tcp1_report);
+    let tcp1 = missing_if_zero(tcp_bps(&tcp1_report), t.name, "tcp1", &tcp1_report);
     let bytes = tcp1_report["end"]["sum_received"]["bytes"]
         .as_f64()
         .unwrap_or(0.0);
-    let cpu_per_gb = if t.pids.is_empty() || bytes <= 0.0 {
+    let cpu_per_gb = if t.pids.is_empty() || bytes <= 0.0 || tcp1.is_nan() {
         f64::NAN
     } else {
         cpu / (bytes / 1e9)
     };
     interrupt::check()?;
-    let tcp4 = tcp_bps(&run(&["-t", &secs, "-P", "4"])?);
+    let tcp4_report = run(&["-t", &secs, "-P", "4"])?;
+    let tcp4 = missing_if_zero(tcp_bps(&tcp4_report), t.name, "tcp4", &tcp4_report);
     interrupt::check()?;
     let udp = udp_pps(&run(&["-t", &secs, "-u", "-b", "0", "-l", "64"])?);
     interrupt::check()?;
@@ -91,6 +94,20 @@ fn measure(lab: &P2p, t: &mut Target, seconds: u32, progress: bool) -> Result<()
     Ok(())
 }
 
+/// A run that moved nothing (iperf3 finished, but its report has no received bytes: a
+/// control connection that failed, say) is left out of the medians, and said so, rather than
+/// counted as a zero.
+fn missing_if_zero(bps: f64, target: &str, what: &str, report: &serde_json::Value) -> f64 {
+    if bps > 0.0 {
+        return bps;
+    }
+    eprintln!(
+        "  ({target} {what}: iperf3 reported nothing received ({}); left out)",
+        report["error"].as_str().unwrap_or("no error given")
+    );
+    f64::NAN
+}
+
 /// Every tunnel idle at once: one ping through each (sessions up, timers armed), then the
 /// context switches of their processes over IDLE_SECONDS.
 fn idle_wakeups(lab: &P2p, targets: &mut [Target]) -> Result<()> {
@@ -112,6 +129,81 @@ fn idle_wakeups(lab: &P2p, targets: &mut [Target]) -> Result<()> {
     Ok(())
 }
 
+/// The other build's server and client, on 10.96.0.0/24, port 51850.
+fn start_before(
+    lab: &P2p,
+    bin: &std::path::Path,
+    opts: &Options,
+    dir: &std::path::Path,
+) -> Result<Vec<crate::suidao::Node>> {
+    let (mut server, mut client) = NodeSpec::pair(
+        ["sdb", "sdb"],
+        &["10.96.0.1/24"],
+        &["10.96.0.2/24"],
+        SocketAddr::new(lab.server.v4, 51850),
+        &["10.96.0.0/24"],
+    )?;
+    if let Some(n) = opts.workers {
+        for spec in [&mut server, &mut client] {
+            spec.extra.push_str(&format!("workers = {n}\n"));
+        }
+    }
+    let mut nodes = Vec::new();
+    for (spec, role, ns) in [
+        (&server, Role::Server, &lab.server.ns),
+        (&client, Role::Client, &lab.client.ns),
+    ] {
+        let config = spec.write(dir)?;
+        let binary = bin.join(role.binary());
+        nodes.push(crate::suidao::Node::start_from(
+            ns,
+            role,
+            &config,
+            &spec.ifname,
+            &binary,
+        )?);
+    }
+    Ok(nodes)
+}
+
+/// A userspace WireGuard pair on 10.NET.0.0/24: the server end on the server side (`port`),
+/// the client end keeping the path open.
+fn start_pair(lab: &P2p, kind: Userspace, net: u8, port: u16) -> Result<Vec<WireguardGo>> {
+    let (ks, kc) = (
+        PrivateKey::generate(&mut OsRng),
+        PrivateKey::generate(&mut OsRng),
+    );
+    let server = WireguardGo::start_as(
+        kind,
+        &lab.server.ns,
+        &ks.to_base64(),
+        port,
+        &[(format!("10.{net}.0.1").parse()?, 24)],
+        &[WgPeer {
+            public_key: kc.public_key().to_base64(),
+            allowed_ips: vec![format!("10.{net}.0.2/32")],
+            endpoint: None,
+            preshared_key: None,
+            persistent_keepalive: None,
+        }],
+    )?;
+    let client = WireguardGo::start_as(
+        kind,
+        &lab.client.ns,
+        &kc.to_base64(),
+        port + 1,
+        &[(format!("10.{net}.0.2").parse()?, 24)],
+        &[WgPeer {
+            public_key: ks.public_key().to_base64(),
+            allowed_ips: vec![format!("10.{net}.0.0/24")],
+            endpoint: Some(SocketAddr::new(lab.server.v4, port)),
+            preshared_key: None,
+            persistent_keepalive: Some(25),
+        }],
+    )?;
+    Ok(vec![server, client])
+}
+
 fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
 }
@@ -122,7 +214,6 @@ pub fn run(opts: Options) -> Result<()> {
             bail!("bench needs `{tool}`");
         }
     }
-    let with_wggo = have_tool("wireguard-go") && have_tool("wg");
     let lab = P2p::new()?;
     let dir = TempDir::new()?;
 
@@ -141,47 +232,36 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let suidao_server = server.start(&lab.server.ns, Role::Server, dir.path())?;
     let suidao_client = client.start(&lab.client.ns, Role::Client, dir.path())?;
+    // The other build, on 10.96.0.0/24, port 51850.
+    let before = match &opts.before {
+        Some(bin) => Some(start_before(&lab, bin, &opts, dir.path())?),
+        None => None,
+    };
 
-    // wireguard-go on 10.98.0.0/24, port 51830.
-    let mut wg = Vec::new();
-    if with_wggo {
-        let (ks, kc) = (
-            PrivateKey::generate(&mut OsRng),
-            PrivateKey::generate(&mut OsRng),
-        );
-        wg.push(WireguardGo::start(
-            &lab.server.ns,
-            &ks.to_base64(),
-            51830,
-            &[("10.98.0.1".parse()?, 24)],
-            &[WgPeer {
-                public_key: kc.public_key().to_base64(),
-                allowed_ips: vec!["10.98.0.2/32".into()],
-                endpoint: None,
-                preshared_key: None,
-                persistent_keepalive: None,
-            }],
-        )?);
-        wg.push(WireguardGo::start(
-            &lab.client.ns,
-            &kc.to_base64(),
-            51831,
-            &[("10.98.0.2".parse()?, 24)],
-            &[WgPeer {
-                public_key: ks.public_key().to_base64(),
-                allowed_ips: vec!["10.98.0.0/24".into()],
-                endpoint: Some(std::net::SocketAddr::new(lab.server.v4, 51830)),
-                preshared_key: None,
-                persistent_keepalive: Some(25),
-            }],
-        )?);
+    // wireguard-go on 10.98.0.0/24, port 51830; boringtun on 10.97.0.0/24, port 51840.
+    let others: Vec<(Userspace, &'static str, u8, u16)> = [
+        (Userspace::WireguardGo, "wireguard-go", 98, 51830),
+        (Userspace::Boringtun, "boringtun", 97, 51840),
+    ]
+    .into_iter()
+    .filter(|(kind, ..)| {
+        let there = have_tool(kind.program()) && have_tool("wg");
+        if !there && !opts.json {
+            eprintln!("({} is not installed: left out of the comparison)", kind.program());
+        }
+        there
+    })
+    .collect();
+    let mut running = Vec::new();
+    for (kind, name, net, port) in &others {
+        running.push((*name, start_pair(&lab, *kind, *net, *port)?));
     }
-    // Both tunnels up before measuring.
-    for addr in ["10.99.0.1"]
-        .into_iter()
-        .chain(with_wggo.then_some("10.98.0.1"))
+    // Every tunnel up before measuring.
+    for addr in std::iter::once("10.99.0.1".to_string())
+        .chain(before.is_some().then(|| "10.96.0.1".to_string()))
+        .chain(others.iter().map(|(_, _, net, _)| format!("10.{net}.0.1")))
     {
-        if !crate::suidao::ping_until(&lab.client.ns, addr, std::time::Duration::from_secs(10))? {
+        if !crate::suidao::ping_until(&lab.client.ns, &addr, std::time::Duration::from_secs(10))? {
             bail!("the tunnel to {addr} does not come up");
         }
     }
@@ -203,11 +283,19 @@ pub fn run(opts: Options) -> Result<()> {
             figures: Figures::default(),
         },
     ];
-    if with_wggo {
+    if let Some(nodes) = &before {
         targets.push(Target {
-            name: "wireguard-go",
-            addr: "10.98.0.1".into(),
-            pids: wg.iter().filter_map(|w| w.pid()).collect(),
+            name: "suidao before",
+            addr: "10.96.0.1".into(),
+            pids: nodes.iter().filter_map(|n| n.process.pid()).collect(),
+            figures: Figures::default(),
+        });
+    }
+    for ((_, _, net, _), (name, pair)) in others.iter().zip(&running) {
+        targets.push(Target {
+            name,
+            addr: format!("10.{net}.0.1"),
+            pids: pair.iter().filter_map(|w| w.pid()).collect(),
             figures: Figures::default(),
         });
     }
@@ -253,7 +341,6 @@ pub fn run(opts: Options) -> Result<()> {
         .unwrap_or_default();
     let raw = med(&targets[0]);
     let sd = med(&targets[1]);
-    let wgo = targets.get(2).map(med);
     if opts.json {
         let mut results = serde_json::Map::new();
         for t in &targets {
@@ -271,8 +358,10 @@ pub fn run(opts: Options) -> Result<()> {
         let mut ratios = json!({
             "suidao/raw": {"tcp1": ratio(sd.0, raw.0), "tcp4": ratio(sd.1, raw.1), "udp64": ratio(sd.2, raw.2), "rtt": ratio(sd.3, raw.3)}
         });
-        if let Some(w) = wgo {
-            ratios["suidao/wireguard-go"] = json!({"tcp1": ratio(sd.0, w.0), "tcp4": ratio(sd.1, w.1), "udp64": ratio(sd.2, w.2), "rtt": ratio(sd.3, w.3)});
+        for t in &targets[2..] {
+            let w = med(t);
+            ratios[format!("suidao/{}", t.name)] = json!({"tcp1": ratio(sd.0, w.0), "tcp4": ratio(sd.1, w.1), "udp64": ratio(sd.2, w.2), "rtt": ratio(sd.3, w.3),
+                                                          "cpu_per_gb": ratio(cpu(&targets[1]), cpu(t))});
         }
         println!(
             "{}",
@@ -313,23 +402,25 @@ pub fn run(opts: Options) -> Result<()> {
             fmt(ratio(sd.2, raw.2)),
             fmt(ratio(sd.3, raw.3))
         );
-        if let Some(w) = wgo {
+        for t in &targets[2..] {
+            let w = med(t);
             println!(
-                "| suidao / wireguard-go | {} | {} | {} | {} | {} | |",
+                "| suidao / {} | {} | {} | {} | {} | {} | {} |",
+                t.name,
                 fmt(ratio(sd.0, w.0)),
                 fmt(ratio(sd.1, w.1)),
                 fmt(ratio(sd.2, w.2)),
                 fmt(ratio(sd.3, w.3)),
-                fmt(ratio(
-                    cpu(&targets[1]),
-                    targets.get(2).map_or(f64::NAN, cpu)
-                ))
+                fmt(ratio(cpu(&targets[1]), cpu(t))),
+                fmt(ratio(targets[1].figures.idle_wakeups, t.figures.idle_wakeups))
             );
-        } else {
-            println!("\n(wireguard-go is not installed: no comparison)");
+        }
+        if targets.len() == 2 {
+            println!("\n(neither wireguard-go nor boringtun is installed: no comparison)");
         }
     }
-    drop(wg);
+    drop(running);
+    drop(before);
     drop(suidao_client);
     drop(suidao_server);
     drop(dir);

@@ -61,6 +61,10 @@ enum Command {
         /// config's default, one per two CPUs).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
         workers: Option<u32>,
+        /// Another build of suidao (a folder with its suidao-client and suidao-server),
+        /// measured beside this one as "suidao before": a change's effect in one run.
+        #[arg(long, value_name = "DIR")]
+        before: Option<std::path::PathBuf>,
     },
 }
 
@@ -117,11 +121,13 @@ fn main() -> ExitCode {
             seconds,
             json,
             workers,
+            before,
         } => bench::run(bench::Options {
             reps: reps.max(1),
             seconds: seconds.max(1),
             json,
             workers,
+            before,
         })
         .map(|()| ExitCode::SUCCESS),
     };

@@ -251,13 +251,24 @@ impl Node {
     /// Starts `up -c CONFIG` in `ns`, logging to `<config>.log`, and waits until its API socket
     /// answers.
     pub fn start(ns: &Netns, role: Role, config: &Path, ifname: &str) -> Result<Node> {
+        Node::start_from(ns, role, config, ifname, &bin_path(role.binary())?)
+    }
+
+    /// `start`, with the binary at `binary` (another build, say).
+    pub fn start_from(
+        ns: &Netns,
+        role: Role,
+        config: &Path,
+        ifname: &str,
+        binary: &Path,
+    ) -> Result<Node> {
         let log_path = config.with_extension("log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
         let child = ns
-            .command(bin_path(role.binary())?)?
+            .command(binary)?
             .arg("up")
             .arg("-c")
             .arg(config)

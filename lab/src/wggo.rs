@@ -1,5 +1,7 @@
-//! wireguard-go (Debian's package) run in a namespace and configured with `wg`, as an interop
-//! partner and as the reference in benchmarks.
+//! A userspace WireGuard run in a namespace and configured with `wg`: wireguard-go (Debian's
+//! package), as an interop partner and as the reference in benchmarks, or boringtun
+//! (`cargo install boringtun-cli`), the other reference of the benchmarks. Both speak the
+//! same userspace API, so one wrapper drives either.
 
 use crate::{netlink, unique, Netns, Process};
 use anyhow::{bail, Context, Result};
@@ -8,7 +10,25 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// A running wireguard-go with its TUN interface. Stopped (and its socket file removed) on drop.
+/// Which userspace WireGuard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Userspace {
+    WireguardGo,
+    Boringtun,
+}
+
+impl Userspace {
+    /// The program, as found in PATH.
+    pub fn program(self) -> &'static str {
+        match self {
+            Userspace::WireguardGo => "wireguard-go",
+            Userspace::Boringtun => "boringtun-cli",
+        }
+    }
+}
+
+/// A running wireguard-go (or boringtun) with its TUN interface. Stopped (and its socket file
+/// removed) on drop.
 pub struct WireguardGo {
     pub ifname: String,
     process: Process,
@@ -37,6 +57,26 @@ impl WireguardGo {
         addresses: &[(IpAddr, u8)],
         peers: &[WgPeer],
     ) -> Result<WireguardGo> {
+        Self::start_as(
+            Userspace::WireguardGo,
+            ns,
+            private_key,
+            listen_port,
+            addresses,
+            peers,
+        )
+    }
+
+    /// `start`, with `kind` in wireguard-go's place (boringtun: `boringtun-cli -f`, keeping
+    /// its privileges, one thread per core).
+    pub fn start_as(
+        kind: Userspace,
+        ns: &Netns,
+        private_key: &str,
+        listen_port: u16,
+        addresses: &[(IpAddr, u8)],
+        peers: &[WgPeer],
+    ) -> Result<WireguardGo> {
         // The control socket's path (/var/run/wireguard/NAME.sock) is global, so the name
         // must be unique across namespaces: keep it within 15 characters.
         let ifname = unique("wg");
@@ -46,19 +86,29 @@ impl WireguardGo {
         let dir = std::env::temp_dir().join(unique("suidao-wggo-"));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("wireguard-go.log"))?;
-        let child = ns
-            .command("wireguard-go")?
-            .arg("-f")
-            .arg(&ifname)
-            .env("LOG_LEVEL", "verbose")
+        let mut cmd = ns.command(kind.program())?;
+        match kind {
+            Userspace::WireguardGo => {
+                cmd.arg("-f").arg(&ifname).env("LOG_LEVEL", "verbose");
+            }
+            Userspace::Boringtun => {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                cmd.args(["-f", "--disable-drop-privileges", "-t"])
+                    .arg(cores.to_string())
+                    .arg("-l")
+                    .arg(dir.join("wireguard-go.log"))
+                    .arg(&ifname);
+            }
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting wireguard-go")?;
+            .with_context(|| format!("starting {}", kind.program()))?;
         let mut wg = WireguardGo {
             ifname: ifname.clone(),
-            process: Process::new("wireguard-go", child),
+            process: Process::new(kind.program(), child),
             dir,
             ns_name: ns.name().to_string(),
             ns_path: ns.path().to_path_buf(),
@@ -67,7 +117,7 @@ impl WireguardGo {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if Instant::now() > deadline || !wg.process.is_running() {
-                bail!("wireguard-go did not start: {}", wg.log());
+                bail!("{} did not start: {}", kind.program(), wg.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
