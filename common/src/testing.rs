@@ -128,6 +128,7 @@ impl MemoryNet {
                 inbox,
                 gro: gro.max(1),
                 largest: Arc::new(AtomicU64::new(0)),
+                sends: Arc::default(),
             })
             .collect()
     }
@@ -173,6 +174,8 @@ pub struct MemoryTransport {
     gro: usize,
     /// The most messages one `recv` returned.
     largest: Arc<AtomicU64>,
+    /// `send` calls, and the datagrams they carried.
+    sends: Arc<(AtomicU64, AtomicU64)>,
 }
 
 impl MemoryTransport {
@@ -183,6 +186,14 @@ impl MemoryTransport {
     /// The most messages one `recv` has returned so far.
     pub fn largest_batch(&self) -> usize {
         self.largest.load(Ordering::Relaxed) as usize
+    }
+
+    /// `send` calls so far, and the datagrams they carried.
+    pub fn sends(&self) -> (u64, u64) {
+        (
+            self.sends.0.load(Ordering::Relaxed),
+            self.sends.1.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -237,7 +248,9 @@ impl Transport for MemoryTransport {
 
     fn send(&self, contents: &[u8], to: Endpoint, segment: Option<usize>) -> Result<(), SendError> {
         let seg = segment.filter(|s| *s > 0).unwrap_or(contents.len().max(1));
+        self.sends.0.fetch_add(1, Ordering::Relaxed);
         for d in contents.chunks(seg) {
+            self.sends.1.fetch_add(1, Ordering::Relaxed);
             self.net.deliver(self.addr, to.addr, d);
         }
         Ok(())

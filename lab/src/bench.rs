@@ -3,7 +3,9 @@
 //! payloads at full rate (delivered packets per second), ping round trip. Several repetitions,
 //! interleaved so that the machine's noise spreads evenly; medians and ratios. Then, every
 //! tunnel idle at once after one ping, how often each tunnel process wakes (context switches
-//! of all its threads per second, over IDLE_SECONDS).
+//! of all its threads per second, over IDLE_SECONDS). Last, on the `hub` topology (a server
+//! and two clients on a bridge), one TCP stream client → server beside one client → client,
+//! which the server relays (hairpin).
 
 use crate::interrupt;
 use crate::measure::{context_switches, cpu_seconds, iperf3, median, ping_rtt, tcp_bps, udp_pps};
@@ -28,6 +30,8 @@ pub struct Options {
     pub workers: Option<u32>,
     /// Another build of suidao, measured beside this one as "suidao before".
     pub before: Option<std::path::PathBuf>,
+    /// Only the hub row.
+    pub hub_only: bool,
 }
 
 /// The figures of one target.
@@ -129,6 +133,70 @@ fn idle_wakeups(lab: &P2p, targets: &mut [Target]) -> Result<()> {
     Ok(())
 }
 
+/// The hub: one TCP stream from client 1 to the server, and one to client 2 through the
+/// server's relay, interleaved; medians and their ratio.
+fn hub(opts: &Options) -> Result<()> {
+    let vpn = crate::vpn::HubVpn::start(2)?;
+    let client2 = crate::vpn::hub_client_v4(2);
+    for addr in ["10.99.0.1", client2.as_str()] {
+        if !crate::suidao::ping_until(
+            &vpn.lab.clients[0].ns,
+            addr,
+            std::time::Duration::from_secs(10),
+        )? {
+            bail!("hub: {addr} does not answer through the tunnel");
+        }
+    }
+    let secs = opts.seconds.to_string();
+    let (mut direct, mut relayed) = (Vec::new(), Vec::new());
+    for rep in 1..=opts.reps {
+        interrupt::check()?;
+        let to_server = iperf3(
+            &vpn.lab.server.ns,
+            &vpn.lab.clients[0].ns,
+            "10.99.0.1",
+            &["-t", &secs],
+        )?;
+        let d = missing_if_zero(tcp_bps(&to_server), "hub", "client → server", &to_server);
+        interrupt::check()?;
+        let to_client = iperf3(
+            &vpn.lab.clients[1].ns,
+            &vpn.lab.clients[0].ns,
+            &client2,
+            &["-t", &secs],
+        )?;
+        let r = missing_if_zero(tcp_bps(&to_client), "hub", "client → client", &to_client);
+        if !opts.json {
+            eprintln!(
+                "  hub {rep}/{}     client → server {:>8.0} Mbit/s  client → client {:>8.0} Mbit/s",
+                opts.reps,
+                d / 1e6,
+                r / 1e6
+            );
+        }
+        direct.push(d);
+        relayed.push(r);
+    }
+    let (d, r) = (median(&direct), median(&relayed));
+    if opts.json {
+        println!(
+            "{}",
+            json!({"hub": {"client_to_server_bps": d, "client_to_client_bps": r, "relayed_over_direct": ratio(r, d),
+                           "runs": {"client_to_server_bps": direct, "client_to_client_bps": relayed}}})
+        );
+    } else {
+        println!("\n| hub, one TCP stream | client → server | client → client (relayed by the server) | relayed / direct |");
+        println!("|---|---|---|---|");
+        println!(
+            "| suidao | {:.0} Mbit/s | {:.0} Mbit/s | {} |",
+            d / 1e6,
+            r / 1e6,
+            ratio(r, d).map_or("-".into(), |v| format!("{v:.2}x"))
+        );
+    }
+    Ok(())
+}
+
 /// The other build's server and client, on 10.96.0.0/24, port 51850.
 fn start_before(
     lab: &P2p,
@@ -214,6 +282,9 @@ pub fn run(opts: Options) -> Result<()> {
             bail!("bench needs `{tool}`");
         }
     }
+    if opts.hub_only {
+        return hub(&opts);
+    }
     let lab = P2p::new()?;
     let dir = TempDir::new()?;
 
@@ -247,7 +318,10 @@ pub fn run(opts: Options) -> Result<()> {
     .filter(|(kind, ..)| {
         let there = have_tool(kind.program()) && have_tool("wg");
         if !there && !opts.json {
-            eprintln!("({} is not installed: left out of the comparison)", kind.program());
+            eprintln!(
+                "({} is not installed: left out of the comparison)",
+                kind.program()
+            );
         }
         there
     })
@@ -412,7 +486,10 @@ pub fn run(opts: Options) -> Result<()> {
                 fmt(ratio(sd.2, w.2)),
                 fmt(ratio(sd.3, w.3)),
                 fmt(ratio(cpu(&targets[1]), cpu(t))),
-                fmt(ratio(targets[1].figures.idle_wakeups, t.figures.idle_wakeups))
+                fmt(ratio(
+                    targets[1].figures.idle_wakeups,
+                    t.figures.idle_wakeups
+                ))
             );
         }
         if targets.len() == 2 {
@@ -421,6 +498,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
     drop(running);
     drop(before);
+    hub(&opts)?;
     drop(suidao_client);
     drop(suidao_server);
     drop(dir);

@@ -16,6 +16,7 @@ pub mod process;
 pub mod require;
 pub mod suidao;
 pub mod topology;
+pub mod vpn;
 pub mod wggo;
 
 pub use netns::Netns;

@@ -65,6 +65,9 @@ enum Command {
         /// measured beside this one as "suidao before": a change's effect in one run.
         #[arg(long, value_name = "DIR")]
         before: Option<std::path::PathBuf>,
+        /// Only the hub row (client → server beside client → client).
+        #[arg(long)]
+        hub_only: bool,
     },
 }
 
@@ -122,12 +125,14 @@ fn main() -> ExitCode {
             json,
             workers,
             before,
+            hub_only,
         } => bench::run(bench::Options {
             reps: reps.max(1),
             seconds: seconds.max(1),
             json,
             workers,
             before,
+            hub_only,
         })
         .map(|()| ExitCode::SUCCESS),
     };

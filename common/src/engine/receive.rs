@@ -2,17 +2,18 @@
 //! one size), handshake messages handed to the handshake thread, transport data opened in
 //! place and written to the packet device together, consecutive segments of one flow as one
 //! super-packet (`gro`): no copy in between. A packet for another peer is sealed again and
-//! sent on (hairpin).
+//! sent on (hairpin), batched as the send path batches (`Relay`).
 
 use super::dataplane::{Shared, Worker};
 use super::handshakes;
+use super::send::{seal_and_send, TxState};
 use crate::clock;
 use crate::gro::Coalescer;
 use crate::transport::RecvMeta;
 use crate::tun::IDEAL_BATCH_SIZE;
 use std::io::IoSliceMut;
 use std::sync::atomic::Ordering;
-use suidao_proto::constants::TRANSPORT_HEADER_LEN;
+use suidao_proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
 use suidao_proto::messages::Message;
 use suidao_proto::{ip, Endpoint, Outgoing, PeerId, Received, Sent, Time};
 use tracing::debug;
@@ -32,7 +33,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     let offload = w.device.offload();
     let mut gro = Coalescer::new(offload.tcp, offload.udp);
     let mut out = Vec::new();
-    let mut relay = vec![0u8; RX_SLOT + 64];
+    let mut relay = Relay::new(s.device.mtu());
     while !s.stopping.load(Ordering::Relaxed) {
         let n = {
             let mut chunks = rx.chunks_mut(RX_SLOT);
@@ -65,12 +66,17 @@ pub(super) fn run(s: &Shared, w: &Worker) {
             while at < end {
                 let next = (at + stride).min(end);
                 let datagram = &mut rx[at..next];
-                if let Some(range) = receive_one(s, w, m.from, datagram, now, &mut out, &mut relay)
-                {
-                    gro.push(&rx, at + range.start, range.len());
-                    if gro.is_full() {
-                        write_device(s, w, &mut gro, &mut rx);
+                match receive_one(s, m.from, datagram, now, &mut out) {
+                    Opened::ForHost(range) => {
+                        gro.push(&rx, at + range.start, range.len());
+                        if gro.is_full() {
+                            write_device(s, w, &mut gro, &mut rx);
+                        }
                     }
+                    Opened::ForPeer(range) => {
+                        relay.push(s, w, &rx[at + range.start..at + range.end], now, &mut out)
+                    }
+                    Opened::Nothing => {}
                 }
                 at = next;
             }
@@ -82,6 +88,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
         }
         let wrote = !gro.is_empty();
         write_device(s, w, &mut gro, &mut rx);
+        relay.flush(s, w);
         s.send_all(&mut out);
         s.look_again();
         // Writing to the device often makes the kernel answer at once (a ping's reply, a TCP
@@ -95,17 +102,23 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     }
 }
 
-/// One datagram: handshake messages to the handshake thread; transport data opened (or
-/// relayed to another peer). Returns where in `datagram` an opened packet for the TUN lies.
+/// What became of a datagram.
+enum Opened {
+    /// A packet for this host, at this range of the datagram.
+    ForHost(std::ops::Range<usize>),
+    /// A packet for another peer (hairpin), at this range.
+    ForPeer(std::ops::Range<usize>),
+    Nothing,
+}
+
+/// One datagram: handshake messages to the handshake thread; transport data opened.
 fn receive_one(
     s: &Shared,
-    w: &Worker,
     from: Endpoint,
     datagram: &mut [u8],
     now: Time,
     out: &mut Vec<Outgoing>,
-    relay: &mut [u8],
-) -> Option<std::ops::Range<usize>> {
+) -> Opened {
     // Well-formed handshake messages go to the handshake thread; transport data and
     // malformed datagrams (dropped and counted at once) are handled here.
     if matches!(
@@ -113,33 +126,69 @@ fn receive_one(
         Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
     ) {
         handshakes::queue(s, from, datagram, now, out);
-        return None;
+        return Opened::Nothing;
     }
     match s.device.receive(from, datagram, now, out) {
         Received::Packet { peer, range } => {
-            let packet = &datagram[range.clone()];
-            if s.hairpin && hairpin(s, peer, packet) {
-                // For another peer: seal it again (in a buffer of its own, with room for the
-                // header, padding and tag) and send it on.
-                let len = packet.len();
-                relay[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].copy_from_slice(packet);
-                if let Sent::Ready { to, len } = s.device.encapsulate(relay, len, now, out) {
-                    if let Err(e) = w.transport.send(&relay[..len], to, None) {
-                        s.send_failed(to, &e);
-                    }
-                }
-                None
+            if s.hairpin && hairpin(s, peer, &datagram[range.clone()]) {
+                Opened::ForPeer(range)
             } else {
                 // The transport header in front of it is free now: room for the virtio
                 // header the device write needs.
-                Some(range)
+                Opened::ForHost(range)
             }
         }
         Received::Dropped(reason) => {
             debug!("dropped a datagram from {from}: {}", reason.name());
-            None
+            Opened::Nothing
         }
-        _ => None,
+        _ => Opened::Nothing,
+    }
+}
+
+/// The relay (hairpin): packets from one peer for another, sealed again and sent on as the
+/// send path sends, a batch at a time in GSO runs per destination, not one system call per
+/// packet. Full-size packets fill their slots exactly, so a run of them leaves without a copy.
+struct Relay {
+    tx: TxState,
+    filled: usize,
+    /// For a packet larger than a slot (a peer with a larger MTU than ours), one at a time.
+    big: Vec<u8>,
+}
+
+impl Relay {
+    fn new(mtu: usize) -> Relay {
+        Relay {
+            tx: TxState::new(mtu, true),
+            filled: 0,
+            big: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, s: &Shared, w: &Worker, packet: &[u8], now: Time, out: &mut Vec<Outgoing>) {
+        if packet.len() > self.tx.room() {
+            let len = packet.len();
+            self.big.resize(len + TRANSPORT_OVERHEAD + 16, 0);
+            self.big[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].copy_from_slice(packet);
+            if let Sent::Ready { to, len } = s.device.encapsulate(&mut self.big, len, now, out) {
+                if let Err(e) = w.transport.send(&self.big[..len], to, None) {
+                    s.send_failed(to, &e);
+                }
+            }
+            return;
+        }
+        self.tx.put(self.filled, packet);
+        self.filled += 1;
+        if self.filled == self.tx.slots() {
+            self.flush(s, w);
+        }
+    }
+
+    fn flush(&mut self, s: &Shared, w: &Worker) {
+        if self.filled > 0 {
+            seal_and_send(s, &*w.transport, &mut self.tx, self.filled);
+            self.filled = 0;
+        }
     }
 }
 

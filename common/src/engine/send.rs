@@ -34,6 +34,23 @@ pub(super) struct TxState {
 }
 
 impl TxState {
+    /// How many packets fit.
+    pub(super) fn slots(&self) -> usize {
+        TX_SLOTS
+    }
+
+    /// Room for a packet in a slot (after the transport header, before padding and tag).
+    pub(super) fn room(&self) -> usize {
+        self.stride - TRANSPORT_OVERHEAD
+    }
+
+    /// Puts `packet` into slot `i` (at offset 16), to be sealed by `seal_and_send`.
+    pub(super) fn put(&mut self, i: usize, packet: &[u8]) {
+        let at = i * self.stride + TRANSPORT_HEADER_LEN;
+        self.data[at..at + packet.len()].copy_from_slice(packet);
+        self.sizes[i] = packet.len();
+    }
+
     pub(super) fn new(mtu: usize, offload: bool) -> TxState {
         // With offload, the TUN hands over super-packets split to at most the MTU, so a slot
         // of header + MTU + tag holds any packet (padding never goes past the MTU). Without
@@ -72,21 +89,17 @@ pub(super) fn run(s: &Shared, w: &Worker) {
 }
 
 /// Reads the device until it has nothing more (or the batch is full), then seals and sends it
-/// all:
-/// many small packets leave in few system calls too. Returns how many packets were read.
+/// all: many small packets leave in few system calls too. Returns how many packets were read.
 pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
-    let TxState {
-        scratch,
-        data,
-        stride,
-        sizes,
-        ready,
-        gso,
-        out,
-    } = tx;
-    let stride = *stride;
+    let stride = tx.stride;
     let mut filled = 0;
     {
+        let TxState {
+            scratch,
+            data,
+            sizes,
+            ..
+        } = tx;
         let mut chunks = data.chunks_mut(stride);
         let mut slots: [&mut [u8]; TX_SLOTS] =
             std::array::from_fn(|_| chunks.next().unwrap_or_default());
@@ -107,20 +120,44 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
                 }
             }
         }
-        if filled == 0 {
-            return 0;
-        }
-        let now = clock::now();
-        ready.clear();
-        for (i, slot) in slots.iter_mut().enumerate().take(filled) {
-            if let Sent::Ready { to, len } = s.device.encapsulate(slot, sizes[i], now, out) {
-                ready.push((i, to, len));
-            }
+    }
+    if filled == 0 {
+        return 0;
+    }
+    seal_and_send(s, &*w.transport, tx, filled);
+    s.look_again();
+    filled
+}
+
+/// Seals the first `filled` slots in place (packet i at `data[i * stride + 16..]`, `sizes[i]`
+/// bytes) and sends them as runs; then what the protocol asked for on the way (handshakes).
+/// The send path's batches and the relay's (`receive`) both leave through here.
+pub(super) fn seal_and_send(
+    s: &Shared,
+    transport: &dyn Transport,
+    tx: &mut TxState,
+    filled: usize,
+) {
+    let TxState {
+        data,
+        stride,
+        sizes,
+        ready,
+        gso,
+        out,
+        ..
+    } = tx;
+    let stride = *stride;
+    let now = clock::now();
+    ready.clear();
+    for (i, slot) in data.chunks_mut(stride).enumerate().take(filled) {
+        if let Sent::Ready { to, len } = s.device.encapsulate(slot, sizes[i], now, out) {
+            ready.push((i, to, len));
         }
     }
-    let max_segments = w.transport.max_segments().clamp(1, 64);
+    let max_segments = transport.max_segments().clamp(1, 64);
     send_runs(
-        &*w.transport,
+        transport,
         data,
         stride,
         ready,
@@ -129,8 +166,6 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
         &mut |to, e| s.send_failed(to, e),
     );
     s.send_all(out);
-    s.look_again();
-    filled
 }
 
 /// A run of sealed datagrams to one endpoint: all `seg` bytes long but the last.

@@ -231,11 +231,9 @@ fn the_server_relays_between_two_clients_hairpin() {
     to_alice.allowed_ips = vec!["10.99.0.2/32".parse().unwrap()];
     let mut to_bob = PeerConfig::new(bob_key.public_key());
     to_bob.allowed_ips = vec!["10.99.0.3/32".parse().unwrap()];
-    let server = start(
-        &net,
-        Spec::new("198.18.0.1:51820", SERVER),
-        vec![to_alice, to_bob],
-    );
+    let mut s = Spec::new("198.18.0.1:51820", SERVER);
+    s.gro = 16;
+    let server = start(&net, s, vec![to_alice, to_bob]);
     let to_server = || server.as_peer(&["10.99.0.0/24"], true);
     let alice = start_with_key(
         &net,
@@ -264,6 +262,27 @@ fn the_server_relays_between_two_clients_hairpin() {
     assert!(
         server.written(1, Duration::from_millis(200)).is_empty(),
         "nothing for the server's own host"
+    );
+    // A burst: relayed in runs (GSO), not one send per packet. Alice's datagrams reach the
+    // server 16 to a message (GRO), as a burst does over UDP.
+    let (calls, datagrams) = server.transports[0].sends();
+    let burst: Vec<Vec<u8>> = (0..400).map(|i| packet(ALICE, BOB, 3, i, 1350)).collect();
+    for p in &burst {
+        alice.devs[0].inject(p);
+    }
+    assert_eq!(
+        bob.written(400, WAIT),
+        burst,
+        "the burst, whole and in order"
+    );
+    let (calls, datagrams) = {
+        let (c, d) = server.transports[0].sends();
+        (c - calls, d - datagrams)
+    };
+    eprintln!("relayed {datagrams} datagrams in {calls} sends");
+    assert!(
+        datagrams >= 400 && calls * 4 <= datagrams,
+        "{calls} sends for {datagrams}"
     );
 }
 
