@@ -88,17 +88,18 @@ pub(super) fn run(s: &Shared, w: &Worker) {
         }
         let wrote = !gro.is_empty();
         write_device(s, w, &mut gro, &mut rx);
-        relay.flush(s, w);
-        s.send_all(&mut out);
-        s.look_again();
         // Writing to the device often makes the kernel answer at once (a ping's reply, a TCP
-        // ack), and the answer is already waiting in it: send it from here, saving the other
-        // thread's wake-up, unless that thread is already at it.
+        // ack), and the answer is already waiting in it: send it from here, first thing,
+        // before the send thread (woken by it, maybe on another CPU) gets there: the round
+        // trip then costs no wake-up on this side.
         if wrote {
             if let Ok(mut tx) = w.tx.try_lock() {
                 super::send::drain(s, w, &mut tx);
             }
         }
+        relay.flush(s, w);
+        s.send_all(&mut out);
+        s.look_again();
     }
 }
 

@@ -31,6 +31,10 @@ pub(super) struct TxState {
     /// Runs that are not contiguous in `data` (shorter packets) are gathered here for GSO.
     gso: Vec<u8>,
     out: Vec<Outgoing>,
+    /// The last drain found packets: traffic is flowing, read until the device is empty
+    /// before sending (batches). After a quiet spell, a packet leaves after its first read:
+    /// a lone packet (a ping, a keystroke) pays no extra read before it goes.
+    busy: bool,
 }
 
 impl TxState {
@@ -69,6 +73,7 @@ impl TxState {
             ready: Vec::with_capacity(TX_SLOTS),
             gso: Vec::with_capacity(65536),
             out: Vec::new(),
+            busy: false,
         }
     }
 }
@@ -89,9 +94,11 @@ pub(super) fn run(s: &Shared, w: &Worker) {
 }
 
 /// Reads the device until it has nothing more (or the batch is full), then seals and sends it
-/// all: many small packets leave in few system calls too. Returns how many packets were read.
+/// all: many small packets leave in few system calls too. After a quiet spell, the first read
+/// goes out at once (see `TxState::busy`). Returns how many packets were read.
 pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
     let stride = tx.stride;
+    let busy = tx.busy;
     let mut filled = 0;
     {
         let TxState {
@@ -110,7 +117,12 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
                 &mut sizes[filled..],
                 TRANSPORT_HEADER_LEN,
             ) {
-                Ok(n) => filled += n,
+                Ok(n) => {
+                    filled += n;
+                    if !busy {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     if e.kind() != std::io::ErrorKind::Interrupted {
@@ -121,6 +133,7 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
             }
         }
     }
+    tx.busy = filled > 0;
     if filled == 0 {
         return 0;
     }
