@@ -51,8 +51,9 @@ pub struct Udp {
     interrupt: Interrupt,
 }
 
-/// Messages one `recv` takes at most (the engine asks for 16).
-const MAX_RECV: usize = 64;
+/// Messages one `recv` takes at most: the engine asks for 16 (and the array quinn-udp fills
+/// is set up afresh on every call, so no bigger than that).
+const MAX_RECV: usize = 16;
 
 /// Errors from a GSO send that mean "not as one run" (segment above the path MTU, or a
 /// device without segmentation), rather than "not at all".
