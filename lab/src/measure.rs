@@ -188,6 +188,76 @@ pub fn udp_counter(ns: &Netns, name: &str) -> Result<u64> {
     })?
 }
 
+/// A `ping` running in the background (`-D`: each reply line carries its time), whose replies
+/// a test counts, waits for and reads back. Stopped on drop.
+pub struct Pinger {
+    process: Process,
+    out: std::path::PathBuf,
+}
+
+impl Pinger {
+    /// `ping -i INTERVAL -W 1 -D TARGET` in `ns`, its output in `out`.
+    pub fn start(
+        ns: &Netns,
+        target: &str,
+        interval: &str,
+        out: &std::path::Path,
+    ) -> Result<Pinger> {
+        let child = ns
+            .command("ping")?
+            .args(["-i", interval, "-W", "1", "-D", target])
+            .stdout(std::fs::File::create(out)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ping")?;
+        Ok(Pinger {
+            process: Process::new("ping", child),
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// The times (Unix seconds) of the replies so far.
+    pub fn replies(&self) -> Vec<f64> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Waits until `n` more replies than now have come (true), or `within` passes (false).
+    pub fn wait_replies(&self, n: usize, within: Duration) -> bool {
+        let target = self.replies().len() + n;
+        let deadline = Instant::now() + within;
+        while self.replies().len() < target {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Stops it (SIGINT, so it prints its summary) and returns (transmitted, received).
+    pub fn stop(&mut self) -> (u64, u64) {
+        let _ = self.process.signal(nix::sys::signal::Signal::SIGINT);
+        self.process.wait_timeout(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let numbers: Vec<u64> = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or("")
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (
+            numbers.first().copied().unwrap_or(0),
+            numbers.get(1).copied().unwrap_or(0),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -29,7 +29,20 @@ fn kill_and_restart(which: Role) {
     let mut vpn = P2pVpn::start(false).unwrap();
     assert!(ping_until(&vpn.lab.client.ns, SERVER_V4, Duration::from_secs(5)).unwrap());
     let transfer = transfer_in_background(&vpn, 5100 + which as u16);
-    std::thread::sleep(Duration::from_secs(1));
+    // Mid-transfer: once the server has received 16 MB of it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vpn.server.status().unwrap()["peers"][0]["rx_bytes"]
+        .as_u64()
+        .unwrap_or(0)
+        < 16 << 20
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the transfer does not start\n{}",
+            vpn.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let node = match which {
         Role::Server => &mut vpn.server,
         Role::Client => &mut vpn.client,

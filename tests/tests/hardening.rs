@@ -170,7 +170,7 @@ fn replayed_transport_packets_reach_nothing_and_move_nothing() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // (No wait for tcpdump to start: transfers go on until it has its 10,000 packets.)
     let to: SocketAddr = format!("{SERVER_V4}:5001").parse().unwrap();
     while dump.is_running() {
         suidao_tests::transfer::tcp(client_ns, server_ns, to, 16 << 20).unwrap();
@@ -230,14 +230,24 @@ fn replayed_transport_packets_reach_nothing_and_move_nothing() {
             i += 1;
         });
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Until the server has counted them all (or has stopped counting for a second).
+    let counted = || {
+        a.server.drops("replay").unwrap() + a.server.drops("unknown_index").unwrap() - drops_before
+    };
+    let (mut last, mut since) = (counted(), std::time::Instant::now());
+    while last < 2 * packets.len() as u64 && since.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = counted();
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
     assert_eq!(
         tun_rx(),
         rx_before,
         "no replayed packet reached the server's TUN"
     );
-    let dropped =
-        a.server.drops("replay").unwrap() + a.server.drops("unknown_index").unwrap() - drops_before;
+    let dropped = counted();
     assert!(
         dropped >= 2 * packets.len() as u64 * 99 / 100,
         "dropped {dropped} of {}: {}",

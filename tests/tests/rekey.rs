@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use suidao_lab::measure::Pinger;
 use suidao_lab::suidao::ping;
 use suidao_tests::vpn::*;
 
@@ -20,30 +21,16 @@ fn sessions_rekey_many_times_during_a_transfer_without_a_gap() {
     std::env::remove_var("SUIDAO_TEST_CLOCK_SCALE");
     let (s, c) = (&vpn.lab.server.ns, &vpn.lab.client.ns);
     assert!(ping(c, SERVER_V4, 2).unwrap(), "{}", vpn.logs());
-    let ping_out = vpn.dir.path().join("ping.out");
-    let mut pinger = suidao_lab::Process::new(
-        "ping",
-        c.command("ping")
-            .unwrap()
-            .args(["-i", "0.01", "-W", "1", "-D", SERVER_V4])
-            .stdout(std::fs::File::create(&ping_out).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut pinger = Pinger::start(c, SERVER_V4, "0.01", &vpn.dir.path().join("ping.out")).unwrap();
     let to: SocketAddr = format!("{SERVER_V4}:5001").parse().unwrap();
     let t = suidao_tests::transfer::tcp(c, s, to, 2 << 30).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    pinger.signal(nix::sys::signal::Signal::SIGINT).unwrap();
-    pinger.wait_timeout(Duration::from_secs(5));
+    // The ping goes on past the transfer's end: the last rekey's gap would show.
+    assert!(pinger.wait_replies(50, Duration::from_secs(5)));
+    pinger.stop();
 
     assert_eq!(t.sent, t.received, "the digest matches");
     let handshakes = vpn.client.log().matches(": complete").count();
-    let replies: Vec<f64> = std::fs::read_to_string(&ping_out)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect();
+    let replies = pinger.replies();
     let gap = replies.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     eprintln!(
         "{} handshakes during a {:.1} s transfer ({:.0} Mbit/s); {} ping replies, longest gap {gap:.3} s",

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use suidao_common::wgquick;
+use suidao_lab::measure::Pinger;
 use suidao_lab::suidao::{bin_path, ping, ping_until, Node, NodeSpec, PeerSpec, Role, TempDir};
 use suidao_lab::topology::{Hub, P2p};
 use suidao_lab::wggo::{WgPeer, WireguardGo};
@@ -97,19 +98,17 @@ fn add_client_and_reload_keep_others_undisturbed_then_remove_client() {
     assert!(handshake_before > 0);
 
     // Alice pings throughout the add-client and the reload.
-    let ping_out = dir.path().join("alice-ping.out");
-    let mut pinger = suidao_lab::Process::new(
-        "ping",
-        lab.clients[0]
-            .ns
-            .command("ping")
-            .unwrap()
-            .args(["-i", "0.05", "-W", "1", SERVER_V4])
-            .stdout(std::fs::File::create(&ping_out).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut pinger = Pinger::start(
+        &lab.clients[0].ns,
+        SERVER_V4,
+        "0.05",
+        &dir.path().join("alice-ping.out"),
+    )
+    .unwrap();
+    assert!(
+        pinger.wait_replies(5, Duration::from_secs(5)),
+        "alice's ping before"
     );
-    std::thread::sleep(Duration::from_millis(500));
     let bob_if = suidao_lab::unique("sdb");
     let out = server_bin(&["add-client", "bob", "--ifname", &bob_if], &server_cfg);
     assert!(
@@ -118,7 +117,10 @@ fn add_client_and_reload_keep_others_undisturbed_then_remove_client() {
     );
     let out = server_bin(&["reload"], &server_cfg);
     assert!(out.contains("1 peer(s) added, 0 removed"), "{out}");
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pinger.wait_replies(5, Duration::from_secs(5)),
+        "alice's ping after the reload"
+    );
 
     // Bob connects with the NAME.toml that add-client wrote.
     let bob_toml: PathBuf = server_cfg.parent().unwrap().join("bob.toml");
@@ -132,19 +134,10 @@ fn add_client_and_reload_keep_others_undisturbed_then_remove_client() {
     // Bob and Alice reach each other through the server.
     assert!(ping(&lab.clients[1].ns, &hub_client_v4(1), 1).unwrap());
 
-    std::thread::sleep(Duration::from_millis(300));
-    pinger.signal(nix::sys::signal::Signal::SIGINT).unwrap();
-    pinger.wait_timeout(Duration::from_secs(5));
-    let text = std::fs::read_to_string(&ping_out).unwrap();
-    let summary = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or("")
-        .to_string();
-    let numbers: Vec<u64> = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    assert!(pinger.wait_replies(3, Duration::from_secs(5)));
+    let (sent, received) = pinger.stop();
+    let summary = format!("{sent} sent, {received} received");
+    let numbers = [sent, received];
     assert!(numbers.len() >= 2 && numbers[0] > 10, "{summary}");
     assert_eq!(
         numbers[0], numbers[1],

@@ -5,6 +5,7 @@
 
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
+use suidao_lab::measure::Pinger;
 use suidao_lab::suidao::{ping, ping_until, run, Node, NodeSpec, PeerSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
 use suidao_lab::Netns;
@@ -136,22 +137,24 @@ fn server_restarted_during_a_ping_run_traffic_resumes_within_10_s() {
     let client_ns = Netns::open(&c).unwrap();
     assert!(ping(&client_ns, SERVER_V4, 2).unwrap(), "{}", vpn.logs());
     // A continuous ping run from the client, untouched throughout.
-    let mut pinger = suidao_lab::Process::new(
-        "ping",
-        client_ns
-            .command("ping")
-            .unwrap()
-            .args(["-i", "0.1", "-W", "1", "-D", SERVER_V4])
-            .stdout(std::fs::File::create(vpn.dir.path().join("ping.out")).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut pinger = Pinger::start(
+        &client_ns,
+        SERVER_V4,
+        "0.1",
+        &vpn.dir.path().join("ping.out"),
+    )
+    .unwrap();
+    assert!(
+        pinger.wait_replies(5, Duration::from_secs(5)),
+        "{}",
+        vpn.logs()
     );
-    std::thread::sleep(Duration::from_secs(1));
     let cfg = vpn.server.config.clone();
     let ifname = vpn.server.ifname.clone();
     vpn.server
         .process
         .stop_with(Signal::SIGTERM, Duration::from_secs(5));
+    // The server stays down for a second (the scenario, not a wait for something).
     std::thread::sleep(Duration::from_secs(1));
     vpn.server = Node::start(&vpn.lab.server.ns, Role::Server, &cfg, &ifname).unwrap();
     let restarted = std::time::SystemTime::now()
@@ -161,14 +164,8 @@ fn server_restarted_during_a_ping_run_traffic_resumes_within_10_s() {
     let deadline = Instant::now() + Duration::from_secs(12);
     let mut resumed_after = None;
     while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        let out = std::fs::read_to_string(vpn.dir.path().join("ping.out")).unwrap();
-        // Reply lines start with "[unix.time] 64 bytes from".
-        let first_after = out
-            .lines()
-            .filter(|l| l.contains("bytes from"))
-            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse::<f64>().ok())
-            .find(|t| *t >= restarted);
+        pinger.wait_replies(1, Duration::from_millis(200));
+        let first_after = pinger.replies().into_iter().find(|t| *t >= restarted);
         if let Some(t) = first_after {
             resumed_after = Some(t - restarted);
             break;
