@@ -15,6 +15,7 @@ pub mod apply;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod config_writer;
 pub mod dns;
 pub mod engine;
 pub mod gro;

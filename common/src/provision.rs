@@ -7,6 +7,7 @@
 //! file is written to a temporary name and renamed, so a crash never leaves half a file.
 
 use crate::config::{check_endpoint, Config, InterfaceAddress};
+use crate::config_writer::{ConfigDraft, PeerDraft};
 use rand_core::OsRng;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -214,35 +215,25 @@ pub fn add_client(req: &AddClient<'_>) -> Result<Added, String> {
         .map_err(|e| format!("the edited config would be invalid: {e}"))?;
 
     let ifname = req.ifname.unwrap_or("sd0");
-    let addr_list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    let nets_list: Vec<String> = server_nets.iter().map(|n| format!("\"{n}\"")).collect();
-    let mut client_toml = String::new();
-    let _ = writeln!(
-        client_toml,
-        "# suidao client '{}', made by suidao-server add-client",
-        req.name
-    );
-    let _ = writeln!(
-        client_toml,
-        "[interface]\nname = \"{ifname}\"\nprivate_key = \"{}\"",
-        key.to_base64().as_str()
-    );
-    let _ = writeln!(client_toml, "address = [{}]\n", addr_list.join(", "));
-    let _ = writeln!(
-        client_toml,
-        "[[peer]]\nname = \"server\"\npublic_key = \"{}\"",
-        server.interface.private_key.public_key()
-    );
-    let _ = writeln!(
-        client_toml,
-        "preshared_key = \"{}\"\nendpoint = \"{endpoint}\"",
-        psk.to_base64().as_str()
-    );
-    let _ = writeln!(
-        client_toml,
-        "allowed_ips = [{}]\npersistent_keepalive = 25",
-        nets_list.join(", ")
-    );
+    let client_toml = ConfigDraft {
+        comment: Some(format!(
+            "suidao client '{}', made by suidao-server add-client",
+            req.name
+        )),
+        name: ifname.to_string(),
+        private_key: Some(key.to_base64().to_string()),
+        address: addresses.iter().map(|a| a.to_string()).collect(),
+        peers: vec![PeerDraft {
+            name: Some("server".into()),
+            public_key: server.interface.private_key.public_key().to_base64(),
+            preshared_key: Some(psk.to_base64().to_string()),
+            endpoint: Some(endpoint.to_string()),
+            allowed_ips: server_nets.iter().map(|n| n.to_string()).collect(),
+            persistent_keepalive: Some(25),
+        }],
+        ..Default::default()
+    }
+    .to_toml();
     let client = Config::parse(&toml_path, &client_toml)
         .map_err(|e| format!("internal error: the client config is invalid: {e}"))?;
     let conf_text = crate::wgquick::export(&client);

@@ -24,6 +24,7 @@
 //! line.
 
 use crate::config::Config;
+use crate::config_writer::{ConfigDraft, PeerDraft, TableDraft};
 use std::fmt::Write as _;
 
 /// One `[Interface]` or `[Peer]` section: its keys in order (a key may repeat), each with
@@ -149,16 +150,6 @@ fn normal_prefix(text: &str) -> String {
     }
 }
 
-fn quoted(list: &[String]) -> String {
-    let items: Vec<String> = list.iter().map(|x| toml_string(x)).collect();
-    format!("[{}]", items.join(", "))
-}
-
-fn toml_string(s: &str) -> String {
-    // A TOML basic string: escape backslashes and quotes.
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 /// What `import` made: the TOML, and what it left out, one line each.
 #[derive(Debug)]
 pub struct Imported {
@@ -175,7 +166,10 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
         ));
     }
     let sections = parse(text)?;
-    let mut out = String::new();
+    let mut draft = ConfigDraft {
+        name: name.to_string(),
+        ..Default::default()
+    };
     let mut warnings = Vec::new();
     for s in &sections {
         let known: &[&str] = if s.kind == "interface" {
@@ -215,36 +209,26 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
             warnings.push(format!("line {line}: {k} = {v}: {why}"));
         }
         if s.kind == "interface" {
-            let _ = writeln!(out, "[interface]\nname = {}", toml_string(name));
-            if let Some(k) = s.one("PrivateKey") {
-                let _ = writeln!(out, "private_key = {}", toml_string(&k));
-            }
+            draft.private_key = s.one("PrivateKey");
             if let Some(p) = s.one("ListenPort") {
                 let p: u16 = p
                     .parse()
                     .map_err(|_| format!("ListenPort {p:?} is not a port"))?;
-                let _ = writeln!(out, "listen_port = {p}");
+                draft.listen_port = Some(p);
             }
-            let addrs: Vec<String> = s.all("Address").iter().map(|a| normal_prefix(a)).collect();
-            if !addrs.is_empty() {
-                let _ = writeln!(out, "address = {}", quoted(&addrs));
-            }
+            draft.address = s.all("Address").iter().map(|a| normal_prefix(a)).collect();
             if let Some(m) = s.one("MTU") {
                 let m: u32 = m
                     .parse()
                     .map_err(|_| format!("MTU {m:?} is not a number"))?;
-                let _ = writeln!(out, "mtu = {m}");
+                draft.mtu = Some(m);
             }
             if let Some(t) = s.one("Table") {
                 match t.as_str() {
                     "auto" => {}
-                    "off" | "main" => {
-                        let _ = writeln!(out, "table = {}", toml_string(&t));
-                    }
+                    "off" | "main" => draft.table = Some(TableDraft::Word(t.clone())),
                     n => match n.parse::<u32>() {
-                        Ok(n) => {
-                            let _ = writeln!(out, "table = {n}");
-                        }
+                        Ok(n) => draft.table = Some(TableDraft::Number(n)),
                         Err(_) => warnings.push(format!(
                             "Table = {t}: a table by name (other than off, auto, main) is not taken: left out (give its number)"
                         )),
@@ -259,59 +243,42 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
                 };
                 match value {
                     Ok(v) if v.is_empty() || v == "0" || v == "0x0" => {}
-                    Ok(v) => {
-                        let _ = writeln!(out, "fwmark = {v}");
-                    }
+                    Ok(v) => draft.fwmark = Some(v),
                     Err(_) => return Err(format!("FwMark {m:?} is not a number")),
                 }
             }
-            let dns = s.all("DNS");
-            if !dns.is_empty() {
-                let _ = writeln!(out, "dns = {}", quoted(&dns));
-            }
-            for (key, toml_key) in [
-                ("PreUp", "pre_up"),
-                ("PostUp", "post_up"),
-                ("PreDown", "pre_down"),
-                ("PostDown", "post_down"),
-            ] {
-                let cmds = s.all(key);
-                if !cmds.is_empty() {
-                    let _ = writeln!(out, "{toml_key} = {}", quoted(&cmds));
-                }
-            }
+            draft.dns = s.all("DNS");
+            draft.pre_up = s.all("PreUp");
+            draft.post_up = s.all("PostUp");
+            draft.pre_down = s.all("PreDown");
+            draft.post_down = s.all("PostDown");
         }
     }
     for s in sections.iter().filter(|s| s.kind == "peer") {
-        out.push_str("\n[[peer]]\n");
-        if let Some(n) = &s.name {
-            let _ = writeln!(out, "name = {}", toml_string(n));
-        }
-        let k = s.one("PublicKey").ok_or("a [Peer] without PublicKey")?;
-        let _ = writeln!(out, "public_key = {}", toml_string(&k));
-        if let Some(p) = s.one("PresharedKey") {
-            let _ = writeln!(out, "preshared_key = {}", toml_string(&p));
-        }
-        if let Some(e) = s.one("Endpoint") {
-            let _ = writeln!(out, "endpoint = {}", toml_string(&e));
-        }
-        let ips: Vec<String> = s
-            .all("AllowedIPs")
-            .iter()
-            .map(|c| normal_prefix(c))
-            .collect();
-        let _ = writeln!(out, "allowed_ips = {}", quoted(&ips));
+        let mut peer = PeerDraft {
+            name: s.name.clone(),
+            public_key: s.one("PublicKey").ok_or("a [Peer] without PublicKey")?,
+            preshared_key: s.one("PresharedKey"),
+            endpoint: s.one("Endpoint"),
+            allowed_ips: s
+                .all("AllowedIPs")
+                .iter()
+                .map(|c| normal_prefix(c))
+                .collect(),
+            persistent_keepalive: None,
+        };
         if let Some(k) = s.one("PersistentKeepalive") {
             if k != "off" {
                 let k: u16 = k
                     .parse()
                     .map_err(|_| format!("PersistentKeepalive {k:?} is not a number"))?;
-                let _ = writeln!(out, "persistent_keepalive = {k}");
+                peer.persistent_keepalive = Some(k);
             }
         }
+        draft.peers.push(peer);
     }
     Ok(Imported {
-        toml: out,
+        toml: draft.to_toml(),
         warnings,
     })
 }

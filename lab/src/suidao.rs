@@ -4,11 +4,12 @@
 use crate::{unique, Netns, Process};
 use anyhow::{bail, Context, Result};
 use rand_core::OsRng;
-use std::fmt::Write as _;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use suidao_common::config_writer::{ConfigDraft, PeerDraft};
 use suidao_proto::keys::{PresharedKey, PrivateKey, PublicKey};
 
 /// Where suidao's binaries are: `$SUIDAO_BIN_DIR`, else next to the running executable (cargo
@@ -119,39 +120,27 @@ impl NodeSpec {
 
     /// The config text; the private key goes to `private_key_file = "<ifname>.key"`.
     pub fn to_toml(&self) -> String {
-        let mut t = String::new();
-        let _ = writeln!(
-            t,
-            "[interface]\nname = \"{}\"\nprivate_key_file = \"{}.key\"",
-            self.ifname, self.ifname
-        );
-        if let Some(p) = self.listen_port {
-            let _ = writeln!(t, "listen_port = {p}");
+        ConfigDraft {
+            name: self.ifname.clone(),
+            private_key_file: Some(format!("{}.key", self.ifname)),
+            listen_port: self.listen_port,
+            address: self.addresses.clone(),
+            extra: self.extra.clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| PeerDraft {
+                    name: p.name.clone(),
+                    public_key: p.public_key.map(|k| k.to_base64()).unwrap_or_default(),
+                    preshared_key: p.preshared_key.as_ref().map(|k| k.to_base64().to_string()),
+                    endpoint: p.endpoint.clone(),
+                    allowed_ips: p.allowed_ips.clone(),
+                    persistent_keepalive: p.persistent_keepalive,
+                })
+                .collect(),
+            ..Default::default()
         }
-        let addrs: Vec<String> = self.addresses.iter().map(|a| format!("\"{a}\"")).collect();
-        let _ = writeln!(t, "address = [{}]", addrs.join(", "));
-        t.push_str(&self.extra);
-        for p in &self.peers {
-            t.push_str("\n[[peer]]\n");
-            if let Some(n) = &p.name {
-                let _ = writeln!(t, "name = \"{n}\"");
-            }
-            if let Some(k) = &p.public_key {
-                let _ = writeln!(t, "public_key = \"{k}\"");
-            }
-            if let Some(e) = &p.endpoint {
-                let _ = writeln!(t, "endpoint = \"{e}\"");
-            }
-            let ips: Vec<String> = p.allowed_ips.iter().map(|a| format!("\"{a}\"")).collect();
-            let _ = writeln!(t, "allowed_ips = [{}]", ips.join(", "));
-            if let Some(k) = p.persistent_keepalive {
-                let _ = writeln!(t, "persistent_keepalive = {k}");
-            }
-            if let Some(k) = &p.preshared_key {
-                let _ = writeln!(t, "preshared_key = \"{}\"", k.to_base64().as_str());
-            }
-        }
-        t
+        .to_toml()
     }
 
     /// Writes `<ifname>.toml` and `<ifname>.key` into `dir`; returns the config's path.
