@@ -79,7 +79,10 @@ pub fn down() -> Result<Vec<String>> {
             removed.push(format!("removed stale {}", sock.display()));
         }
     }
-    for f in lab_file(suidao_common::engine::STATE_DIR, ".endpoints") {
+    for f in lab_file(
+        suidao_common::engine::STATE_DIR,
+        suidao_common::engine::ENDPOINTS_SUFFIX,
+    ) {
         std::fs::remove_file(&f)?;
         removed.push(format!("removed {}", f.display()));
     }

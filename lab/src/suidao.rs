@@ -354,9 +354,7 @@ impl Drop for Node {
         }
         self.process.stop();
         // A server remembers its clients' endpoints across restarts; a test's does not need to.
-        let _ = std::fs::remove_file(
-            Path::new(suidao_common::engine::STATE_DIR).join(format!("{}.endpoints", self.ifname)),
-        );
+        let _ = std::fs::remove_file(suidao_common::engine::state_path(&self.ifname));
     }
 }
 

@@ -240,16 +240,16 @@ impl Spec {
             vpn_clients.push(node(
                 &me,
                 &[
-                    &format!("10.99.0.{}/24", 10 + i),
+                    &format!("{}/24", hub_client_v4(i)),
                     &format!("fd99::{:x}/64", 10 + i),
                 ],
                 &[],
             ));
             checks.push(check(&me, "10.99.0.1"));
-            checks.push(check("server", &format!("10.99.0.{}", 10 + i)));
+            checks.push(check("server", &hub_client_v4(i)));
             for j in 1..=clients {
                 if j != i {
-                    checks.push(check(&me, &format!("10.99.0.{}", 10 + j)));
+                    checks.push(check(&me, &hub_client_v4(j)));
                 }
             }
         }
@@ -664,6 +664,11 @@ impl P2p {
             client: lab.take("client")?,
         })
     }
+}
+
+/// The tunnel address of hub client `i` (1-based); the server is 10.99.0.1.
+pub fn hub_client_v4(i: usize) -> String {
+    format!("10.99.0.{}", 10 + i)
 }
 
 /// `hub`, as the tests use it: a server and N clients on one bridge.

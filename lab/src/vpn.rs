@@ -71,10 +71,7 @@ impl P2pVpn {
     }
 }
 
-/// The tunnel address of hub client `i` (1-based); the server is 10.99.0.1.
-pub fn hub_client_v4(i: usize) -> String {
-    format!("10.99.0.{}", 10 + i)
-}
+pub use crate::topology::hub_client_v4;
 
 /// A suidao server and N clients on the `hub` topology.
 pub struct HubVpn {

@@ -31,8 +31,12 @@ const RERESOLVE_AFTER: Duration = Duration::from_secs(135);
 /// ...at most this often.
 pub(super) const RERESOLVE_RETRY: Duration = Duration::from_secs(10);
 
-fn state_path(ifname: &str) -> PathBuf {
-    Path::new(STATE_DIR).join(format!("{ifname}.endpoints"))
+/// The file names in STATE_DIR end so.
+pub const ENDPOINTS_SUFFIX: &str = ".endpoints";
+
+/// Where `ifname`'s endpoint memory is kept.
+pub fn state_path(ifname: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{ifname}{ENDPOINTS_SUFFIX}"))
 }
 
 /// A running interface's endpoint memory.
@@ -118,7 +122,7 @@ fn save_endpoints(ifname: &str, text: &str) -> std::io::Result<()> {
 }
 
 fn save_endpoints_in(dir: &Path, ifname: &str, text: &str) -> std::io::Result<()> {
-    let path = dir.join(format!("{ifname}.endpoints"));
+    let path = dir.join(format!("{ifname}{ENDPOINTS_SUFFIX}"));
     if text.is_empty() {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

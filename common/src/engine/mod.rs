@@ -53,7 +53,7 @@ mod tests;
 
 pub use dataplane::{Engine, Options};
 pub use describe::describe;
-pub use endpoints::STATE_DIR;
+pub use endpoints::{state_path, ENDPOINTS_SUFFIX, STATE_DIR};
 pub use setup::{full_tunnel, planned_routes};
 pub use up::up;
 
