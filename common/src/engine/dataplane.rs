@@ -240,22 +240,6 @@ impl Engine {
         self.shared.attention.notified().await
     }
 
-    /// Makes the protocol's pending requests go out now (after a change by the control plane,
-    /// such as a new peer or endpoint).
-    pub fn look_again(&self) {
-        self.shared.look_again();
-    }
-
-    /// The first worker's transport, for the control plane's own sends.
-    pub fn send_all(&self, out: &mut Vec<Outgoing>) {
-        self.shared.send_all(out);
-    }
-
-    /// Where the first worker's transport would send a datagram from (for tests).
-    pub fn worker_count(&self) -> usize {
-        self.shared.workers.len()
-    }
-
     /// Stops every thread and waits for them: wakes the waiting ones, ends the handshake
     /// thread's queue. Idempotent.
     pub fn stop(&mut self) {
