@@ -16,7 +16,7 @@ use suidao_lab::suidao::{bin_path, Node, NodeSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
 use suidao_lab::Process;
 use suidao_tests::etc::{up_in, NetnsEtc};
-use suidao_tests::vpn::{CLIENT_V4, PORT, SERVER_V4};
+use suidao_tests::vpn::{specs, CLIENT_V4, SERVER_V4};
 
 /// What the namespace's resolv.conf says before `up`: a resolver nobody answers for.
 const BEFORE: &str = "nameserver 198.18.0.53\n";
@@ -49,14 +49,7 @@ struct Setup {
 fn setup(extra: &str, dnsmasq: bool) -> Setup {
     let lab = P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
-    let (server, mut client) = NodeSpec::pair(
-        ["sds", "sdc"],
-        &[&format!("{SERVER_V4}/24")],
-        &[&format!("{CLIENT_V4}/24")],
-        format!("{}:{PORT}", lab.server.v4).parse().unwrap(),
-        &["10.99.0.0/24"],
-    )
-    .unwrap();
+    let (server, mut client) = specs(&lab, false).unwrap();
     client.extra.push_str(extra);
     let server_node = server
         .start(&lab.server.ns, Role::Server, dir.path())
