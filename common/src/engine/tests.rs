@@ -175,6 +175,20 @@ fn flow_and_seq(p: &[u8]) -> (u16, u32) {
     )
 }
 
+fn server_spec() -> Spec {
+    Spec::new("198.18.0.1:51820", SERVER)
+}
+
+fn alice_spec() -> Spec {
+    Spec::new("198.18.0.2:40000", ALICE)
+}
+
+/// Alice says hello (on a flow of its own, 100) and the server hears it: the session is up.
+fn connect(server: &Node, alice: &Node) {
+    alice.devs[0].inject(&packet(ALICE, SERVER, 100, 0, 10));
+    assert_eq!(server.written(1, WAIT).len(), 1, "alice's hello");
+}
+
 /// A server at 198.18.0.1 and a client (alice) that knows where it is.
 fn pair(net: &Arc<MemoryNet>, server: Spec, client: Spec) -> (Node, Node) {
     let server_key = PrivateKey::generate(&mut OsRng);
@@ -190,11 +204,7 @@ fn pair(net: &Arc<MemoryNet>, server: Spec, client: Spec) -> (Node, Node) {
 #[test]
 fn a_handshake_then_packets_both_ways() {
     let net = MemoryNet::new();
-    let (server, alice) = pair(
-        &net,
-        Spec::new("198.18.0.1:51820", SERVER),
-        Spec::new("198.18.0.2:40000", ALICE),
-    );
+    let (server, alice) = pair(&net, server_spec(), alice_spec());
     let there = packet(ALICE, SERVER, 7, 1, 100);
     alice.devs[0].inject(&there);
     assert_eq!(server.written(1, WAIT), vec![there], "through the tunnel");
@@ -231,7 +241,7 @@ fn the_server_relays_between_two_clients_hairpin() {
     to_alice.allowed_ips = vec!["10.99.0.2/32".parse().unwrap()];
     let mut to_bob = PeerConfig::new(bob_key.public_key());
     to_bob.allowed_ips = vec!["10.99.0.3/32".parse().unwrap()];
-    let mut s = Spec::new("198.18.0.1:51820", SERVER);
+    let mut s = server_spec();
     s.gro = 16;
     let server = start(&net, s, vec![to_alice, to_bob]);
     let to_server = || server.as_peer(&["10.99.0.0/24"], true);
@@ -293,11 +303,7 @@ fn the_server_relays_between_two_clients_hairpin() {
 #[test]
 fn under_a_flood_of_initiations_cookies_go_out_and_a_real_client_gets_in() {
     let net = MemoryNet::new();
-    let (server, alice) = pair(
-        &net,
-        Spec::new("198.18.0.1:51820", SERVER),
-        Spec::new("198.18.0.2:40000", ALICE),
-    );
+    let (server, alice) = pair(&net, server_spec(), alice_spec());
     let server_public = server.public();
     let attackers: Vec<MemoryTransport> = (0..16)
         .map(|i| net.attach(format!("198.18.1.{i}:1000").parse().unwrap(), 1))
@@ -381,16 +387,15 @@ fn under_a_flood_of_initiations_cookies_go_out_and_a_real_client_gets_in() {
 #[test]
 fn full_receive_batches_and_the_gro_path() {
     let net = MemoryNet::new();
-    let mut server = Spec::new("198.18.0.1:51820", SERVER);
+    let mut server = server_spec();
     server.offload = Offload {
         tcp: true,
         udp: false,
     };
     server.gro = 16;
-    let (server, alice) = pair(&net, server, Spec::new("198.18.0.2:40000", ALICE));
+    let (server, alice) = pair(&net, server, alice_spec());
     // The handshake first, so the stream below goes out in one burst.
-    alice.devs[0].inject(&packet(ALICE, SERVER, 1, 0, 10));
-    assert_eq!(server.written(1, WAIT).len(), 1);
+    connect(&server, &alice);
     // Alice's TCP stream to the server: 10.99.0.2 → 10.99.0.1, as `gro_tests` builds them.
     let segments = stream(&flow(false, 40000), &[1200; 600], &[]);
     for s in &segments {
@@ -415,13 +420,12 @@ fn full_receive_batches_and_the_gro_path() {
 #[test]
 fn several_workers_keep_every_flow_in_order() {
     let net = MemoryNet::new();
-    let mut s = Spec::new("198.18.0.1:51820", SERVER);
+    let mut s = server_spec();
     s.workers = 3;
-    let mut c = Spec::new("198.18.0.2:40000", ALICE);
+    let mut c = alice_spec();
     c.workers = 3;
     let (server, alice) = pair(&net, s, c);
-    alice.devs[0].inject(&packet(ALICE, SERVER, 100, 0, 10));
-    assert_eq!(server.written(1, WAIT).len(), 1);
+    connect(&server, &alice);
     let flows = 6u16;
     let per_flow = 300u32;
     let injectors: Vec<JoinHandle<()>> = (0..3)
@@ -454,13 +458,8 @@ fn several_workers_keep_every_flow_in_order() {
 #[test]
 fn an_idle_engine_has_nothing_to_do_for_seconds() {
     let net = MemoryNet::new();
-    let (server, alice) = pair(
-        &net,
-        Spec::new("198.18.0.1:51820", SERVER),
-        Spec::new("198.18.0.2:40000", ALICE),
-    );
-    alice.devs[0].inject(&packet(ALICE, SERVER, 1, 0, 10));
-    assert_eq!(server.written(1, WAIT).len(), 1);
+    let (server, alice) = pair(&net, server_spec(), alice_spec());
+    connect(&server, &alice);
     server.devs[0].inject(&packet(SERVER, ALICE, 1, 0, 10));
     assert_eq!(alice.written(1, WAIT).len(), 1);
     for n in [&server, &alice] {
