@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the protocol core (`cargo bench -p suidao-proto`):
-//! - one X25519 scalar multiplication, the unit of handshake cost;
+//! - one X25519 scalar multiplication, the unit of handshake cost, and one fixed-base
+//!   multiplication (a public key from its private key);
 //! - one full handshake between two devices: initiation, response, first transport packet
 //!   (sealed by the initiator and opened by the responder);
 //! - transport seal and open with `ring` at 64, 1420 and 8192 bytes, and RustCrypto's
@@ -21,6 +22,12 @@ fn x25519(c: &mut Criterion) {
     ));
     c.bench_function("x25519_scalar_mult", |bench| {
         bench.iter(|| black_box(a.diffie_hellman(black_box(&b))))
+    });
+    // What a public key costs from its private key (a fixed-base multiplication, with
+    // dalek's precomputed table): what the responder's precomputed initial hash saves on
+    // each initiation.
+    c.bench_function("x25519_base_point_mult", |bench| {
+        bench.iter(|| black_box(x25519_dalek::PublicKey::from(black_box(&a))))
     });
 }
 
