@@ -44,4 +44,11 @@ pub trait PacketDevice: Send + Sync {
 
     /// Ends every wait, now and later (the engine is stopping).
     fn interrupt(&self);
+
+    /// A descriptor that polls readable when a packet can be read, for a thread that waits for
+    /// this and something else at once (`poll::wait_any`). None (the default): wait with
+    /// `wait_readable` only.
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }

@@ -22,16 +22,14 @@ impl Interrupt {
 
     /// Makes the eventfd readable for good (never read back): every wait returns at once.
     pub fn wake(&self) {
+        Interrupt::wake_fd(self.0.as_raw_fd());
+    }
+
+    fn wake_fd(fd: RawFd) {
         let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own. A full counter
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd its caller owns. A full counter
         // (EAGAIN) is as readable as it gets, so the result is not needed.
-        let _ = unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                (&one as *const u64).cast::<libc::c_void>(),
-                8,
-            )
-        };
+        let _ = unsafe { libc::write(fd, (&one as *const u64).cast::<libc::c_void>(), 8) };
     }
 
     /// Waits until `fd` is readable (true), `timeout` passes or the interrupt is woken (false).
@@ -62,6 +60,68 @@ impl Interrupt {
         }
         Ok(p[0].revents != 0 && p[1].revents == 0)
     }
+}
+
+/// An eventfd one thread rings to wake another (and the woken one clears): unlike `Interrupt`
+/// it is read back, so it can ring again and again.
+pub struct Doorbell(OwnedFd);
+
+impl Doorbell {
+    pub fn new() -> io::Result<Doorbell> {
+        Interrupt::new().map(|i| Doorbell(i.0))
+    }
+
+    pub fn ring(&self) {
+        Interrupt::wake_fd(self.0.as_raw_fd());
+    }
+
+    /// Takes back every ring so far (the next wait sleeps until the next one).
+    pub fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 from a descriptor we own; a
+        // non-blocking eventfd that was not rung answers EAGAIN, which is fine.
+        let _ = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                (&mut v as *mut u64).cast::<libc::c_void>(),
+                8,
+            )
+        };
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes (`None`: no timeout); returns which
+/// are readable (bit i for `fds[i]`; 0 after the timeout or a signal).
+pub fn wait_any(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<u32> {
+    let mut p = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 4];
+    let n = fds.len().min(p.len());
+    for (slot, fd) in p.iter_mut().zip(fds) {
+        slot.fd = *fd;
+    }
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: `p` is a valid array of at least `n` pollfds for the duration of the call.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), n as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(p[..n]
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| q.revents != 0)
+        .fold(0, |m, (i, _)| m | 1 << i))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! The same roles wireguard-go's `tun/tuntest` and `conn/bindtest` play.
 
 use crate::packet_device::{Offload, PacketDevice};
+use crate::poll::Doorbell;
 use crate::transport::{RecvMeta, SendError, Transport};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, IoSliceMut};
@@ -31,6 +32,10 @@ struct Queue<T> {
     items: Mutex<VecDeque<T>>,
     ready: Condvar,
     closed: AtomicBool,
+    /// An eventfd that polls readable exactly while something is queued (set and cleared
+    /// under `items`' lock), so the engine can wait on this and another queue at once, as on
+    /// a TUN and a socket (`readiness_fd`).
+    level: Option<Doorbell>,
 }
 
 impl<T> Queue<T> {
@@ -39,12 +44,27 @@ impl<T> Queue<T> {
             items: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
             closed: AtomicBool::new(false),
+            level: Doorbell::new().ok(),
         }
     }
 
     fn push(&self, item: T) {
-        lock(&self.items).push_back(item);
+        let mut items = lock(&self.items);
+        items.push_back(item);
+        self.settle(&items);
+        drop(items);
         self.ready.notify_all();
+    }
+
+    /// Makes `level` say whether `items` (this queue's, locked) holds anything.
+    fn settle(&self, items: &VecDeque<T>) {
+        if let Some(level) = &self.level {
+            if items.is_empty() {
+                level.clear();
+            } else {
+                level.ring();
+            }
+        }
     }
 
     /// Waits until something is queued (true), `timeout` passes or the queue is closed.
@@ -242,6 +262,7 @@ impl Transport for MemoryTransport {
             };
             n += 1;
         }
+        self.inbox.settle(&items);
         self.largest.fetch_max(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -271,6 +292,10 @@ impl Transport for MemoryTransport {
     fn interrupt(&self) {
         self.inbox.close();
     }
+
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inbox.level.as_ref().map(Doorbell::fd)
+    }
 }
 
 /// The host side of a tunnel interface, in memory.
@@ -296,6 +321,15 @@ impl MemoryDevice {
     /// The host sends `packet` into the tunnel.
     pub fn inject(&self, packet: &[u8]) {
         self.outgoing.push(packet.to_vec());
+    }
+
+    /// The host sends all of `packets` at once (the engine's next read finds them all).
+    pub fn inject_burst(&self, packets: impl IntoIterator<Item = Vec<u8>>) {
+        let mut items = lock(&self.outgoing.items);
+        items.extend(packets);
+        self.outgoing.settle(&items);
+        drop(items);
+        self.outgoing.ready.notify_all();
     }
 
     /// The next write of the engine (a packet, or with offload a virtio header and coalesced
@@ -340,6 +374,7 @@ impl PacketDevice for Arc<MemoryDevice> {
             sizes[n] = len;
             n += 1;
         }
+        self.outgoing.settle(&items);
         Ok(n)
     }
 
@@ -356,5 +391,9 @@ impl PacketDevice for Arc<MemoryDevice> {
 
     fn interrupt(&self) {
         self.outgoing.close();
+    }
+
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.outgoing.level.as_ref().map(Doorbell::fd)
     }
 }

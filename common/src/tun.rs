@@ -115,6 +115,11 @@ impl PacketDevice for Tun {
         self.interrupt.wake();
     }
 
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.dev.as_raw_fd())
+    }
+
     fn write_vectored(&self, iov: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         let count = libc::c_int::try_from(iov.len())

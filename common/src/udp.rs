@@ -357,4 +357,8 @@ impl Transport for Udp {
     fn interrupt(&self) {
         self.interrupt.wake();
     }
+
+    fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.sock.as_raw_fd())
+    }
 }

@@ -1136,11 +1136,18 @@ impl Device {
     /// The earliest deadline, announced as the caller's next wake-up: from here on, a deadline
     /// armed sooner raises `take_attention`. (A deadline armed while this looks is caught:
     /// every one raises until the plan is in place, and then it looks again.)
-    pub fn next_wake(&self) -> Option<std::time::Instant> {
+    ///
+    /// While anything is scheduled the wake-up is at most KEEPALIVE_TIMEOUT after `now`: the
+    /// timers a flow of requests and answers re-arms in turn (the passive keepalive 10 s after
+    /// data arrives, the new handshake 15 s after data leaves) are then never sooner than the
+    /// plan, so such a flow raises nothing; without the cap each answer would arm a keepalive
+    /// sooner than the new-handshake deadline announced before it, and wake the caller once
+    /// per packet.
+    pub fn next_wake(&self, now: std::time::Instant) -> Option<std::time::Instant> {
         loop {
             self.attention.plan(None);
             self.attention.take();
-            let due = self.next_deadline();
+            let due = self.next_deadline().map(|d| d.min(now + KEEPALIVE_TIMEOUT));
             self.attention.plan(due);
             if !self.attention.take() {
                 return due;

@@ -224,8 +224,8 @@ fn attention_is_raised_by_new_deadlines_and_moved_endpoints_only() {
         let (_, wire) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 100));
         net.deliver(Side::A, wire);
     }
-    net.a.next_wake();
-    net.b.next_wake();
+    net.a.next_wake(net.now.instant);
+    net.b.next_wake(net.now.instant);
     for _ in 0..3 {
         let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 100));
         net.deliver(Side::B, wire);
@@ -236,6 +236,27 @@ fn attention_is_raised_by_new_deadlines_and_moved_endpoints_only() {
         !net.a.take_attention() && !net.b.take_attention(),
         "steady flow"
     );
+    // Requests and answers with time passing (a ping every 50 ms): each side's passive
+    // keepalive and new-handshake timers are re-armed in turn, never sooner than announced.
+    let mut net = net;
+    for _ in 0..3 {
+        let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 100));
+        net.deliver(Side::B, wire);
+        let (_, wire) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 100));
+        net.deliver(Side::A, wire);
+        net.advance(Duration::from_millis(50));
+    }
+    net.a.next_wake(net.now.instant);
+    net.b.next_wake(net.now.instant);
+    for _ in 0..40 {
+        net.advance(Duration::from_millis(50));
+        let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 100));
+        net.deliver(Side::B, wire);
+        let (_, wire) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 100));
+        net.deliver(Side::A, wire);
+        let (a, b) = (net.a.take_attention(), net.b.take_attention());
+        assert!(!a && !b, "requests and answers: {a} {b}");
+    }
     // A roams: B hears of it.
     let (_, wire) = net.send_ip(Side::A, &ipv4(A_TUN, B_TUN, 100));
     net.deliver_from(Side::B, "198.18.0.9:4000".parse().unwrap(), wire);

@@ -10,9 +10,11 @@ use super::send::TxState;
 use super::{receive, send, setup_error, EngineError};
 use crate::clock;
 use crate::packet_device::PacketDevice;
+use crate::poll::Doorbell;
 use crate::transport::{SendError, Transport};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,11 +40,44 @@ pub struct Options {
 /// and a thread per direction. Flows are spread over workers by the kernel: outgoing by the
 /// TUN's per-flow queue choice, incoming by SO_REUSEPORT's per-sender socket choice, so the
 /// packets of one flow (or one peer) always go through one worker, in order.
+///
+/// **Quiet and busy.** While traffic is light the receive thread watches the device too and
+/// sends what it finds, and the send thread sleeps: a request and its answer then pass
+/// through one thread on each side, with no wake-up of a second thread (on another CPU, in a
+/// VM an interrupt to an idle vCPU) on the way. When the receive thread finds a burst in the
+/// device it hands the device to the send thread (`send_bell`), which keeps it while packets
+/// keep coming and hands it back (`recv_bell`) after `QUIET_AFTER` without any. Whoever reads
+/// the device holds `tx`, so packets leave in the order they were read either way.
 pub(super) struct Worker {
     pub(super) device: Box<dyn PacketDevice>,
     pub(super) transport: Box<dyn Transport>,
     /// The send path's buffers (see `TxState`), held by whichever thread sends.
     pub(super) tx: Mutex<TxState>,
+    /// Both ends can be waited on together (their `readiness_fd`s), so quiet mode is possible.
+    pub(super) fds: Option<(RawFd, RawFd)>,
+    /// Quiet: the receive thread watches the device (see above).
+    pub(super) quiet: AtomicBool,
+    pub(super) send_bell: Doorbell,
+    pub(super) recv_bell: Doorbell,
+    /// Times the device was handed to the send thread.
+    pub(super) handoffs: AtomicUsize,
+}
+
+/// A burst: a read of the device by the receive thread that finds this many packets hands the
+/// device to the send thread.
+pub(super) const HANDOFF_AT: usize = 8;
+/// The send thread hands the device back after this long without a packet.
+pub(super) const QUIET_AFTER: Duration = Duration::from_millis(50);
+
+impl Worker {
+    /// The receive thread read `n` packets from the device: a burst makes the send thread
+    /// take over.
+    pub(super) fn read_by_receiver(&self, n: usize) {
+        if n >= HANDOFF_AT && self.quiet.swap(false, Ordering::AcqRel) {
+            self.handoffs.fetch_add(1, Ordering::Relaxed);
+            self.send_bell.ring();
+        }
+    }
 }
 
 /// What every thread shares.
@@ -161,12 +196,20 @@ impl Engine {
         let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
         let workers = queues
             .into_iter()
-            .map(|(dev, transport)| Worker {
-                tx: Mutex::new(TxState::new(options.mtu, dev.offload().tcp)),
-                device: dev,
-                transport,
+            .map(|(dev, transport)| {
+                let fds = dev.readiness_fd().zip(transport.readiness_fd());
+                Ok(Worker {
+                    tx: Mutex::new(TxState::new(options.mtu, dev.offload().tcp)),
+                    device: dev,
+                    transport,
+                    fds,
+                    quiet: AtomicBool::new(fds.is_some()),
+                    send_bell: Doorbell::new().map_err(|e| setup_error(format!("eventfd: {e}")))?,
+                    recv_bell: Doorbell::new().map_err(|e| setup_error(format!("eventfd: {e}")))?,
+                    handoffs: AtomicUsize::new(0),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, EngineError>>()?;
         let shared = Arc::new(Shared {
             device,
             workers,
@@ -218,6 +261,22 @@ impl Engine {
         &self.shared.device
     }
 
+    /// Each worker's mode (quiet: the receive thread watches the device) and how often its
+    /// device went to the send thread.
+    #[cfg(test)]
+    pub(super) fn worker_modes(&self) -> Vec<(bool, usize)> {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| {
+                (
+                    w.quiet.load(Ordering::Acquire),
+                    w.handoffs.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
     /// Whether a thread died (the engine should be stopped).
     pub fn failed(&self) -> bool {
         self.shared.failed.load(Ordering::Relaxed)
@@ -230,7 +289,7 @@ impl Engine {
         let now = clock::now();
         self.shared.device.update_timers(now, &mut out);
         self.shared.send_all(&mut out);
-        let due = self.shared.device.next_wake()?;
+        let due = self.shared.device.next_wake(now.instant)?;
         Some(clock::real(due.saturating_duration_since(now.instant)))
     }
 
@@ -250,6 +309,8 @@ impl Engine {
         for w in &self.shared.workers {
             w.device.interrupt();
             w.transport.interrupt();
+            w.send_bell.ring();
+            w.recv_bell.ring();
         }
         // The empty message ends the handshake thread (which drains the queue unread until
         // then, so this send cannot block for long).

@@ -9,6 +9,7 @@ use super::handshakes;
 use super::send::{seal_and_send, TxState};
 use crate::clock;
 use crate::gro::Coalescer;
+use crate::poll;
 use crate::transport::RecvMeta;
 use crate::tun::IDEAL_BATCH_SIZE;
 use std::io::IoSliceMut;
@@ -42,9 +43,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
             match w.transport.recv(&mut iovs, &mut meta) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Err(e) = w.transport.wait_readable(None) {
-                        debug!("waiting for the transport: {e}");
-                    }
+                    wait(s, w);
                     continue;
                 }
                 Err(e) => {
@@ -92,14 +91,55 @@ pub(super) fn run(s: &Shared, w: &Worker) {
         // ack), and the answer is already waiting in it: send it from here, first thing,
         // before the send thread (woken by it, maybe on another CPU) gets there: the round
         // trip then costs no wake-up on this side.
-        if wrote {
+        if wrote || w.quiet.load(Ordering::Acquire) {
             if let Ok(mut tx) = w.tx.try_lock() {
-                super::send::drain(s, w, &mut tx);
+                w.read_by_receiver(super::send::drain(s, w, &mut tx));
             }
         }
         relay.flush(s, w);
         s.send_all(&mut out);
         s.look_again();
+    }
+}
+
+/// Nothing to receive: sleep until there is (or, while quiet, until the device has a packet,
+/// which is sent from here), or the send thread hands the device back.
+fn wait(s: &Shared, w: &Worker) {
+    let Some((device, transport)) = w.fds else {
+        if let Err(e) = w.transport.wait_readable(None) {
+            debug!("waiting for the transport: {e}");
+        }
+        return;
+    };
+    if w.quiet.load(Ordering::Acquire) {
+        // Packets the host sent while this thread was busy go now, not after a poll that
+        // would only say they are there.
+        if let Ok(mut tx) = w.tx.try_lock() {
+            let n = super::send::drain(s, w, &mut tx);
+            w.read_by_receiver(n);
+            if n > 0 {
+                return;
+            }
+        }
+    }
+    let watched = if w.quiet.load(Ordering::Acquire) {
+        &[transport, w.recv_bell.fd(), device][..]
+    } else {
+        &[transport, w.recv_bell.fd()][..]
+    };
+    match poll::wait_any(watched, None) {
+        Ok(ready) => {
+            if ready & 0b10 != 0 {
+                w.recv_bell.clear();
+            }
+            if ready & 0b100 != 0 {
+                if let Ok(mut tx) = w.tx.try_lock() {
+                    let n = super::send::drain(s, w, &mut tx);
+                    w.read_by_receiver(n);
+                }
+            }
+        }
+        Err(e) => debug!("waiting for the transport: {e}"),
     }
 }
 

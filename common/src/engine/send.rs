@@ -2,8 +2,9 @@
 //! at a time (a super-packet split into MTU-sized packets), sealed in place, and sent as runs:
 //! consecutive datagrams of one size to one endpoint leave in one GSO send.
 
-use super::dataplane::{Shared, Worker};
+use super::dataplane::{Shared, Worker, QUIET_AFTER};
 use crate::clock;
+use crate::poll;
 use crate::transport::{SendError, Transport};
 use crate::tun::{IDEAL_BATCH_SIZE, MAX_READ};
 use std::sync::atomic::Ordering;
@@ -78,16 +79,32 @@ impl TxState {
     }
 }
 
-/// The send thread: sends whatever the device has, then sleeps until it has more.
+/// The send thread: sends whatever the device has, then sleeps until it has more. While the
+/// worker is quiet the receive thread watches the device and this one sleeps until handed it
+/// (see `Worker`).
 pub(super) fn run(s: &Shared, w: &Worker) {
     while !s.stopping.load(Ordering::Relaxed) {
+        if w.quiet.load(Ordering::Acquire) {
+            if let Err(e) = poll::wait_any(&[w.send_bell.fd()], None) {
+                debug!("waiting for the device: {e}");
+            }
+            w.send_bell.clear();
+            continue;
+        }
         let sent = match w.tx.lock() {
             Ok(mut tx) => drain(s, w, &mut tx),
             Err(poisoned) => drain(s, w, &mut poisoned.into_inner()),
         };
         if sent == 0 {
-            if let Err(e) = w.device.wait_readable(None) {
-                debug!("waiting for {}: {e}", w.device.name());
+            // With quiet mode possible, wait a while, then hand the device back.
+            let timeout = w.fds.map(|_| QUIET_AFTER);
+            match w.device.wait_readable(timeout) {
+                Ok(false) if timeout.is_some() && !s.stopping.load(Ordering::Relaxed) => {
+                    w.quiet.store(true, Ordering::Release);
+                    w.recv_bell.ring();
+                }
+                Ok(_) => {}
+                Err(e) => debug!("waiting for {}: {e}", w.device.name()),
             }
         }
     }

@@ -467,3 +467,44 @@ fn an_idle_engine_has_nothing_to_do_for_seconds() {
         assert!(next >= Duration::from_secs(5), "next timer in {next:?}");
     }
 }
+
+/// Quiet and busy (see `Worker`): lone packets each way, a request and its answer, pass
+/// through the receive threads alone, the send threads asleep; a burst goes to the send
+/// thread, in order, and the device comes back to the receive thread after QUIET_AFTER.
+#[test]
+fn lone_packets_stay_with_the_receive_thread_and_a_burst_goes_to_the_send_thread() {
+    use super::dataplane::QUIET_AFTER;
+    let net = MemoryNet::new();
+    let (server, alice) = pair(&net, server_spec(), alice_spec());
+    connect(&server, &alice);
+    let settled = |n: &Node| {
+        let t = Instant::now();
+        while !n.engine.worker_modes()[0].0 {
+            assert!(t.elapsed() < WAIT, "the device never came back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        n.engine.worker_modes()[0].1
+    };
+    let (s0, a0) = (settled(&server), settled(&alice));
+    for seq in 0..20 {
+        let request = packet(ALICE, SERVER, 5, seq, 56);
+        alice.devs[0].inject(&request);
+        assert_eq!(server.written(1, WAIT), vec![request]);
+        let answer = packet(SERVER, ALICE, 5, seq, 56);
+        server.devs[0].inject(&answer);
+        assert_eq!(alice.written(1, WAIT), vec![answer]);
+    }
+    assert_eq!(server.engine.worker_modes(), vec![(true, s0)], "server");
+    assert_eq!(alice.engine.worker_modes(), vec![(true, a0)], "alice");
+    let burst = 400u32;
+    alice.devs[0].inject_burst((0..burst).map(|seq| packet(ALICE, SERVER, 6, seq, 300)));
+    let got = server.written(burst as usize, WAIT);
+    let seqs: Vec<u32> = got.iter().map(|p| flow_and_seq(p).1).collect();
+    assert_eq!(seqs, (0..burst).collect::<Vec<_>>(), "in order");
+    assert!(
+        alice.engine.worker_modes()[0].1 > a0,
+        "the burst went to the send thread"
+    );
+    std::thread::sleep(QUIET_AFTER);
+    settled(&alice);
+}
