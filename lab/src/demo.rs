@@ -4,8 +4,8 @@
 use crate::interrupt;
 use crate::measure::{iperf3, ping_rtt, tcp_bps};
 use crate::require::have_tool;
-use crate::suidao::{host_of, Node, NodeSpec, PeerSpec, Role, TempDir};
-use crate::topology::{Lab, Spec, VpnNode};
+use crate::suidao::{Node, NodeSpec, Role, TempDir};
+use crate::topology::{Lab, Spec};
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,54 +24,6 @@ struct Row {
     rtt_ms: Option<f64>,
     throughput: Option<f64>,
     handshake: Option<u64>,
-}
-
-/// The network of a tunnel address ("10.99.0.1/24" -> "10.99.0.0/24").
-fn network_of(addr: &str) -> Result<String> {
-    let c: suidao_proto::allowed_ips::Cidr = addr.parse()?;
-    Ok(c.to_string())
-}
-
-/// Server and client configurations for the topology's VPN.
-fn node_specs(
-    server: &VpnNode,
-    clients: &[VpnNode],
-    endpoint: &str,
-) -> Result<(NodeSpec, Vec<NodeSpec>)> {
-    let mut s = NodeSpec::new("sdl");
-    s.listen_port = Some(PORT);
-    s.addresses = server.tunnel.clone();
-    let mut client_specs = Vec::new();
-    for c in clients {
-        let mut spec = NodeSpec::new("sdl");
-        spec.addresses = c.tunnel.clone();
-        let mut allowed = Vec::new();
-        for t in &server.tunnel {
-            allowed.push(network_of(t)?);
-        }
-        allowed.extend(server.lan.iter().cloned());
-        spec.peers.push(PeerSpec {
-            name: Some(server.host.clone()),
-            public_key: Some(s.public_key()),
-            endpoint: Some(format!("{endpoint}:{PORT}")),
-            allowed_ips: allowed,
-            persistent_keepalive: Some(25),
-            preshared_key: None,
-        });
-        let mut theirs = Vec::new();
-        for t in &c.tunnel {
-            theirs.push(host_of(t)?);
-        }
-        theirs.extend(c.lan.iter().cloned());
-        s.peers.push(PeerSpec {
-            name: Some(c.host.clone()),
-            public_key: Some(spec.public_key()),
-            allowed_ips: theirs,
-            ..Default::default()
-        });
-        client_specs.push(spec);
-    }
-    Ok((s, client_specs))
 }
 
 /// The host that has `addr` (on a link or as a tunnel address).
@@ -155,7 +107,16 @@ pub fn run(opts: Options) -> Result<bool> {
         total,
         &format!("writing keys and configs to {}", dir.path().display()),
     );
-    let (server_spec, client_specs) = node_specs(&vpn.server, &vpn.clients, &vpn.endpoint)?;
+    let endpoint: std::net::IpAddr = vpn
+        .endpoint
+        .parse()
+        .with_context(|| format!("vpn.endpoint {:?}: not an address", vpn.endpoint))?;
+    let (server_spec, client_specs) = NodeSpec::server_and_clients(
+        ["sdl", "sdl"],
+        &vpn.server,
+        &vpn.clients,
+        std::net::SocketAddr::new(endpoint, PORT),
+    )?;
     let server_cfg = server_spec.write(dir.path())?;
     if opts.explain {
         println!(

@@ -1,6 +1,7 @@
 //! suidao's binaries run inside namespaces: configs written from a spec, processes started
 //! with `up`, readiness, status, logs.
 
+use crate::topology::VpnNode;
 use crate::{unique, Netns, Process};
 use anyhow::{bail, Context, Result};
 use rand_core::OsRng;
@@ -160,11 +161,60 @@ impl NodeSpec {
         Node::start(ns, role, &self.write(dir)?, &self.ifname)
     }
 
-    /// A server and a client that know each other, the usual pair of tests and the bench:
-    /// the server listens on `endpoint`'s port and allows the client's tunnel addresses (as
-    /// host routes); the client reaches the server at `endpoint`, routes `client_routes`
-    /// through it and keeps the path open every 25 s. Addresses carry their prefix length
-    /// (`10.99.0.1/24`); `stems` start the two interface names (`NodeSpec::new`).
+    /// A server and its clients, as a topology's `[vpn]` section describes them, each knowing
+    /// the others it talks to: the one place that rule is written (the demo, the tests'
+    /// fixtures and the bench all come here). The server listens on `endpoint`'s port and
+    /// allows each client's tunnel addresses (as host routes) and the networks behind it; a
+    /// client reaches the server at `endpoint`, routes the server's tunnel networks and the
+    /// networks behind it through the tunnel, and keeps the path open every 25 s. Peers are
+    /// named after their hosts; `stems` start the interface names (`NodeSpec::new`).
+    pub fn server_and_clients(
+        stems: [&str; 2],
+        server: &VpnNode,
+        clients: &[VpnNode],
+        endpoint: SocketAddr,
+    ) -> Result<(NodeSpec, Vec<NodeSpec>)> {
+        let mut s = NodeSpec::new(stems[0]);
+        s.listen_port = Some(endpoint.port());
+        s.addresses = server.tunnel.clone();
+        let mut routes = server
+            .tunnel
+            .iter()
+            .map(|t| network_of(t))
+            .collect::<Result<Vec<_>>>()?;
+        routes.extend(server.lan.iter().cloned());
+        let mut specs = Vec::new();
+        for c in clients {
+            let mut spec = NodeSpec::new(stems[1]);
+            spec.addresses = c.tunnel.clone();
+            spec.peers.push(PeerSpec {
+                name: Some(server.host.clone()),
+                public_key: Some(s.public_key()),
+                endpoint: Some(endpoint.to_string()),
+                allowed_ips: routes.clone(),
+                persistent_keepalive: Some(25),
+                preshared_key: None,
+            });
+            let mut theirs = c
+                .tunnel
+                .iter()
+                .map(|t| host_of(t))
+                .collect::<Result<Vec<_>>>()?;
+            theirs.extend(c.lan.iter().cloned());
+            s.peers.push(PeerSpec {
+                name: Some(c.host.clone()),
+                public_key: Some(spec.public_key()),
+                allowed_ips: theirs,
+                ..Default::default()
+            });
+            specs.push(spec);
+        }
+        Ok((s, specs))
+    }
+
+    /// A server and one client (`server_and_clients`, hosts "server" and "client") whose
+    /// client routes `client_routes` through the tunnel: the usual pair of tests and the
+    /// bench. Addresses carry their prefix length (`10.99.0.1/24`).
     pub fn pair(
         stems: [&str; 2],
         server_addresses: &[&str],
@@ -172,30 +222,29 @@ impl NodeSpec {
         endpoint: SocketAddr,
         client_routes: &[&str],
     ) -> Result<(NodeSpec, NodeSpec)> {
-        let mut server = NodeSpec::new(stems[0]);
-        let mut client = NodeSpec::new(stems[1]);
-        server.listen_port = Some(endpoint.port());
-        server.addresses = server_addresses.iter().map(|a| a.to_string()).collect();
-        client.addresses = client_addresses.iter().map(|a| a.to_string()).collect();
-        server.peers.push(PeerSpec {
-            name: Some("client".into()),
-            public_key: Some(client.public_key()),
-            allowed_ips: client_addresses
-                .iter()
-                .map(|a| host_of(a))
-                .collect::<Result<_>>()?,
-            ..Default::default()
-        });
-        client.peers.push(PeerSpec {
-            name: Some("server".into()),
-            public_key: Some(server.public_key()),
-            endpoint: Some(endpoint.to_string()),
-            allowed_ips: client_routes.iter().map(|r| r.to_string()).collect(),
-            persistent_keepalive: Some(25),
-            ..Default::default()
-        });
+        let node = |host: &str, tunnel: &[&str]| VpnNode {
+            host: host.into(),
+            tunnel: tunnel.iter().map(|a| a.to_string()).collect(),
+            lan: Vec::new(),
+        };
+        let (server, mut clients) = NodeSpec::server_and_clients(
+            stems,
+            &node("server", server_addresses),
+            &[node("client", client_addresses)],
+            endpoint,
+        )?;
+        let mut client = clients.pop().context("one client")?;
+        for p in &mut client.peers {
+            p.allowed_ips = client_routes.iter().map(|r| r.to_string()).collect();
+        }
         Ok((server, client))
     }
+}
+
+/// The network of a tunnel address as a route: `10.99.0.1/24` -> `10.99.0.0/24`.
+pub fn network_of(addr: &str) -> Result<String> {
+    let c: suidao_proto::allowed_ips::Cidr = addr.parse()?;
+    Ok(c.to_string())
 }
 
 /// The host part of a tunnel address as a route: `10.99.0.2/24` -> `10.99.0.2/32`,

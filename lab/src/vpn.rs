@@ -1,9 +1,9 @@
 //! suidao running on a topology, ready to use: a server and a client on `p2p` (`P2pVpn`), a
 //! server and N clients on `hub` (`HubVpn`). The tests stand on these, and so does the bench.
 
-use crate::suidao::{Node, NodeSpec, PeerSpec, Role, TempDir};
-use crate::topology::P2p;
-use anyhow::Result;
+use crate::suidao::{Node, NodeSpec, Role, TempDir};
+use crate::topology::{P2p, Spec};
+use anyhow::{Context, Result};
 use std::net::SocketAddr;
 
 pub const SERVER_V4: &str = "10.99.0.1";
@@ -22,19 +22,23 @@ pub struct P2pVpn {
     pub lab: P2p,
 }
 
+/// The server and client of the `p2p` topology's `[vpn]` section; the client reaches the
+/// server over the IPv6 underlay if `underlay_v6`.
 pub fn specs(lab: &P2p, underlay_v6: bool) -> Result<(NodeSpec, NodeSpec)> {
     let server = if underlay_v6 {
         lab.server.v6
     } else {
         lab.server.v4
     };
-    NodeSpec::pair(
+    let vpn = Spec::p2p().vpn.context("p2p has a [vpn] section")?;
+    let (server_spec, mut clients) = NodeSpec::server_and_clients(
         ["sds", "sdc"],
-        &[&format!("{SERVER_V4}/24"), &format!("{SERVER_V6}/64")],
-        &[&format!("{CLIENT_V4}/24"), &format!("{CLIENT_V6}/64")],
+        &vpn.server,
+        &vpn.clients,
         SocketAddr::new(server, PORT),
-        &["10.99.0.0/24", "fd99::/64"],
-    )
+    )?;
+    let client_spec = clients.pop().context("p2p has a client")?;
+    Ok((server_spec, client_spec))
 }
 
 impl P2pVpn {
@@ -93,29 +97,13 @@ impl HubVpn {
     pub fn start_on(hosts: usize, n: usize) -> Result<HubVpn> {
         let lab = crate::topology::Hub::new(hosts)?;
         let dir = TempDir::new()?;
-        let mut server_spec = NodeSpec::new("sds");
-        server_spec.listen_port = Some(PORT);
-        server_spec.addresses = vec![format!("{SERVER_V4}/24")];
-        let mut client_specs = Vec::new();
-        for i in 1..=n {
-            let mut c = NodeSpec::new("sdc");
-            c.addresses = vec![format!("{}/24", hub_client_v4(i))];
-            c.peers.push(PeerSpec {
-                name: Some("server".into()),
-                public_key: Some(server_spec.public_key()),
-                endpoint: Some(SocketAddr::new(lab.server.v4, PORT).to_string()),
-                allowed_ips: vec!["10.99.0.0/24".into()],
-                persistent_keepalive: Some(25),
-                ..Default::default()
-            });
-            server_spec.peers.push(PeerSpec {
-                name: Some(format!("client{i}")),
-                public_key: Some(c.public_key()),
-                allowed_ips: vec![format!("{}/32", hub_client_v4(i))],
-                ..Default::default()
-            });
-            client_specs.push(c);
-        }
+        let vpn = Spec::hub(hosts).vpn.context("hub has a [vpn] section")?;
+        let (server_spec, client_specs) = NodeSpec::server_and_clients(
+            ["sds", "sdc"],
+            &vpn.server,
+            &vpn.clients[..n.min(hosts)],
+            SocketAddr::new(lab.server.v4, PORT),
+        )?;
         let server = server_spec.start(&lab.server.ns, Role::Server, dir.path())?;
         let mut clients = Vec::new();
         for (spec, host) in client_specs.iter().zip(&lab.clients) {
