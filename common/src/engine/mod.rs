@@ -15,9 +15,16 @@
 //!  main (tokio)      setup, timers, endpoint memory, signals, reload, teardown
 //! ```
 //!
+//! While traffic is light (a ping, a keystroke, a request and its answer) a worker is *quiet*:
+//! its receive thread also watches the device and sends what it finds there, and the send
+//! thread sleeps, so one thread on each side carries a round trip and no second thread is
+//! woken on the way. A burst read from the device hands it to the send thread, which hands it
+//! back after 50 ms without packets (`dataplane::Worker`).
+//!
 //! Every thread sleeps until it has work: the data threads until a packet comes, the main one
-//! until the next timer is due or the data path raises the protocol's attention (a deadline
-//! armed sooner, an endpoint that moved). An idle tunnel does not wake at all.
+//! until the next timer is due (at most 10 s ahead while a session lives) or the data path
+//! raises the protocol's attention (a deadline armed sooner, an endpoint that moved). An idle
+//! tunnel wakes a few times a minute at most.
 //!
 //! | file | holds |
 //! |---|---|
