@@ -12,12 +12,10 @@ use crate::measure::{context_switches, cpu_seconds, iperf3, median, ping_rtt, tc
 use crate::require::have_tool;
 use crate::suidao::{NodeSpec, Role, TempDir};
 use crate::topology::P2p;
-use crate::wggo::{Userspace, WgPeer, WireguardGo};
+use crate::wggo::{Userspace, WireguardGo};
 use anyhow::{bail, Result};
-use rand_core::OsRng;
 use serde_json::json;
 use std::net::SocketAddr;
-use suidao_proto::keys::PrivateKey;
 
 /// The idle spell over which wake-ups are counted.
 const IDLE_SECONDS: u64 = 20;
@@ -237,39 +235,18 @@ fn start_before(
 /// A userspace WireGuard pair on 10.NET.0.0/24: the server end on the server side (`port`),
 /// the client end keeping the path open.
 fn start_pair(lab: &P2p, kind: Userspace, net: u8, port: u16) -> Result<Vec<WireguardGo>> {
-    let (ks, kc) = (
-        PrivateKey::generate(&mut OsRng),
-        PrivateKey::generate(&mut OsRng),
-    );
-    let server = WireguardGo::start_as(
-        kind,
-        &lab.server.ns,
-        &ks.to_base64(),
-        port,
-        &[(format!("10.{net}.0.1").parse()?, 24)],
-        &[WgPeer {
-            public_key: kc.public_key().to_base64(),
-            allowed_ips: vec![format!("10.{net}.0.2/32")],
-            endpoint: None,
-            preshared_key: None,
-            persistent_keepalive: None,
-        }],
+    // Described as suidao's own pair is: the same NodeSpec, started by another program.
+    let (server, client) = NodeSpec::pair(
+        ["wgs", "wgc"],
+        &[&format!("10.{net}.0.1/24")],
+        &[&format!("10.{net}.0.2/24")],
+        SocketAddr::new(lab.server.v4, port),
+        &[&format!("10.{net}.0.0/24")],
     )?;
-    let client = WireguardGo::start_as(
-        kind,
-        &lab.client.ns,
-        &kc.to_base64(),
-        port + 1,
-        &[(format!("10.{net}.0.2").parse()?, 24)],
-        &[WgPeer {
-            public_key: ks.public_key().to_base64(),
-            allowed_ips: vec![format!("10.{net}.0.0/24")],
-            endpoint: Some(SocketAddr::new(lab.server.v4, port)),
-            preshared_key: None,
-            persistent_keepalive: Some(25),
-        }],
-    )?;
-    Ok(vec![server, client])
+    Ok(vec![
+        WireguardGo::start_as(kind, &lab.server.ns, &server)?,
+        WireguardGo::start_as(kind, &lab.client.ns, &client)?,
+    ])
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {

@@ -2,7 +2,6 @@
 
 use crate::{Netns, Process};
 use anyhow::{bail, Context, Result};
-use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -55,19 +54,15 @@ pub fn iperf3(
             .spawn()
             .context("starting iperf3 -s")?,
     );
-    // Wait until it listens on its control port.
-    let ip: IpAddr = addr
-        .parse()
-        .with_context(|| format!("{addr:?} is not an address"))?;
-    let target = SocketAddr::new(ip, 5201);
+    // Wait until it listens on its control port: looked up in the namespace's socket table,
+    // not by connecting (iperf3 takes a connection that closes at once for a test that
+    // failed, and now and then resets the real client's control connection after it).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while client_ns
-        .run(|| TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err())?
-    {
+    while !server_ns.run(|| listening_on(5201))? {
         if Instant::now() > deadline || !server.is_running() {
             bail!("iperf3 server on {addr} did not start");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let out = client_ns
         .command("iperf3")?
@@ -85,6 +80,20 @@ pub fn iperf3(
         );
     }
     Ok(report)
+}
+
+/// Whether a TCP socket of this thread's network namespace listens on `port` (its
+/// `/proc/thread-self/net/tcp` and `tcp6`: local address `ADDR:PORT` in hex, state 0A).
+fn listening_on(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["tcp", "tcp6"].iter().any(|t| {
+        std::fs::read_to_string(format!("/proc/thread-self/net/{t}")).is_ok_and(|table| {
+            table.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+            })
+        })
+    })
 }
 
 /// Received TCP throughput of an iperf3 report, in bits per second.

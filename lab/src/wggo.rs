@@ -3,9 +3,10 @@
 //! (`cargo install boringtun-cli`), the other reference of the benchmarks. Both speak the
 //! same userspace API, so one wrapper drives either.
 
+use crate::suidao::NodeSpec;
 use crate::{netlink, unique, Netns, Process};
 use anyhow::{bail, Context, Result};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -37,52 +38,38 @@ pub struct WireguardGo {
     ns_path: PathBuf,
 }
 
-/// One `wg set ... peer` clause.
-pub struct WgPeer {
-    pub public_key: String,
-    pub allowed_ips: Vec<String>,
-    pub endpoint: Option<SocketAddr>,
-    pub preshared_key: Option<String>,
-    pub persistent_keepalive: Option<u16>,
-}
-
 impl WireguardGo {
-    /// Starts `wireguard-go -f IFNAME` in `ns`, waits for its control socket, then sets the
-    /// private key, listen port and peers with `wg set`, and the tunnel addresses and link state
-    /// with netlink.
-    pub fn start(
-        ns: &Netns,
-        private_key: &str,
-        listen_port: u16,
-        addresses: &[(IpAddr, u8)],
-        peers: &[WgPeer],
-    ) -> Result<WireguardGo> {
-        Self::start_as(
-            Userspace::WireguardGo,
-            ns,
-            private_key,
-            listen_port,
-            addresses,
-            peers,
-        )
+    /// Starts `wireguard-go -f IFNAME` in `ns` as the node `spec` describes, the same
+    /// description a suidao node starts from (`NodeSpec`: key, listen port, tunnel addresses,
+    /// peers; its `extra` lines are suidao's alone): waits for its control socket, sets the key,
+    /// port and peers with `wg set`, and the addresses and link state with netlink. The
+    /// interface is `spec.ifname`.
+    pub fn start(ns: &Netns, spec: &NodeSpec) -> Result<WireguardGo> {
+        Self::start_as(Userspace::WireguardGo, ns, spec)
     }
 
     /// `start`, with `kind` in wireguard-go's place (boringtun: `boringtun-cli -f`, keeping
     /// its privileges, one thread per core).
-    pub fn start_as(
-        kind: Userspace,
-        ns: &Netns,
-        private_key: &str,
-        listen_port: u16,
-        addresses: &[(IpAddr, u8)],
-        peers: &[WgPeer],
-    ) -> Result<WireguardGo> {
-        // The control socket's path (/var/run/wireguard/NAME.sock) is global, so the name
-        // must be unique across namespaces: keep it within 15 characters.
-        let ifname = unique("wg");
+    pub fn start_as(kind: Userspace, ns: &Netns, spec: &NodeSpec) -> Result<WireguardGo> {
+        // The control socket's path (/var/run/wireguard/NAME.sock) is global: NodeSpec names
+        // are unique across namespaces.
+        let ifname = spec.ifname.clone();
         if ifname.len() > 15 {
             bail!("interface name {ifname} too long");
         }
+        let addresses = spec
+            .addresses
+            .iter()
+            .map(|a| {
+                let (ip, len) = a.split_once('/').unwrap_or((a, ""));
+                Ok((
+                    ip.parse::<IpAddr>()
+                        .with_context(|| format!("{a}: not an address"))?,
+                    len.parse::<u8>()
+                        .with_context(|| format!("{a}: no prefix length"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let dir = std::env::temp_dir().join(unique("suidao-wggo-"));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("wireguard-go.log"))?;
@@ -121,25 +108,27 @@ impl WireguardGo {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let key_file = wg.write_secret("private.key", private_key)?;
+        let key_file = wg.write_secret("private.key", &spec.private_key.to_base64())?;
         let mut args: Vec<String> = vec![
             "set".into(),
             ifname.clone(),
             "private-key".into(),
             key_file.display().to_string(),
-            "listen-port".into(),
-            listen_port.to_string(),
         ];
-        for (n, p) in peers.iter().enumerate() {
-            args.extend(["peer".into(), p.public_key.clone()]);
+        if let Some(port) = spec.listen_port {
+            args.extend(["listen-port".into(), port.to_string()]);
+        }
+        for (n, p) in spec.peers.iter().enumerate() {
+            let key = p.public_key.context("a peer without a public key")?;
+            args.extend(["peer".into(), key.to_base64()]);
             if !p.allowed_ips.is_empty() {
                 args.extend(["allowed-ips".into(), p.allowed_ips.join(",")]);
             }
-            if let Some(e) = p.endpoint {
-                args.extend(["endpoint".into(), e.to_string()]);
+            if let Some(e) = &p.endpoint {
+                args.extend(["endpoint".into(), e.clone()]);
             }
             if let Some(psk) = &p.preshared_key {
-                let f = wg.write_secret(&format!("psk{n}"), psk)?;
+                let f = wg.write_secret(&format!("psk{n}"), &psk.to_base64())?;
                 args.extend(["preshared-key".into(), f.display().to_string()]);
             }
             if let Some(k) = p.persistent_keepalive {
@@ -148,9 +137,8 @@ impl WireguardGo {
         }
         wg.wg(ns, &args)?;
         let name = ifname.clone();
-        let addrs = addresses.to_vec();
         ns.netlink(|h| async move {
-            for (a, l) in addrs {
+            for (a, l) in addresses {
                 netlink::add_addr(&h, &name, a, l).await?;
             }
             Ok(netlink::set_up(&h, &name).await?)

@@ -8,8 +8,9 @@
 use rand_core::OsRng;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
+use suidao_lab::suidao::{NodeSpec, PeerSpec};
 use suidao_lab::topology::P2p;
-use suidao_lab::wggo::{WgPeer, WireguardGo};
+use suidao_lab::wggo::WireguardGo;
 use suidao_proto::keys::{PresharedKey, PrivateKey};
 use suidao_proto::{Device, PeerConfig, Sent};
 use suidao_tests::core_peer::CorePeer;
@@ -33,20 +34,18 @@ fn setup(psk: Option<PresharedKey>, wg_knows_our_endpoint: bool) -> Setup {
     let core_key = PrivateKey::generate(&mut OsRng);
     let core_addr = SocketAddr::new(lab.client.v4, CORE_PORT);
     let wg_addr = SocketAddr::new(lab.server.v4, WG_PORT);
-    let wg = WireguardGo::start(
-        &lab.server.ns,
-        &wg_key.to_base64(),
-        WG_PORT,
-        &[(WG_TUN.into(), 24)],
-        &[WgPeer {
-            public_key: core_key.public_key().to_base64(),
-            allowed_ips: vec![format!("{CORE_TUN}/32")],
-            endpoint: wg_knows_our_endpoint.then_some(core_addr),
-            preshared_key: psk.as_ref().map(|k| k.to_base64().to_string()),
-            persistent_keepalive: None,
-        }],
-    )
-    .expect("starting wireguard-go");
+    let mut spec = NodeSpec::new("wg");
+    spec.private_key = wg_key.clone();
+    spec.listen_port = Some(WG_PORT);
+    spec.addresses = vec![format!("{WG_TUN}/24")];
+    spec.peers.push(PeerSpec {
+        public_key: Some(core_key.public_key()),
+        allowed_ips: vec![format!("{CORE_TUN}/32")],
+        endpoint: wg_knows_our_endpoint.then(|| core_addr.to_string()),
+        preshared_key: psk.clone(),
+        ..Default::default()
+    });
+    let wg = WireguardGo::start(&lab.server.ns, &spec).expect("starting wireguard-go");
     let device = Device::new(core_key, OsRng);
     let mut peer = PeerConfig::new(wg_key.public_key());
     peer.endpoint = Some(wg_addr);

@@ -11,7 +11,7 @@ use suidao_common::wgquick;
 use suidao_lab::measure::Pinger;
 use suidao_lab::suidao::{bin_path, ping, ping_until, Node, NodeSpec, PeerSpec, Role, TempDir};
 use suidao_lab::topology::{Hub, P2p};
-use suidao_lab::wggo::{WgPeer, WireguardGo};
+use suidao_lab::wggo::WireguardGo;
 use suidao_tests::vpn::{hub_client_v4, PORT, SERVER_V4};
 
 fn server_bin(args: &[&str], config: &Path) -> String {
@@ -234,29 +234,22 @@ fn wireguard_go_configured_from_the_conf_that_add_client_writes() {
             })
             .collect()
     };
-    let addresses: Vec<(std::net::IpAddr, u8)> = get("interface", "Address")
-        .iter()
-        .map(|a| {
-            let (ip, len) = a.split_once('/').unwrap();
-            (ip.parse().unwrap(), len.parse().unwrap())
-        })
-        .collect();
-    let wg = WireguardGo::start(
-        &lab.client.ns,
-        &get("interface", "PrivateKey")[0],
-        51899,
-        &addresses,
-        &[WgPeer {
-            public_key: get("peer", "PublicKey")[0].clone(),
-            allowed_ips: get("peer", "AllowedIPs"),
-            endpoint: Some(get("peer", "Endpoint")[0].parse().unwrap()),
-            preshared_key: Some(get("peer", "PresharedKey")[0].clone()),
-            persistent_keepalive: get("peer", "PersistentKeepalive")
-                .first()
-                .map(|k| k.parse().unwrap()),
-        }],
-    )
-    .unwrap();
+    // The phone: the file's values as a node description, run by wireguard-go.
+    let mut phone = NodeSpec::new("wgp");
+    phone.private_key = get("interface", "PrivateKey")[0].parse().unwrap();
+    phone.listen_port = Some(51899);
+    phone.addresses = get("interface", "Address");
+    phone.peers.push(PeerSpec {
+        public_key: Some(get("peer", "PublicKey")[0].parse().unwrap()),
+        allowed_ips: get("peer", "AllowedIPs"),
+        endpoint: Some(get("peer", "Endpoint")[0].clone()),
+        preshared_key: Some(get("peer", "PresharedKey")[0].parse().unwrap()),
+        persistent_keepalive: get("peer", "PersistentKeepalive")
+            .first()
+            .map(|k| k.parse().unwrap()),
+        ..Default::default()
+    });
+    let wg = WireguardGo::start(&lab.client.ns, &phone).unwrap();
     assert!(
         ping_until(&lab.client.ns, SERVER_V4, Duration::from_secs(10)).unwrap(),
         "{}\n{}",

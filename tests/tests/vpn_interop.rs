@@ -4,11 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rand_core::OsRng;
-use std::net::{IpAddr, SocketAddr};
-use suidao_lab::suidao::{ping, NodeSpec, PeerSpec, Role, TempDir};
+use suidao_lab::suidao::{ping, NodeSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
-use suidao_lab::wggo::{WgPeer, WireguardGo};
-use suidao_proto::keys::{PresharedKey, PrivateKey};
+use suidao_lab::wggo::WireguardGo;
+use suidao_proto::keys::PresharedKey;
 use suidao_tests::vpn::*;
 
 const TRANSFER: u64 = 32 << 20;
@@ -37,6 +36,16 @@ fn traffic_both_ways(lab: &P2p, logs: impl Fn() -> String) {
     assert_eq!(t.sent, t.received, "TCP digest server -> client");
 }
 
+/// The p2p pair (`vpn::specs`), one end run by wireguard-go: the same description for both
+/// programs. With a preshared key on both ends.
+fn pair_with_psk(lab: &P2p, underlay_v6: bool) -> (NodeSpec, NodeSpec) {
+    let (mut server, mut client) = specs(lab, underlay_v6).unwrap();
+    let psk = PresharedKey::generate(&mut OsRng);
+    server.peers[0].preshared_key = Some(psk.clone());
+    client.peers[0].preshared_key = Some(psk);
+    (server, client)
+}
+
 #[test]
 fn suidao_client_to_wireguard_go_server() {
     if !suidao_lab::require(
@@ -47,35 +56,8 @@ fn suidao_client_to_wireguard_go_server() {
     }
     let lab = P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
-    let wg_key = PrivateKey::generate(&mut OsRng);
-    let psk = PresharedKey::generate(&mut OsRng);
-    let mut client = NodeSpec::new("sdc");
-    client.addresses = vec![format!("{CLIENT_V4}/24"), format!("{CLIENT_V6}/64")];
-    client.peers.push(PeerSpec {
-        name: Some("wireguard-go".into()),
-        public_key: Some(wg_key.public_key()),
-        endpoint: Some(SocketAddr::new(lab.server.v4, PORT).to_string()),
-        allowed_ips: vec!["10.99.0.0/24".into(), "fd99::/64".into()],
-        persistent_keepalive: Some(25),
-        preshared_key: Some(psk.clone()),
-    });
-    let wg = WireguardGo::start(
-        &lab.server.ns,
-        &wg_key.to_base64(),
-        PORT,
-        &[
-            (SERVER_V4.parse().unwrap(), 24),
-            (SERVER_V6.parse().unwrap(), 64),
-        ],
-        &[WgPeer {
-            public_key: client.public_key().to_base64(),
-            allowed_ips: vec![format!("{CLIENT_V4}/32"), format!("{CLIENT_V6}/128")],
-            endpoint: None,
-            preshared_key: Some(psk.to_base64().to_string()),
-            persistent_keepalive: None,
-        }],
-    )
-    .unwrap();
+    let (server, client) = pair_with_psk(&lab, false);
+    let wg = WireguardGo::start(&lab.server.ns, &server).unwrap();
     let node = client
         .start(&lab.client.ns, Role::Client, dir.path())
         .unwrap();
@@ -96,38 +78,12 @@ fn wireguard_go_client_to_suidao_server() {
     }
     let lab = P2p::new().unwrap();
     let dir = TempDir::new().unwrap();
-    let wg_key = PrivateKey::generate(&mut OsRng);
-    let mut server = NodeSpec::new("sds");
-    server.listen_port = Some(PORT);
-    server.addresses = vec![format!("{SERVER_V4}/24"), format!("{SERVER_V6}/64")];
-    server.peers.push(PeerSpec {
-        name: Some("wireguard-go".into()),
-        public_key: Some(wg_key.public_key()),
-        allowed_ips: vec![format!("{CLIENT_V4}/32"), format!("{CLIENT_V6}/128")],
-        ..Default::default()
-    });
+    // Over the IPv6 underlay, for variety.
+    let (server, client) = pair_with_psk(&lab, true);
     let node = server
         .start(&lab.server.ns, Role::Server, dir.path())
         .unwrap();
-    let server_v6: IpAddr = lab.server.v6;
-    let wg = WireguardGo::start(
-        &lab.client.ns,
-        &wg_key.to_base64(),
-        PORT + 1,
-        &[
-            (CLIENT_V4.parse().unwrap(), 24),
-            (CLIENT_V6.parse().unwrap(), 64),
-        ],
-        &[WgPeer {
-            public_key: server.public_key().to_base64(),
-            allowed_ips: vec!["10.99.0.0/24".into(), "fd99::/64".into()],
-            // Over the IPv6 underlay, for variety.
-            endpoint: Some(SocketAddr::new(server_v6, PORT)),
-            preshared_key: None,
-            persistent_keepalive: Some(25),
-        }],
-    )
-    .unwrap();
+    let wg = WireguardGo::start(&lab.client.ns, &client).unwrap();
     traffic_both_ways(&lab, || {
         format!("{}\n--- wireguard-go ---\n{}", node.log(), wg.log())
     });
