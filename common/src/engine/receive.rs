@@ -35,7 +35,16 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     let mut gro = Coalescer::new(offload.tcp, offload.udp);
     let mut out = Vec::new();
     let mut relay = Relay::new(s.device.mtu());
+    // Whether a receive may find something without waiting first: after a batch short of
+    // full, the socket was empty a moment ago, and `poll` says at once if it is not any more,
+    // so the thread goes to sleep without a receive that would only answer EAGAIN (on the
+    // way of a round trip when the other end's thread shares this CPU).
+    let mut may_have_more = true;
     while !s.stopping.load(Ordering::Relaxed) {
+        if !may_have_more {
+            may_have_more = wait(s, w);
+            continue;
+        }
         let n = {
             let mut chunks = rx.chunks_mut(RX_SLOT);
             let mut iovs: [IoSliceMut<'_>; RX_MESSAGES] =
@@ -43,7 +52,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
             match w.transport.recv(&mut iovs, &mut meta) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    wait(s, w);
+                    may_have_more = false;
                     continue;
                 }
                 Err(e) => {
@@ -91,7 +100,9 @@ pub(super) fn run(s: &Shared, w: &Worker) {
         // ack), and the answer is already waiting in it: send it from here, first thing,
         // before the send thread (woken by it, maybe on another CPU) gets there: the round
         // trip then costs no wake-up on this side.
-        if wrote || w.quiet.load(Ordering::Acquire) {
+        // While quiet and the transport keeps this thread busy (a full batch: it will not
+        // wait, where it would watch the device), look at the device here too.
+        if wrote || (n == RX_MESSAGES && w.quiet.load(Ordering::Acquire)) {
             if let Ok(mut tx) = w.tx.try_lock() {
                 w.read_by_receiver(super::send::drain(s, w, &mut tx));
             }
@@ -99,30 +110,22 @@ pub(super) fn run(s: &Shared, w: &Worker) {
         relay.flush(s, w);
         s.send_all(&mut out);
         s.look_again();
+        may_have_more = n == RX_MESSAGES;
     }
 }
 
-/// Nothing to receive: sleep until there is (or, while quiet, until the device has a packet,
-/// which is sent from here), or the send thread hands the device back.
-fn wait(s: &Shared, w: &Worker) {
+/// Nothing to receive: sleep until there is, or (while quiet) until the device has a packet,
+/// which is sent from here, or the send thread hands the device back. Returns whether the
+/// transport has something now.
+fn wait(s: &Shared, w: &Worker) -> bool {
     let Some((device, transport)) = w.fds else {
         if let Err(e) = w.transport.wait_readable(None) {
             debug!("waiting for the transport: {e}");
         }
-        return;
+        return true;
     };
-    if w.quiet.load(Ordering::Acquire) {
-        // Packets the host sent while this thread was busy go now, not after a poll that
-        // would only say they are there.
-        if let Ok(mut tx) = w.tx.try_lock() {
-            let n = super::send::drain(s, w, &mut tx);
-            w.read_by_receiver(n);
-            if n > 0 {
-                return;
-            }
-        }
-    }
-    let watched = if w.quiet.load(Ordering::Acquire) {
+    let quiet = w.quiet.load(Ordering::Acquire);
+    let watched = if quiet {
         &[transport, w.recv_bell.fd(), device][..]
     } else {
         &[transport, w.recv_bell.fd()][..]
@@ -133,13 +136,20 @@ fn wait(s: &Shared, w: &Worker) {
                 w.recv_bell.clear();
             }
             if ready & 0b100 != 0 {
+                // The device is readable and this thread's while quiet: what the host sent
+                // goes out from here (a lone packet after its first read, a burst to the send
+                // thread).
                 if let Ok(mut tx) = w.tx.try_lock() {
                     let n = super::send::drain(s, w, &mut tx);
                     w.read_by_receiver(n);
                 }
             }
+            ready & 0b1 != 0
         }
-        Err(e) => debug!("waiting for the transport: {e}"),
+        Err(e) => {
+            debug!("waiting for the transport: {e}");
+            true
+        }
     }
 }
 

@@ -16,6 +16,9 @@ use tracing::debug;
 /// super-packet's split still fits.
 const TX_SLOTS: usize = 2 * IDEAL_BATCH_SIZE;
 
+/// Packets found again within this long of the last ones: a flow, to be read in batches.
+const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The outgoing path's buffers. Behind a mutex in `Worker` so that whichever thread reads the
 /// TUN holds it for the whole read-seal-send of a batch: packets leave in the order they were
 /// read, whichever thread does the work.
@@ -32,10 +35,12 @@ pub(super) struct TxState {
     /// Runs that are not contiguous in `data` (shorter packets) are gathered here for GSO.
     gso: Vec<u8>,
     out: Vec<Outgoing>,
-    /// The last drain found packets: traffic is flowing, read until the device is empty
-    /// before sending (batches). After a quiet spell, a packet leaves after its first read:
-    /// a lone packet (a ping, a keystroke) pays no extra read before it goes.
+    /// Traffic is flowing (the last drain found two packets or more, or found one less than
+    /// `BUSY_WINDOW` ago): read until the device is empty before sending (batches). Otherwise
+    /// a packet leaves after its first read: a lone packet (a ping, a keystroke, the answer
+    /// to a request) pays no extra read before it goes.
     busy: bool,
+    last_found: Option<std::time::Instant>,
 }
 
 impl TxState {
@@ -75,6 +80,7 @@ impl TxState {
             gso: Vec::with_capacity(65536),
             out: Vec::new(),
             busy: false,
+            last_found: None,
         }
     }
 }
@@ -115,7 +121,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
 /// goes out at once (see `TxState::busy`). Returns how many packets were read.
 pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
     let stride = tx.stride;
-    let busy = tx.busy;
+    let busy = tx.busy || tx.last_found.is_some_and(|t| t.elapsed() < BUSY_WINDOW);
     let mut filled = 0;
     {
         let TxState {
@@ -150,7 +156,10 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
             }
         }
     }
-    tx.busy = filled > 0;
+    tx.busy = filled > 1;
+    if filled > 0 {
+        tx.last_found = Some(std::time::Instant::now());
+    }
     if filled == 0 {
         return 0;
     }
