@@ -6,7 +6,8 @@
 //!   take the process down, and SIGTERM then still removes everything;
 //! - a panic (made by `SUIDAO_TEST_PANIC_ON_RELOAD`, read by debug builds only) ends in the
 //!   teardown too;
-//! - `kill -9`, then `up` and SIGTERM: the namespace is as before the first `up`.
+//! - `kill -9`, then `up` and SIGTERM: the namespace is as before the first `up`;
+//! - the interface deleted from outside (`ip link del`): `up` says so, tears down and exits.
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -204,4 +205,30 @@ fn after_kill_9_the_next_up_cleans_what_the_last_one_left() {
         .unwrap();
     assert!(exit.success());
     case.assert_as_before("the second run removed the first's leftovers too");
+}
+
+#[test]
+fn deleting_the_interface_from_outside_ends_up_with_its_teardown() {
+    if !suidao_lab::require("interface deleted", &["ip"]) {
+        return;
+    }
+    let case = Case::new();
+    let log_path = case.dir.path().join("gone.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut p, _) = case.up(Stdio::from(log), &[]);
+    let del = case
+        .ns()
+        .command("ip")
+        .unwrap()
+        .args(["link", "del", &case.ifname])
+        .output()
+        .unwrap();
+    assert!(del.status.success(), "{del:?}");
+    let exit = p
+        .wait_timeout(Duration::from_secs(10))
+        .expect("up ends once its interface is gone");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!exit.success(), "unexpected, so not a success: {log}");
+    assert!(log.contains("deleted from outside"), "{log}");
+    case.assert_as_before(&format!("torn down after the deletion\n{log}"));
 }

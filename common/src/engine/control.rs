@@ -49,6 +49,11 @@ pub(super) async fn run(
         if engine.failed() {
             return Err(setup_error("an internal thread failed (see the log above)"));
         }
+        if engine.device_gone() {
+            return Err(setup_error(format!(
+                "the interface {ifname} was deleted from outside"
+            )));
+        }
         // Deadlines are in protocol time; the nap is real time (see `clock`).
         let nap = engine.run_timers();
         live.memory.save();

@@ -92,6 +92,8 @@ pub(super) struct Shared {
     pub(super) stopping: AtomicBool,
     /// A thread died: go down.
     pub(super) failed: AtomicBool,
+    /// The packet device is gone: go down.
+    pub(super) gone: AtomicBool,
     /// Wakes whoever runs the timers: the protocol asked for attention, or a thread failed.
     pub(super) attention: tokio::sync::Notify,
     /// Causes of failed sends and writes already logged (each is logged once, then counted).
@@ -133,6 +135,27 @@ impl Shared {
         self.log_once(reason, e.error.raw_os_error(), || {
             format!("sending to {to}: {e}")
         });
+    }
+
+    /// A device read failed with `e`: if the device is gone (its interface deleted from
+    /// outside: reads say EBADFD, and it polls readable for ever), says so once and makes the
+    /// engine stop (`gone`); other errors are only logged.
+    pub(super) fn device_read_failed(&self, w: &Worker, e: &std::io::Error) {
+        let gone = matches!(
+            e.raw_os_error(),
+            Some(libc::EBADFD | libc::EIO | libc::ENXIO | libc::ENODEV)
+        );
+        if !gone {
+            debug!("reading {}: {e}", w.device.name());
+            return;
+        }
+        if !self.gone.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                "{}: {e}: the interface is gone (deleted from outside?); going down",
+                w.device.name()
+            );
+            self.attention.notify_one();
+        }
     }
 
     pub(super) fn device_write_failed(&self, w: &Worker, e: &std::io::Error) {
@@ -220,6 +243,7 @@ impl Engine {
             queued_handshakes: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             attention: tokio::sync::Notify::new(),
             logged: Mutex::default(),
         });
@@ -280,6 +304,18 @@ impl Engine {
     /// Whether a thread died (the engine should be stopped).
     pub fn failed(&self) -> bool {
         self.shared.failed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the packet device is gone (its interface deleted): the engine should stop.
+    pub fn device_gone(&self) -> bool {
+        self.shared.gone.load(Ordering::Relaxed)
+    }
+
+    /// Whether the data threads should end: stopping, a thread died, or the device is gone.
+    pub(super) fn ending(s: &Shared) -> bool {
+        s.stopping.load(Ordering::Relaxed)
+            || s.failed.load(Ordering::Relaxed)
+            || s.gone.load(Ordering::Relaxed)
     }
 
     /// Runs every due timer and sends what they ask for; returns how long until the next one

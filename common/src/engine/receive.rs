@@ -4,7 +4,7 @@
 //! super-packet (`gro`): no copy in between. A packet for another peer is sealed again and
 //! sent on (hairpin), batched as the send path batches (`Relay`).
 
-use super::dataplane::{Shared, Worker};
+use super::dataplane::{Engine, Shared, Worker};
 use super::handshakes;
 use super::send::{seal_and_send, TxState};
 use crate::clock;
@@ -40,7 +40,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     // so the thread goes to sleep without a receive that would only answer EAGAIN (on the
     // way of a round trip when the other end's thread shares this CPU).
     let mut may_have_more = true;
-    while !s.stopping.load(Ordering::Relaxed) {
+    while !Engine::ending(s) {
         if !may_have_more {
             may_have_more = wait(s, w);
             continue;

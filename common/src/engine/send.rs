@@ -2,7 +2,7 @@
 //! at a time (a super-packet split into MTU-sized packets), sealed in place, and sent as runs:
 //! consecutive datagrams of one size to one endpoint leave in one GSO send.
 
-use super::dataplane::{Shared, Worker, QUIET_AFTER};
+use super::dataplane::{Engine, Shared, Worker, QUIET_AFTER};
 use crate::clock;
 use crate::poll;
 use crate::transport::{SendError, Transport};
@@ -89,7 +89,7 @@ impl TxState {
 /// worker is quiet the receive thread watches the device and this one sleeps until handed it
 /// (see `Worker`).
 pub(super) fn run(s: &Shared, w: &Worker) {
-    while !s.stopping.load(Ordering::Relaxed) {
+    while !Engine::ending(s) {
         if w.quiet.load(Ordering::Acquire) {
             if let Err(e) = poll::wait_any(&[w.send_bell.fd()], None) {
                 debug!("waiting for the device: {e}");
@@ -149,7 +149,7 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     if e.kind() != std::io::ErrorKind::Interrupted {
-                        debug!("reading {}: {e}", w.device.name());
+                        s.device_read_failed(w, &e);
                     }
                     break;
                 }
