@@ -24,7 +24,8 @@
 //! caller's `now`: `rand_core::OsRng` in a real device, a seeded one in a simulation.
 //!
 //! Locks, always taken in this order: `peers` (read) → a peer's state → `indices` → `rng`;
-//! `cookies` → `rng`. Nothing holding `rng` takes another lock.
+//! `cookies` → `rng`. Nothing holding `rng` takes another lock. `identity` is read only to
+//! clone the `Arc` inside, and never held while another lock is taken.
 
 use super::constants::*;
 use super::cookie::CookieChecker;
@@ -124,6 +125,8 @@ pub enum DropReason {
     BadInnerPacket,
     /// The opened packet's source address does not belong to the peer that sent it.
     SourceNotAllowed,
+    /// Either way: the device has no private key yet (`Device::without_key`).
+    NoPrivateKey,
     // The engine's own drops, counted here so that one table shows every reason
     // (`Device::count_engine_drop`).
     /// Incoming handshake message: the handshake thread's queue is full.
@@ -137,7 +140,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::NotIp,
         DropReason::NoRoute,
         DropReason::NoEndpoint,
@@ -158,6 +161,7 @@ impl DropReason {
         DropReason::Expired,
         DropReason::BadInnerPacket,
         DropReason::SourceNotAllowed,
+        DropReason::NoPrivateKey,
         DropReason::HandshakeQueueFull,
         DropReason::PacketTooBig,
         DropReason::SendError,
@@ -187,6 +191,7 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::BadInnerPacket => "bad_inner_packet",
             DropReason::SourceNotAllowed => "source_not_allowed",
+            DropReason::NoPrivateKey => "no_private_key",
             DropReason::HandshakeQueueFull => "handshake_queue_full",
             DropReason::PacketTooBig => "packet_too_big",
             DropReason::SendError => "send_error",
@@ -281,11 +286,29 @@ struct Peers {
     next_id: PeerId,
 }
 
-pub struct Device {
+/// Who the device is: its key pair, and the handshake's start towards us (the same for every
+/// initiation we receive). Replaced whole by `set_private_key`.
+struct Identity {
     private: PrivateKey,
     public: PublicKey,
-    /// The handshake's start towards us, the same for every initiation we receive.
     initial: InitialState,
+}
+
+impl Identity {
+    fn new(private: PrivateKey) -> Identity {
+        let public = private.public_key();
+        Identity {
+            initial: InitialState::new(&public),
+            private,
+            public,
+        }
+    }
+}
+
+pub struct Device {
+    identity: RwLock<Arc<Identity>>,
+    /// No private key yet (`without_key`): nothing is sent or accepted.
+    keyless: std::sync::atomic::AtomicBool,
     cookies: Mutex<CookieChecker>,
     limiter: Mutex<RateLimiter>,
     /// Under load until then (`handshake_queue_backed_up`).
@@ -314,12 +337,11 @@ fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Device {
     /// `rng`: where every random number of the device comes from (see the top of this file).
     pub fn new(private: PrivateKey, rng: impl CryptoRngCore + Send + 'static) -> Self {
-        let public = private.public_key();
+        let identity = Identity::new(private);
         Device {
-            cookies: Mutex::new(CookieChecker::new(&public)),
-            initial: InitialState::new(&public),
-            private,
-            public,
+            cookies: Mutex::new(CookieChecker::new(&identity.public)),
+            identity: RwLock::new(Arc::new(identity)),
+            keyless: std::sync::atomic::AtomicBool::new(false),
             limiter: Mutex::new(RateLimiter::default()),
             under_load_until: Mutex::new(None),
             mtu: AtomicUsize::new(1420),
@@ -332,12 +354,62 @@ impl Device {
         }
     }
 
-    pub fn public_key(&self) -> PublicKey {
-        self.public
+    /// A device that has no private key yet (as wireguard-go starts): it sends and accepts
+    /// nothing (`DropReason::NoPrivateKey`) until `set_private_key`. Peers can be added
+    /// meanwhile. (It holds a random placeholder key, never used on the wire.)
+    pub fn without_key(mut rng: impl CryptoRngCore + Send + 'static) -> Self {
+        let placeholder = PrivateKey::generate(&mut rng);
+        let d = Device::new(placeholder, rng);
+        d.keyless.store(true, Ordering::Release);
+        d
     }
 
-    pub fn private_key(&self) -> &PrivateKey {
-        &self.private
+    /// Whether the device has a private key (see `without_key`).
+    pub fn has_private_key(&self) -> bool {
+        !self.keyless.load(Ordering::Acquire)
+    }
+
+    fn identity(&self) -> Arc<Identity> {
+        read(&self.identity).clone()
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.identity().public
+    }
+
+    pub fn private_key(&self) -> PrivateKey {
+        self.identity().private.clone()
+    }
+
+    /// Changes the device's private key at run time, as the kernel and wireguard-go do: a peer
+    /// whose public key is the new key's is removed (a device is never its own peer); every
+    /// peer's precomputed static-static secret is computed again and its handshake in flight
+    /// forgotten; the sessions made with the old key stop sending (they still open what
+    /// arrives on them, until they expire), so the next packet to a peer starts a handshake
+    /// under the new key. The same key again changes nothing.
+    pub fn set_private_key(&self, private: PrivateKey) {
+        let new = Identity::new(private);
+        if self.has_private_key() && new.public == self.public_key() {
+            return;
+        }
+        if self.peer_id(&new.public).is_some() {
+            let _ = self.remove_peer(&new.public);
+        }
+        let public = new.public;
+        // The identity lock is never held while another is taken (`add_peer` reads it under
+        // the peers' lock). A peer added from here on starts from the new key; one added
+        // before is in the list below, taken after the swap.
+        *write(&self.identity) = Arc::new(new);
+        *lock(&self.cookies) = CookieChecker::new(&public);
+        let peers: Vec<Arc<Peer>> = read(&self.peers).by_id.values().cloned().collect();
+        let identity = self.identity();
+        for peer in peers {
+            let mut st = peer.lock();
+            st.handshake.set_local(&identity.private);
+            st.keypairs.stop_sending();
+        }
+        self.keyless.store(false, Ordering::Release);
+        self.attention.raise();
     }
 
     /// The tunnel MTU: padding never makes a packet longer than this.
@@ -367,7 +439,7 @@ impl Device {
     }
 
     pub fn add_peer(&self, config: PeerConfig) -> Result<PeerId, DeviceError> {
-        if config.public_key == self.public {
+        if config.public_key == self.public_key() {
             return Err(DeviceError::OwnKey(config.public_key));
         }
         let mut peers = write(&self.peers);
@@ -380,9 +452,10 @@ impl Device {
             peers.allowed.insert(*cidr, id);
         }
         let seed = lock(&self.rng).next_u64();
+        let identity = self.identity();
         let peer = Arc::new(Peer::new(
             id,
-            &self.private,
+            &identity.private,
             &config,
             seed,
             self.attention.clone(),
@@ -584,6 +657,9 @@ impl Device {
         now: Time,
         out: &mut Vec<Outgoing>,
     ) -> Sent {
+        if !self.has_private_key() {
+            return self.dropped_sent(DropReason::NoPrivateKey);
+        }
         let Some(packet) = buf.get(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len) else {
             return self.dropped_sent(DropReason::NoRoom);
         };
@@ -726,10 +802,12 @@ impl Device {
             self.unregister(old);
         }
         let timestamp = Tai64N::from_since_epoch(now.since_epoch);
-        let Some(mut msg) =
-            st.handshake
-                .create_initiation(&self.private, index, timestamp, self.ephemeral())
-        else {
+        let Some(mut msg) = st.handshake.create_initiation(
+            &self.identity().private,
+            index,
+            timestamp,
+            self.ephemeral(),
+        ) else {
             self.unregister(index);
             return;
         };
@@ -852,6 +930,9 @@ impl Device {
         out: &mut Vec<Outgoing>,
         macs_checked: bool,
     ) -> Received {
+        if !self.has_private_key() {
+            return self.dropped(DropReason::NoPrivateKey);
+        }
         let msg = match Message::parse(datagram) {
             Ok(m) => m,
             Err(
@@ -874,10 +955,12 @@ impl Device {
                         return r;
                     }
                 }
-                let start = match begin_consume_initiation(&self.private, &self.initial, &init) {
-                    Ok(s) => s,
-                    Err(e) => return self.dropped(e.into()),
-                };
+                let identity = self.identity();
+                let start =
+                    match begin_consume_initiation(&identity.private, &identity.initial, &init) {
+                        Ok(s) => s,
+                        Err(e) => return self.dropped(e.into()),
+                    };
                 let peer = {
                     let peers = read(&self.peers);
                     match peers
@@ -907,7 +990,10 @@ impl Device {
                     return self.dropped(DropReason::UnknownIndex);
                 };
                 let mut st = peer.lock();
-                let keys = match st.handshake.consume_response(&self.private, &resp) {
+                let keys = match st
+                    .handshake
+                    .consume_response(&self.identity().private, &resp)
+                {
                     Ok(k) => k,
                     Err(e) => return self.dropped(e.into()),
                 };

@@ -1045,3 +1045,92 @@ fn triage_answers_cookies_cheaply_and_passes_the_rest_once() {
         None
     );
 }
+
+/// A device started without a key (as wireguard-go starts, before `wg set private-key`)
+/// neither answers nor sends; once it has its key, handshakes go through.
+#[test]
+fn a_device_without_a_key_sends_and_accepts_nothing_until_it_gets_one() {
+    let mut net = net();
+    let b_key = net.b.private_key();
+    let keyless = Device::without_key(OsRng);
+    let mut to_a = PeerConfig::new(net.a.public_key());
+    to_a.allowed_ips = vec!["10.0.0.1/32".parse().unwrap()];
+    keyless.add_peer(to_a).unwrap();
+    net.b = keyless;
+    assert!(!net.b.has_private_key());
+    let ping = ipv4(A_TUN, B_TUN, 8);
+    let (_, wire) = net.send_ip(Side::A, &ping);
+    assert_eq!(kinds(&wire), vec![MESSAGE_INITIATION]);
+    let (packets, verdicts, replies) = net.deliver(Side::B, wire);
+    assert!(packets.is_empty() && replies.is_empty(), "unanswered");
+    assert_eq!(verdicts, vec![Received::Dropped(DropReason::NoPrivateKey)]);
+    let (sent, wire) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 8));
+    assert_eq!(sent, Sent::Dropped(DropReason::NoPrivateKey));
+    assert!(wire.is_empty(), "sends nothing");
+    assert!(net.timers(Side::B).is_empty(), "not even from its timers");
+    net.b.set_private_key(b_key);
+    assert!(net.b.has_private_key());
+    net.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    let retry = net.timers(Side::A);
+    assert_eq!(kinds(&retry), vec![MESSAGE_INITIATION]);
+    let (_, at_b) = net.pump(Side::B, retry);
+    assert!(
+        at_b.contains(&ping),
+        "the staged ping arrives once B has its key"
+    );
+}
+
+/// Changing the private key at run time, as `wg set private-key` does: the old sessions stop
+/// sending (the next packet starts a handshake under the new key), a peer that knows the new
+/// public key gets through, one that knows only the old one does not, and a peer whose public
+/// key is the new key's own is removed.
+#[test]
+fn a_new_private_key_takes_over_from_the_next_handshake() {
+    let mut net = net();
+    net.connect();
+    let old_public = net.b.public_key();
+    // A third peer on B whose key is about to become B's own.
+    let new_key = PrivateKey::generate(&mut OsRng);
+    let mut itself = PeerConfig::new(new_key.public_key());
+    itself.allowed_ips = vec!["10.0.0.9/32".parse().unwrap()];
+    net.b.add_peer(itself).unwrap();
+    net.b.set_private_key(new_key.clone());
+    assert_eq!(net.b.public_key(), new_key.public_key());
+    assert!(
+        net.b.peer_id(&new_key.public_key()).is_none(),
+        "a device is never its own peer"
+    );
+    // B's session to A no longer sends: a packet from B (past the REKEY_TIMEOUT that
+    // answering A's initiation started) starts a handshake, which A (that still knows B's
+    // old key) cannot accept.
+    net.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    let (sent, wire) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 8));
+    assert_eq!(sent, Sent::Queued);
+    assert_eq!(kinds(&wire), vec![MESSAGE_INITIATION]);
+    let (_, verdicts, replies) = net.deliver(Side::A, wire);
+    assert!(replies.is_empty());
+    assert!(
+        matches!(verdicts[..], [Received::Dropped(_)]),
+        "{verdicts:?}"
+    );
+    // A learns B's new key (wg set on A): a fresh handshake, and traffic both ways.
+    net.a.remove_peer(&old_public).unwrap();
+    let mut to_b = PeerConfig::new(new_key.public_key());
+    to_b.endpoint = Some(net.b_addr);
+    to_b.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
+    net.a.add_peer(to_b).unwrap();
+    net.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    let there = ipv4(A_TUN, B_TUN, 20);
+    let (_, wire) = net.send_ip(Side::A, &there);
+    let (_, at_b) = net.pump(Side::B, wire);
+    assert_eq!(at_b, vec![there]);
+    let back = ipv4(B_TUN, A_TUN, 30);
+    let (sent, wire) = net.send_ip(Side::B, &back);
+    assert!(matches!(sent, Sent::Ready { .. }), "{sent:?}");
+    let (at_a, _) = net.pump(Side::A, wire);
+    assert_eq!(at_a, vec![back]);
+    // The same key again changes nothing.
+    net.b.set_private_key(new_key);
+    let (sent, _) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 40));
+    assert!(matches!(sent, Sent::Ready { .. }), "{sent:?}");
+}

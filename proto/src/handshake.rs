@@ -113,6 +113,13 @@ impl Handshake {
         }
     }
 
+    /// Our private key changed: the static-static secret is computed again and a handshake
+    /// we started with the old key is forgotten.
+    pub fn set_local(&mut self, local: &PrivateKey) {
+        self.static_static = local.dh(&self.remote_static);
+        self.pending = None;
+    }
+
     pub fn remote_static(&self) -> &PublicKey {
         &self.remote_static
     }

@@ -161,6 +161,15 @@ impl Keypairs {
         confirmed
     }
 
+    /// The sessions we would send on stop sending (our private key changed): the next packet
+    /// starts a handshake; what arrives on them is still opened (kernel
+    /// wg_noise_expire_current_peer_keypairs).
+    pub fn stop_sending(&self) {
+        for kp in [&self.current, &self.next].into_iter().flatten() {
+            kp.stop_sending();
+        }
+    }
+
     /// Every session goes (keys erased, peer removed).
     pub fn clear(&mut self, forget: &mut impl FnMut(u32)) {
         let receiving = self.receiving.take().filter(|r| !self.holds(r));

@@ -72,6 +72,12 @@ impl Keypair {
             && self.sent() < REJECT_AFTER_MESSAGES
     }
 
+    /// Never sends again (its counters are used up); it still opens what arrives.
+    pub fn stop_sending(&self) {
+        self.next_send_counter
+            .store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
+    }
+
     /// Takes the next counter, or `None` when the session has used them all.
     pub fn next_counter(&self) -> Option<u64> {
         let c = self.next_send_counter.fetch_add(1, Ordering::Relaxed);
