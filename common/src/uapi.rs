@@ -7,9 +7,9 @@
 //! use it.
 
 use crate::apply;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,10 @@ use suidao_proto::keys::{from_hex, PresharedKey, PrivateKey, PublicKey};
 use suidao_proto::Device;
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
-/// Requests are small; anything bigger is refused.
-const MAX_REQUEST: usize = 1 << 20;
+/// One line of a request (`key=value`) is at most this long; a request has any number of
+/// lines (wireguard-go takes a `wg addconf` of several megabytes: one peer with 130,560
+/// allowed IPs is about 3 MB).
+const MAX_LINE: u64 = 4096;
 
 const EINVAL: i32 = 22;
 const EOPNOTSUPP: i32 = 95;
@@ -71,24 +73,40 @@ impl ApiState {
     /// Answers one request (the text up to and including its blank line).
     pub fn handle(&self, request: &str) -> String {
         let mut lines = request.lines();
-        match lines.next() {
-            Some("get=1") => self.get(true),
-            Some("suidao_status=1") => self.get(false),
-            Some("suidao_reload=1") => {
+        let first = lines.next().unwrap_or_default();
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = self.answer(first, lines, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Answers the request whose first line is `first` and whose other lines (up to its blank
+    /// line, not included) are `lines`, writing the answer to `out` as it goes: a large `get`
+    /// is never built whole in memory.
+    pub fn answer<'a>(
+        &self,
+        first: &str,
+        mut lines: impl Iterator<Item = &'a str>,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
+        match first {
+            "get=1" => self.write_get(true, out),
+            "suidao_status=1" => self.write_get(false, out),
+            "suidao_reload=1" => {
                 // `config=PATH`: the file the person meant (`reload -c PATH`).
                 let meant = lines
                     .find_map(|l| l.strip_prefix("config="))
                     .map(PathBuf::from);
-                self.reload(meant)
+                out.write_all(self.reload(meant).as_bytes())
             }
-            Some("set=1") => {
+            "set=1" => {
                 let errno = match self.set(lines) {
                     Ok(()) => 0,
                     Err(e) => e,
                 };
-                format!("errno={errno}\n\n")
+                write!(out, "errno={errno}\n\n")
             }
-            _ => format!("errno={EINVAL}\n\n"),
+            _ => write!(out, "errno={EINVAL}\n\n"),
         }
     }
 
@@ -108,8 +126,9 @@ impl ApiState {
         }
     }
 
-    fn get(&self, with_secrets: bool) -> String {
+    fn write_get(&self, with_secrets: bool, w: &mut impl Write) -> io::Result<()> {
         let d = &self.device;
+        // One peer's worth at a time: the answer streams, however many peers and allowed IPs.
         let mut out = String::new();
         if with_secrets {
             let _ = writeln!(out, "private_key={}", d.private_key().to_hex().as_str());
@@ -153,9 +172,11 @@ impl ApiState {
             for a in p.allowed_ips {
                 let _ = writeln!(out, "allowed_ip={a}");
             }
+            w.write_all(out.as_bytes())?;
+            out.clear();
         }
         out.push_str("errno=0\n\n");
-        out
+        w.write_all(out.as_bytes())
     }
 
     /// `set=1`: the whole request is read and checked first, then applied as one change
@@ -353,10 +374,12 @@ impl SetRequest {
                 }
             };
             // An allowed IP given to this peer is taken from any other, as WireGuard does.
+            // (Sets, not lists: a `wg addconf` may carry a hundred thousand of them.)
             if !op.allowed_ips.is_empty() {
+                let given: HashSet<Cidr> = op.allowed_ips.iter().copied().collect();
                 for (j, other) in peers.iter_mut().enumerate() {
                     if j != i {
-                        other.allowed_ips.retain(|c| !op.allowed_ips.contains(c));
+                        other.allowed_ips.retain(|c| !given.contains(c));
                     }
                 }
             }
@@ -373,8 +396,9 @@ impl SetRequest {
             if op.replace_allowed_ips {
                 p.allowed_ips.clear();
             }
+            let mut have: HashSet<Cidr> = p.allowed_ips.iter().copied().collect();
             for c in &op.allowed_ips {
-                if !p.allowed_ips.contains(c) {
+                if have.insert(*c) {
                     p.allowed_ips.push(*c);
                 }
             }
@@ -384,61 +408,52 @@ impl SetRequest {
 }
 
 /// Reads requests from `stream` (each ends with a blank line) and answers them until the
-/// client closes.
-pub fn serve_connection(state: &ApiState, mut stream: UnixStream) -> io::Result<()> {
+/// client closes. Read a line at a time, so a request of any size costs time and memory in
+/// proportion to it (a line longer than MAX_LINE ends the connection).
+pub fn serve_connection(state: &ApiState, stream: UnixStream) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     // A client that stops reading its answer does not hold the thread for ever.
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut pending = Vec::new();
-    let mut scan = RequestScanner::default();
-    let mut buf = [0u8; 4096];
+    let mut reader = io::BufReader::new(stream.try_clone()?);
+    let mut writer = io::BufWriter::new(stream);
     loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
+        let Some(first) = read_line(&mut reader)? else {
             return Ok(());
+        };
+        let mut lines = Vec::new();
+        loop {
+            match read_line(&mut reader)? {
+                Some(l) if l.is_empty() => break,
+                Some(l) => lines.push(l),
+                // The client closed in the middle of a request: nothing to answer.
+                None => return Ok(()),
+            }
         }
-        pending.extend_from_slice(&buf[..n]);
-        if pending.len() > MAX_REQUEST {
-            return Ok(());
-        }
-        // A get request is one line followed by a blank line; set requests end with a blank
-        // line too. Answer each complete request.
-        while let Some(end) = scan.next_end(&pending) {
-            let request: Vec<u8> = pending.drain(..end).collect();
-            let text = String::from_utf8_lossy(&request);
-            let response = state.handle(&text);
-            stream.write_all(response.as_bytes())?;
-        }
+        state.answer(&first, lines.iter().map(String::as_str), &mut writer)?;
+        writer.flush()?;
     }
 }
 
-/// Finds where a request ends (its blank line) looking only at bytes not seen before, so a
-/// large request read in many pieces costs time in proportion to its size.
-#[derive(Default)]
-struct RequestScanner {
-    scanned: usize,
-}
-
-impl RequestScanner {
-    /// The end of the first request in `pending` (which holds what was scanned before plus new
-    /// bytes); the caller removes that request before asking again.
-    fn next_end(&mut self, pending: &[u8]) -> Option<usize> {
-        // Step back one byte: the blank line may straddle two reads.
-        let from = self.scanned.saturating_sub(1);
-        match pending[from.min(pending.len())..]
-            .windows(2)
-            .position(|w| w == b"\n\n")
-        {
-            Some(p) => {
-                self.scanned = 0;
-                Some(from + p + 2)
-            }
-            None => {
-                self.scanned = pending.len();
-                None
-            }
-        }
+/// The next line without its newline; None at the end of the stream. A line longer than
+/// MAX_LINE is an error.
+fn read_line(reader: &mut impl io::BufRead) -> io::Result<Option<String>> {
+    let mut line = String::new();
+    let n = reader.take(MAX_LINE + 1).read_line(&mut line)?;
+    if n == 0 {
+        return Ok(None);
     }
+    // Without a newline: either the line is too long, or the stream ended (then what there
+    // is, is the line).
+    if !line.ends_with('\n') && n as u64 > MAX_LINE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a request line longer than 4096 bytes",
+        ));
+    }
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Ok(Some(line))
 }
 
 /// Sends one request to the interface `ifname` and returns the response's `key=value` pairs
@@ -678,14 +693,60 @@ mod tests {
         }
     }
 
+    /// A `wg addconf` of one peer with 130,560 allowed IPs (about 3 MB, which wireguard-go
+    /// takes) through the socket, then a `get` that streams them all back; and a request line
+    /// over MAX_LINE ends the connection instead of growing a buffer.
     #[test]
-    fn request_ends_are_found_in_new_bytes_only() {
-        let mut scan = RequestScanner::default();
-        assert_eq!(scan.next_end(b"get=1\n"), None);
-        assert_eq!(scan.next_end(b"get=1\n\n"), Some(7));
-        let mut scan = RequestScanner::default();
-        // The blank line split across two reads.
-        assert_eq!(scan.next_end(b"set=1\npublic_key=x\n"), None);
-        assert_eq!(scan.next_end(b"set=1\npublic_key=x\n\nget=1\n\n"), Some(20));
+    fn requests_and_answers_of_any_size_stream() {
+        let (s, _) = state();
+        let s = Arc::new(s);
+        let peer = PrivateKey::generate(&mut OsRng).public_key();
+        let mut req = format!(
+            "set=1\npublic_key={}\nreplace_allowed_ips=true\n",
+            peer.to_hex()
+        );
+        let count = 130_560u32;
+        for i in 0..count {
+            let _ = writeln!(
+                req,
+                "allowed_ip=10.{}.{}.{}/32",
+                i >> 16,
+                i >> 8 & 0xff,
+                i & 0xff
+            );
+        }
+        req.push('\n');
+        assert!(req.len() > 2_500_000, "{}", req.len());
+        let (client, server) = UnixStream::pair().unwrap();
+        let api = s.clone();
+        let t = std::thread::spawn(move || serve_connection(&api, server));
+        let mut c = client;
+        let started = std::time::Instant::now();
+        c.write_all(req.as_bytes()).unwrap();
+        c.write_all(b"get=1\n\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        t.join().unwrap().unwrap();
+        assert!(
+            answer.starts_with("errno=0\n\n"),
+            "{}",
+            &answer[..40.min(answer.len())]
+        );
+        let listed = answer.matches("\nallowed_ip=").count();
+        assert_eq!(listed as u32, count, "every allowed IP listed back");
+        assert!(answer.ends_with("errno=0\n\n"));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "linear, not quadratic: {:?}",
+            started.elapsed()
+        );
+        // One endless line: the connection ends, nothing is answered.
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let api = s.clone();
+        let t = std::thread::spawn(move || serve_connection(&api, server));
+        client.write_all(b"set=1\npublic_key=").unwrap();
+        client.write_all(&vec![b'a'; 10_000]).unwrap();
+        assert!(t.join().unwrap().is_err());
     }
 }
