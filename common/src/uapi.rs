@@ -36,7 +36,8 @@ pub fn socket_path(ifname: &str) -> PathBuf {
 pub struct ApiState {
     pub ifname: String,
     pub device: Arc<Device>,
-    pub listen_port: u16,
+    /// The UDP port, as bound now (`wg set listen-port` moves it).
+    pub listen_port: Arc<std::sync::atomic::AtomicU16>,
     /// The mark on the UDP sockets (`fwmark` in the config, or a full tunnel's), reported by
     /// `get` as wireguard-go does, so `wg showconf` | `wg setconf` goes through.
     pub fwmark: Option<u32>,
@@ -111,6 +112,10 @@ impl ApiState {
     }
 
     /// Asks the engine to re-read the config; the answer is `message=...` and an errno.
+    fn port(&self) -> u16 {
+        self.listen_port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn reload(&self, meant: Option<PathBuf>) -> String {
         let Some(tx) = &self.control else {
             return format!("message=reload is not available here\nerrno={EOPNOTSUPP}\n\n");
@@ -136,7 +141,7 @@ impl ApiState {
             let _ = writeln!(out, "interface={}", self.ifname);
             let _ = writeln!(out, "interface_public_key={}", d.public_key().to_hex());
         }
-        let _ = writeln!(out, "listen_port={}", self.listen_port);
+        let _ = writeln!(out, "listen_port={}", self.port());
         if let Some(m) = self.fwmark {
             let _ = writeln!(out, "fwmark={m}");
         }
@@ -191,12 +196,12 @@ impl ApiState {
             );
             return Err(EOPNOTSUPP);
         }
-        if let Some(p) = request.listen_port.filter(|p| *p != self.listen_port) {
-            tracing::warn!(
-                "wg set listen-port {p}: a running suidao keeps port {} (change listen_port and restart)",
-                self.listen_port
-            );
-            return Err(EOPNOTSUPP);
+        // A new port is the engine's to bind (the API alone, in tests, cannot).
+        if let Some(p) = request.listen_port.filter(|p| *p != self.port()) {
+            if self.control.is_none() {
+                tracing::warn!("wg set listen-port {p}: not here (no engine)");
+                return Err(EOPNOTSUPP);
+            }
         }
         if let Some(m) = request
             .fwmark
@@ -276,6 +281,11 @@ pub struct SetRequest {
 }
 
 impl SetRequest {
+    /// The listen port asked for (`listen_port=`; 0: any free port), if any.
+    pub fn listen_port(&self) -> Option<u16> {
+        self.listen_port
+    }
+
     /// Reads the request's lines as wireguard-go does: interface keys first, then each
     /// `public_key=` starts a peer. A peer that is this device's own key is ignored, as are the
     /// lines of one that is removed or `update_only` but does not exist (wireguard-go's dummy
@@ -513,7 +523,7 @@ mod tests {
             ApiState {
                 ifname: "sdtest".into(),
                 device,
-                listen_port: 51820,
+                listen_port: Arc::new(51820.into()),
                 fwmark: None,
                 names: Arc::new(RwLock::new(HashMap::new())),
                 control: None,

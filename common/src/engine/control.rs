@@ -7,11 +7,13 @@
 use super::dataplane::Engine;
 use super::endpoints::Moved;
 use super::reload::{apply_peers, reload, Live};
+use super::setup;
 use super::{read_lock, setup_error, EngineError};
 use crate::apply;
 use crate::uapi::{self, ApiState};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -38,7 +40,7 @@ impl Signals {
 
 /// Until SIGINT or SIGTERM (Ok), or a failed thread (Err).
 pub(super) async fn run(
-    engine: &Engine,
+    engine: &mut Engine,
     live: &mut Live<'_>,
     signals: &mut Signals,
     requests: &mut UnboundedReceiver<uapi::Control>,
@@ -101,9 +103,7 @@ pub(super) async fn run(
                     let _ = reply.send(r);
                 }
                 uapi::Control::Set(request, reply) => {
-                    let names = read_lock(&live.names).clone();
-                    let desired = request.desired(apply::current(&live.device, &names));
-                    let r = apply_peers(live, &desired).await;
+                    let r = set(engine, live, &request).await;
                     if let Err(e) = &r {
                         warn!("set refused: {e}");
                     }
@@ -112,6 +112,44 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// `wg set`: the peers as asked and, if asked, a new UDP port. The new sockets are bound first
+/// (a port in use refuses the whole request before anything changes), then the peers change,
+/// then the engine moves to the new sockets; peers learn the new port from the next packet
+/// they get from us, as when we roam.
+async fn set(
+    engine: &mut Engine,
+    live: &mut Live<'_>,
+    request: &uapi::SetRequest,
+) -> Result<String, String> {
+    let current = live.listen_port.load(Ordering::Relaxed);
+    let moving = match request.listen_port().filter(|p| *p != current) {
+        Some(p) => Some(
+            setup::bind_sockets(&live.config, (p != 0).then_some(p), engine.worker_count())
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let names = read_lock(&live.names).clone();
+    let desired = request.desired(apply::current(&live.device, &names));
+    let message = apply_peers(live, &desired).await?;
+    if let Some((sockets, port)) = moving {
+        engine
+            .replace_transports(
+                sockets
+                    .into_iter()
+                    .map(|u| Box::new(u) as Box<dyn crate::transport::Transport>)
+                    .collect(),
+            )
+            .map_err(|e| e.to_string())?;
+        live.listen_port.store(port, Ordering::Relaxed);
+        info!(
+            "{}: UDP port {current} -> {port} (wg set listen-port)",
+            live.config.interface.name
+        );
+    }
+    Ok(message)
 }
 
 /// The API socket's thread: one thread per client (`wg` connects, asks once and leaves).

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -251,15 +251,82 @@ impl Engine {
             shared: shared.clone(),
             threads: Vec::new(),
         };
+        engine.spawn_threads(hs_rx)?;
+        Ok(engine)
+    }
+
+    /// The data threads of every worker, and the handshake thread.
+    fn spawn_threads(&mut self, hs_rx: Receiver<(Endpoint, Vec<u8>)>) -> Result<(), EngineError> {
+        let shared = self.shared.clone();
         for i in 0..shared.workers.len() {
             let s = shared.clone();
-            engine.spawn("send", move || send::run(&s, &s.workers[i]))?;
+            self.spawn("send", move || send::run(&s, &s.workers[i]))?;
             let s = shared.clone();
-            engine.spawn("receive", move || receive::run(&s, &s.workers[i]))?;
+            self.spawn("receive", move || receive::run(&s, &s.workers[i]))?;
         }
-        let s = shared.clone();
-        engine.spawn("handshakes", move || handshakes::run(&s, hs_rx))?;
-        Ok(engine)
+        let s = shared;
+        self.spawn("handshakes", move || handshakes::run(&s, hs_rx))
+    }
+
+    /// Moves the engine to new transports (a new listen port: `wg set listen-port`), one per
+    /// worker: the threads stop, each worker's transport is replaced, and they start again on
+    /// the same devices. The protocol device is untouched, so sessions go on (the peers learn
+    /// the new address from the next authenticated packet, as when roaming). Datagrams that
+    /// reach the old sockets meanwhile are lost. Needs sole ownership of the engine and
+    /// devices that can be waited on with others (`readiness_fd`): they are not interrupted
+    /// (an interrupt is for good), the threads see the stop through their doorbells.
+    pub fn replace_transports(
+        &mut self,
+        transports: Vec<Box<dyn Transport>>,
+    ) -> Result<(), EngineError> {
+        if transports.len() != self.shared.workers.len() {
+            return Err(setup_error(format!(
+                "{} transports for {} workers",
+                transports.len(),
+                self.shared.workers.len()
+            )));
+        }
+        if self
+            .shared
+            .workers
+            .iter()
+            .any(|w| w.device.readiness_fd().is_none())
+            || transports.iter().any(|t| t.readiness_fd().is_none())
+        {
+            return Err(setup_error(
+                "these transports cannot be replaced at run time",
+            ));
+        }
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        for w in &self.shared.workers {
+            w.transport.interrupt();
+            w.send_bell.ring();
+            w.recv_bell.ring();
+        }
+        self.end_handshake_thread();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let shared = Arc::get_mut(&mut self.shared)
+            .ok_or_else(|| setup_error("the engine is still in use elsewhere"))?;
+        let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
+        shared.handshakes = hs_tx;
+        for (w, t) in shared.workers.iter_mut().zip(transports) {
+            w.fds = w.device.readiness_fd().zip(t.readiness_fd());
+            w.transport = t;
+            w.quiet.store(true, Ordering::Release);
+            w.send_bell.clear();
+            w.recv_bell.clear();
+        }
+        shared.stopping.store(false, Ordering::Relaxed);
+        self.spawn_threads(hs_rx)
+    }
+
+    /// The empty message ends the handshake thread (which drains the queue unread until then,
+    /// so this send cannot block for long).
+    fn end_handshake_thread(&self) {
+        let nobody = Endpoint::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _ = self.shared.handshakes.send((nobody, Vec::new()));
     }
 
     /// Starts a thread; if it ever panics, `failed` says so (and the timers' runner is woken
@@ -283,6 +350,11 @@ impl Engine {
 
     pub fn device(&self) -> &Arc<Device> {
         &self.shared.device
+    }
+
+    /// How many workers (each with one transport).
+    pub fn worker_count(&self) -> usize {
+        self.shared.workers.len()
     }
 
     /// Each worker's mode (quiet: the receive thread watches the device) and how often its
@@ -348,10 +420,7 @@ impl Engine {
             w.send_bell.ring();
             w.recv_bell.ring();
         }
-        // The empty message ends the handshake thread (which drains the queue unread until
-        // then, so this send cannot block for long).
-        let nobody = Endpoint::from(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let _ = self.shared.handshakes.send((nobody, Vec::new()));
+        self.end_handshake_thread();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

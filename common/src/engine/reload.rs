@@ -24,7 +24,8 @@ pub(super) struct Live<'a> {
     pub(super) h: &'a rtnetlink::Handle,
     pub(super) td: &'a mut Teardown,
     pub(super) config: Config,
-    pub(super) listen_port: u16,
+    /// The UDP port bound now (shared with the API, which reports it).
+    pub(super) listen_port: Arc<std::sync::atomic::AtomicU16>,
     pub(super) device: Arc<Device>,
     pub(super) names: Arc<RwLock<HashMap<PublicKey, String>>>,
     pub(super) memory: Arc<EndpointMemory>,
@@ -219,7 +220,9 @@ async fn apply_reload(live: &mut Live<'_>) -> Result<String, String> {
     if new_i.private_key.public_key() != old_i.private_key.public_key() {
         return Err("the private key cannot change on reload (restart instead)".into());
     }
-    if new_i.listen_port.is_some_and(|p| p != live.listen_port) {
+    // Against the file the interface started with: a port moved by `wg set listen-port`
+    // stays until a restart, and a reload of an unchanged file leaves it there.
+    if new_i.listen_port != old_i.listen_port {
         return Err("the listen port cannot change on reload (restart instead)".into());
     }
     if new_i.addresses != old_i.addresses

@@ -30,14 +30,7 @@ pub(super) async fn open_queues(
         .interface
         .workers
         .unwrap_or_else(crate::config::default_workers);
-    let sockets = Udp::bind_group(config.interface.listen_port, workers)?;
-    let listen_port = sockets[0].local_port()?;
-    if let Some(mark) = socket_mark(config) {
-        for udp in &sockets {
-            udp.set_mark(mark)
-                .map_err(|e| setup_error(format!("marking the UDP sockets with {mark}: {e}")))?;
-        }
-    }
+    let (sockets, listen_port) = bind_sockets(config, config.interface.listen_port, workers)?;
     let tuns = match Tun::create_queues(ifname, workers) {
         Ok(t) => t,
         Err(e) => return Err(name_taken(h, ifname, e).await),
@@ -53,6 +46,23 @@ pub(super) async fn open_queues(
         })
         .collect();
     Ok((queues, listen_port))
+}
+
+/// `count` UDP sockets on `port` (None: any free one) with the config's mark; and the port.
+pub(super) fn bind_sockets(
+    config: &Config,
+    port: Option<u16>,
+    count: usize,
+) -> Result<(Vec<Udp>, u16), EngineError> {
+    let sockets = Udp::bind_group(port, count)?;
+    let port = sockets[0].local_port()?;
+    if let Some(mark) = socket_mark(config) {
+        for udp in &sockets {
+            udp.set_mark(mark)
+                .map_err(|e| setup_error(format!("marking the UDP sockets with {mark}: {e}")))?;
+        }
+    }
+    Ok((sockets, port))
 }
 
 /// A socket file that answers belongs to a running interface; one that does not is a leftover

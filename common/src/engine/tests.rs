@@ -508,3 +508,47 @@ fn lone_packets_stay_with_the_receive_thread_and_a_burst_goes_to_the_send_thread
     std::thread::sleep(QUIET_AFTER);
     settled(&alice);
 }
+
+/// `wg set listen-port` (`Engine::replace_transports`): the server moves to new sockets; its
+/// sessions go on, so a client told the new address gets through at once, on the session it
+/// had, and the answers leave from the new socket.
+#[test]
+fn the_server_moves_to_new_sockets_and_its_sessions_go_on() {
+    let net = MemoryNet::new();
+    let (mut server, alice) = pair(&net, server_spec(), alice_spec());
+    connect(&server, &alice);
+    let session = server.engine.device().peer_info(0).unwrap().last_handshake;
+    // Sole ownership of the engine: the timers' thread holds it too.
+    let (stop, thread) = server.timers.take().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    thread.join().unwrap();
+    let moved: SocketAddr = "198.18.0.1:51999".parse().unwrap();
+    let transports = net.attach_group(moved, 1, 1);
+    Arc::get_mut(&mut server.engine)
+        .expect("the test's own")
+        .replace_transports(
+            transports
+                .iter()
+                .map(|t| Box::new(t.clone()) as Box<dyn Transport>)
+                .collect(),
+        )
+        .unwrap();
+    let device = alice.engine.device();
+    let id = device.peer_id(&server.public()).unwrap();
+    device.set_endpoint(id, Some(moved), false).unwrap();
+    let there = packet(ALICE, SERVER, 9, 1, 100);
+    alice.devs[0].inject(&there);
+    assert_eq!(server.written(1, WAIT), vec![there]);
+    let back = packet(SERVER, ALICE, 9, 2, 100);
+    server.devs[0].inject(&back);
+    assert_eq!(alice.written(1, WAIT), vec![back]);
+    assert_eq!(
+        server.engine.device().peer_info(0).unwrap().last_handshake,
+        session,
+        "the same session, no new handshake"
+    );
+    assert!(
+        transports[0].sends().0 > 0,
+        "the answer left from the new socket"
+    );
+}

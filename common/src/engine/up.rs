@@ -77,10 +77,11 @@ async fn run(
     td.push(Undo::Endpoints(memory.clone()));
 
     let (control_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    let port = Arc::new(std::sync::atomic::AtomicU16::new(listen_port));
     let api = Arc::new(ApiState {
         ifname: ifname.clone(),
         device: device.clone(),
-        listen_port,
+        listen_port: port.clone(),
         fwmark: socket_mark(&config),
         names: names.clone(),
         control: Some(control_tx),
@@ -111,7 +112,7 @@ async fn run(
         h,
         td,
         config,
-        listen_port,
+        listen_port: port,
         device,
         names,
         memory,
@@ -120,7 +121,7 @@ async fn run(
     // A panic in the loop (a bug) still ends in the teardown.
     use futures_util::FutureExt;
     let result = std::panic::AssertUnwindSafe(control::run(
-        &engine,
+        &mut engine,
         &mut live,
         signals,
         &mut requests,
