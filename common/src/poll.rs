@@ -35,30 +35,7 @@ impl Interrupt {
     /// Waits until `fd` is readable (true), `timeout` passes or the interrupt is woken (false).
     /// `None`: no timeout.
     pub fn wait_readable(&self, fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-        let mut p = [
-            libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.0.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-        // SAFETY: `p` is a valid array of two pollfds for the duration of the call.
-        let r = unsafe { libc::poll(p.as_mut_ptr(), 2, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(p[0].revents != 0 && p[1].revents == 0)
+        Ok(wait_any(&[fd, self.0.as_raw_fd()], timeout)? == 0b1)
     }
 }
 
