@@ -297,16 +297,7 @@ impl Engine {
                 "these transports cannot be replaced at run time",
             ));
         }
-        self.shared.stopping.store(true, Ordering::Relaxed);
-        for w in &self.shared.workers {
-            w.transport.interrupt();
-            w.send_bell.ring();
-            w.recv_bell.ring();
-        }
-        self.end_handshake_thread();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.halt(false);
         let shared = Arc::get_mut(&mut self.shared)
             .ok_or_else(|| setup_error("the engine is still in use elsewhere"))?;
         let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
@@ -320,13 +311,6 @@ impl Engine {
         }
         shared.stopping.store(false, Ordering::Relaxed);
         self.spawn_threads(hs_rx)
-    }
-
-    /// The empty message ends the handshake thread (which drains the queue unread until then,
-    /// so this send cannot block for long).
-    fn end_handshake_thread(&self) {
-        let nobody = Endpoint::from(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let _ = self.shared.handshakes.send((nobody, Vec::new()));
     }
 
     /// Starts a thread; if it ever panics, `failed` says so (and the timers' runner is woken
@@ -413,14 +397,26 @@ impl Engine {
         if self.threads.is_empty() {
             return;
         }
+        self.halt(true);
+    }
+
+    /// Stops every thread and waits for them: `stopping`, the transports' interrupts, both
+    /// doorbells of each worker, the handshake thread's end message. With `devices`, the
+    /// devices' interrupts too (for good: they cannot be waited on again).
+    fn halt(&mut self, devices: bool) {
         self.shared.stopping.store(true, Ordering::Relaxed);
         for w in &self.shared.workers {
-            w.device.interrupt();
+            if devices {
+                w.device.interrupt();
+            }
             w.transport.interrupt();
             w.send_bell.ring();
             w.recv_bell.ring();
         }
-        self.end_handshake_thread();
+        // The empty message ends the handshake thread (which drains the queue unread until
+        // then, so this send cannot block for long).
+        let nobody = Endpoint::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _ = self.shared.handshakes.send((nobody, Vec::new()));
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
