@@ -111,11 +111,11 @@ impl ApiState {
         }
     }
 
-    /// Asks the engine to re-read the config; the answer is `message=...` and an errno.
     fn port(&self) -> u16 {
         self.listen_port.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Asks the engine to re-read the config; the answer is `message=...` and an errno.
     fn reload(&self, meant: Option<PathBuf>) -> String {
         let Some(tx) = &self.control else {
             return format!("message=reload is not available here\nerrno={EOPNOTSUPP}\n\n");
