@@ -298,8 +298,13 @@ impl Engine {
             ));
         }
         self.halt(false);
-        let shared = Arc::get_mut(&mut self.shared)
-            .ok_or_else(|| setup_error("the engine is still in use elsewhere"))?;
+        let Some(shared) = Arc::get_mut(&mut self.shared) else {
+            // Held elsewhere (nothing does): the threads are gone, so the engine must go down
+            // visibly rather than run on without a data path.
+            self.shared.failed.store(true, Ordering::Relaxed);
+            self.shared.attention.notify_one();
+            return Err(setup_error("the engine is still in use elsewhere"));
+        };
         let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
         shared.handshakes = hs_tx;
         for (w, t) in shared.workers.iter_mut().zip(transports) {
