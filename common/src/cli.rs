@@ -81,9 +81,14 @@ pub enum Common {
 /// reader of a pipe went away) is dropped: logging never takes the process down (the
 /// subscriber's own error report would `eprintln!`, which panics on a broken pipe).
 pub fn init_logging() {
+    init_logging_or("info")
+}
+
+/// As `init_logging`, with `default` (an EnvFilter directive) when RUST_LOG is not set.
+pub fn init_logging_or(default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

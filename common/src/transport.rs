@@ -78,4 +78,11 @@ pub trait Transport: Send + Sync {
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// Marks what is sent from now on with `mark` (SO_MARK; 0: no mark), for policy routing
+    /// (`wg set fwmark`). Unsupported by default.
+    fn set_mark(&self, mark: u32) -> io::Result<()> {
+        let _ = mark;
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }

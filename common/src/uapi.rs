@@ -38,9 +38,14 @@ pub struct ApiState {
     pub device: Arc<Device>,
     /// The UDP port, as bound now (`wg set listen-port` moves it).
     pub listen_port: Arc<std::sync::atomic::AtomicU16>,
-    /// The mark on the UDP sockets (`fwmark` in the config, or a full tunnel's), reported by
-    /// `get` as wireguard-go does, so `wg showconf` | `wg setconf` goes through.
-    pub fwmark: Option<u32>,
+    /// The mark on the UDP sockets, 0 for none (`fwmark` in the config, a full tunnel's, or
+    /// `wg set fwmark`), reported by `get` as wireguard-go does, so `wg showconf` | `wg
+    /// setconf` goes through.
+    pub fwmark: Arc<std::sync::atomic::AtomicU32>,
+    /// The interface is configured through this API alone (`suidao-wg`): `set` may change the
+    /// private key and the mark too. Otherwise the config file holds the key, and the mark is
+    /// the one its full tunnel's rules expect.
+    pub by_api: bool,
     /// Configured peer names, by public key (shared with the engine, which updates them on
     /// reload).
     pub names: Arc<RwLock<HashMap<PublicKey, String>>>,
@@ -115,6 +120,10 @@ impl ApiState {
         self.listen_port.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    fn mark(&self) -> u32 {
+        self.fwmark.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Asks the engine to re-read the config; the answer is `message=...` and an errno.
     fn reload(&self, meant: Option<PathBuf>) -> String {
         let Some(tx) = &self.control else {
@@ -135,15 +144,21 @@ impl ApiState {
         let d = &self.device;
         // One peer's worth at a time: the answer streams, however many peers and allowed IPs.
         let mut out = String::new();
+        // (A device without a key yet has none to tell, as wireguard-go.)
+        let keyed = d.has_private_key();
         if with_secrets {
-            let _ = writeln!(out, "private_key={}", d.private_key().to_hex().as_str());
+            if keyed {
+                let _ = writeln!(out, "private_key={}", d.private_key().to_hex().as_str());
+            }
         } else {
             let _ = writeln!(out, "interface={}", self.ifname);
-            let _ = writeln!(out, "interface_public_key={}", d.public_key().to_hex());
+            if keyed {
+                let _ = writeln!(out, "interface_public_key={}", d.public_key().to_hex());
+            }
         }
         let _ = writeln!(out, "listen_port={}", self.port());
-        if let Some(m) = self.fwmark {
-            let _ = writeln!(out, "fwmark={m}");
+        if self.mark() != 0 {
+            let _ = writeln!(out, "fwmark={}", self.mark());
         }
         if !with_secrets {
             for (reason, n) in d.drops() {
@@ -190,9 +205,9 @@ impl ApiState {
     fn set<'a>(&self, lines: impl Iterator<Item = &'a str>) -> Result<(), i32> {
         let request = SetRequest::parse(lines, &self.device)?;
         // Refused whole, and said in the log: `wg` itself only prints "Operation not supported".
-        if request.private_key_differs {
+        if request.private_key.is_some() && !self.by_api {
             tracing::warn!(
-                "wg set private-key: a running suidao keeps its key (change the config and restart)"
+                "wg set private-key: a running suidao keeps its config file's key (change the file and restart)"
             );
             return Err(EOPNOTSUPP);
         }
@@ -203,14 +218,13 @@ impl ApiState {
                 return Err(EOPNOTSUPP);
             }
         }
-        if let Some(m) = request
-            .fwmark
-            .filter(|m| *m != 0 && Some(*m) != self.fwmark)
-        {
-            tracing::warn!(
-                "wg set fwmark {m}: not supported (suidao marks its own sockets for a full tunnel)"
-            );
-            return Err(EOPNOTSUPP);
+        if let Some(m) = request.fwmark.filter(|m| *m != self.mark()) {
+            if !self.by_api || self.control.is_none() {
+                tracing::warn!(
+                    "wg set fwmark {m}: not supported here (suidao marks its own sockets for a full tunnel; suidao-wg takes it)"
+                );
+                return Err(EOPNOTSUPP);
+            }
         }
         match &self.control {
             Some(tx) => {
@@ -231,8 +245,16 @@ impl ApiState {
                 let _one_at_a_time = self.set_lock.lock().unwrap_or_else(|p| p.into_inner());
                 let names = self.names.read().map(|n| n.clone()).unwrap_or_default();
                 let desired = request.desired(apply::current(&self.device, &names));
+                let mut desired = desired;
+                if let Some(k) = &request.private_key {
+                    let public = k.public_key();
+                    desired.retain(|p| p.public_key != public);
+                }
                 let plan = apply::plan(&self.device, &names, &desired).map_err(|_| EINVAL)?;
                 apply::apply_to_device(&self.device, &plan);
+                if let Some(k) = &request.private_key {
+                    self.device.set_private_key(k.clone());
+                }
                 if let Ok(mut n) = self.names.write() {
                     *n = plan.names;
                 }
@@ -273,7 +295,8 @@ impl PeerOps {
 /// A whole `set=1` request, parsed and checked, not yet applied.
 #[derive(Debug, Default)]
 pub struct SetRequest {
-    private_key_differs: bool,
+    /// A private key other than the device's.
+    private_key: Option<PrivateKey>,
     listen_port: Option<u16>,
     fwmark: Option<u32>,
     replace_peers: bool,
@@ -286,6 +309,16 @@ impl SetRequest {
         self.listen_port
     }
 
+    /// The new private key asked for, if it is not the device's.
+    pub fn private_key(&self) -> Option<&PrivateKey> {
+        self.private_key.as_ref()
+    }
+
+    /// The mark asked for (`fwmark=`; 0: none), if any.
+    pub fn fwmark(&self) -> Option<u32> {
+        self.fwmark
+    }
+
     /// Reads the request's lines as wireguard-go does: interface keys first, then each
     /// `public_key=` starts a peer. A peer that is this device's own key is ignored, as are the
     /// lines of one that is removed or `update_only` but does not exist (wireguard-go's dummy
@@ -294,7 +327,8 @@ impl SetRequest {
         let mut r = SetRequest::default();
         // The peer the following lines apply to.
         let mut current: Option<PeerOps> = None;
-        let own = device.public_key();
+        // The device's own key (the new one, once a request gives it): never a peer.
+        let mut own = device.has_private_key().then(|| device.public_key());
         for line in lines {
             if line.is_empty() {
                 break;
@@ -303,7 +337,9 @@ impl SetRequest {
             match key {
                 "private_key" if current.is_none() => {
                     let k = PrivateKey::from_bytes(*from_hex(value).map_err(|_| EINVAL)?);
-                    r.private_key_differs = k.public_key() != own;
+                    let public = k.public_key();
+                    r.private_key = (Some(public) != own).then_some(k);
+                    own = Some(public);
                 }
                 "listen_port" if current.is_none() => {
                     r.listen_port = Some(value.parse().map_err(|_| EINVAL)?);
@@ -316,7 +352,7 @@ impl SetRequest {
                 }
                 "public_key" => {
                     r.peers
-                        .extend(current.take().filter(|p| p.public_key != own));
+                        .extend(current.take().filter(|p| Some(p.public_key) != own));
                     let pk = PublicKey::from_bytes(*from_hex(value).map_err(|_| EINVAL)?)
                         .map_err(|_| EINVAL)?;
                     current = Some(PeerOps::new(pk));
@@ -358,7 +394,7 @@ impl SetRequest {
             }
         }
         r.peers
-            .extend(current.take().filter(|p| p.public_key != own));
+            .extend(current.take().filter(|p| Some(p.public_key) != own));
         Ok(r)
     }
 
@@ -524,7 +560,8 @@ mod tests {
                 ifname: "sdtest".into(),
                 device,
                 listen_port: Arc::new(51820.into()),
-                fwmark: None,
+                fwmark: Arc::new(0.into()),
+                by_api: false,
                 names: Arc::new(RwLock::new(HashMap::new())),
                 control: None,
                 set_lock: Default::default(),
@@ -594,6 +631,41 @@ mod tests {
             s.device.peer_id(&peer).is_none(),
             "update_only does not create"
         );
+    }
+
+    /// An interface the API alone configures (suidao-wg) starts without a key, shows none,
+    /// and takes one (and a peer with the new key's public key goes, and is not added).
+    #[test]
+    fn a_keyless_device_shows_no_key_and_takes_one() {
+        let (mut s, _) = state();
+        s.device = Arc::new(Device::without_key(OsRng));
+        s.by_api = true;
+        let got = s.handle("get=1\n\n");
+        assert!(got.starts_with("listen_port=51820\n"), "{got}");
+        assert!(!s
+            .handle("suidao_status=1\n\n")
+            .contains("interface_public_key"));
+        let key = PrivateKey::generate(&mut OsRng);
+        let peer = PrivateKey::generate(&mut OsRng).public_key();
+        s.handle(&format!(
+            "set=1\npublic_key={}\n\n",
+            key.public_key().to_hex()
+        ));
+        assert!(s.device.peer_id(&key.public_key()).is_some());
+        let req = format!(
+            "set=1\nprivate_key={}\npublic_key={}\npublic_key={}\n\n",
+            key.to_hex().as_str(),
+            key.public_key().to_hex(),
+            peer.to_hex()
+        );
+        assert_eq!(s.handle(&req), "errno=0\n\n");
+        assert!(s.device.has_private_key());
+        assert_eq!(s.device.public_key(), key.public_key());
+        assert!(s.device.peer_id(&key.public_key()).is_none());
+        assert!(s.device.peer_id(&peer).is_some());
+        assert!(s
+            .handle("get=1\n\n")
+            .starts_with(&format!("private_key={}\n", key.to_hex().as_str())));
     }
 
     fn allowed_of(s: &ApiState, peer: &PublicKey) -> Vec<String> {

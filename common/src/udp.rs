@@ -209,12 +209,6 @@ impl Udp {
         })
     }
 
-    /// Marks every packet the socket sends (SO_MARK), so that policy routing can tell the
-    /// tunnel's own packets from those to be tunnelled (full tunnel).
-    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
-        socket2::SockRef::from(&self.sock).set_mark(mark)
-    }
-
     pub fn local_port(&self) -> io::Result<u16> {
         Ok(self.sock.local_addr()?.port())
     }
@@ -360,5 +354,11 @@ impl Transport for Udp {
 
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.sock.as_raw_fd())
+    }
+
+    /// SO_MARK on the socket, so that policy routing can tell the tunnel's own packets from
+    /// those to be tunnelled (a full tunnel).
+    fn set_mark(&self, mark: u32) -> io::Result<()> {
+        socket2::SockRef::from(&self.sock).set_mark(mark)
     }
 }

@@ -286,14 +286,20 @@ pub fn run(opts: Options) -> Result<()> {
         None => None,
     };
 
-    // wireguard-go on 10.98.0.0/24, port 51830; boringtun on 10.97.0.0/24, port 51840.
+    // suidao-wg (suidao's data path configured through `wg set`, as under wg-quick) on
+    // 10.95.0.0/24, port 51860; wireguard-go on 10.98.0.0/24, port 51830; boringtun on
+    // 10.97.0.0/24, port 51840.
     let others: Vec<(Userspace, &'static str, u8, u16)> = [
+        (Userspace::SuidaoWg, "suidao-wg", 95, 51860),
         (Userspace::WireguardGo, "wireguard-go", 98, 51830),
         (Userspace::Boringtun, "boringtun", 97, 51840),
     ]
     .into_iter()
     .filter(|(kind, ..)| {
-        let there = have_tool(kind.program()) && have_tool("wg");
+        let there = match kind {
+            Userspace::SuidaoWg => crate::suidao::bin_path(kind.program()).is_ok(),
+            _ => have_tool(kind.program()),
+        } && have_tool("wg");
         if !there && !opts.json {
             eprintln!(
                 "({} is not installed: left out of the comparison)",

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub enum Userspace {
     WireguardGo,
     Boringtun,
+    /// suidao's own drop-in for wireguard-go (`suidao-wg`), configured the same way.
+    SuidaoWg,
 }
 
 impl Userspace {
@@ -24,6 +26,15 @@ impl Userspace {
         match self {
             Userspace::WireguardGo => "wireguard-go",
             Userspace::Boringtun => "boringtun-cli",
+            Userspace::SuidaoWg => "suidao-wg",
+        }
+    }
+
+    /// What to run: the program in PATH, or suidao-wg from this build (`bin_path`).
+    fn command(self, ns: &Netns) -> Result<std::process::Command> {
+        match self {
+            Userspace::SuidaoWg => ns.command(crate::suidao::bin_path(self.program())?),
+            _ => ns.command(self.program()),
         }
     }
 }
@@ -73,10 +84,13 @@ impl WireguardGo {
         let dir = std::env::temp_dir().join(unique("suidao-wggo-"));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("wireguard-go.log"))?;
-        let mut cmd = ns.command(kind.program())?;
+        let mut cmd = kind.command(ns)?;
         match kind {
             Userspace::WireguardGo => {
                 cmd.arg("-f").arg(&ifname).env("LOG_LEVEL", "verbose");
+            }
+            Userspace::SuidaoWg => {
+                cmd.arg("-f").arg(&ifname).env("RUST_LOG", "info");
             }
             Userspace::Boringtun => {
                 let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -3,6 +3,7 @@
 pub mod attack;
 pub mod badnet;
 pub mod core_peer;
+pub mod daemon;
 pub mod etc;
 pub mod icmp;
 pub mod transfer;

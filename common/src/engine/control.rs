@@ -8,6 +8,7 @@ use super::dataplane::Engine;
 use super::endpoints::Moved;
 use super::reload::{apply_peers, reload, Live};
 use super::setup;
+use super::up::Managed;
 use super::{read_lock, setup_error, EngineError};
 use crate::apply;
 use crate::uapi::{self, ApiState};
@@ -58,7 +59,9 @@ pub(super) async fn run(
         }
         // Deadlines are in protocol time; the nap is real time (see `clock`).
         let nap = engine.run_timers();
-        live.memory.save();
+        if let Some(m) = &live.memory {
+            m.save();
+        }
         let sleep = async {
             match nap {
                 Some(d) => tokio::time::sleep(d).await,
@@ -93,7 +96,7 @@ pub(super) async fn run(
                         std::fs::canonicalize(p).ok() == std::fs::canonicalize(&started).ok()
                     };
                     let r = match meant {
-                        Some(m) if !same(&m) => Err(format!(
+                        Some(m) if live.managed == Managed::ByFile && !same(&m) => Err(format!(
                             "{ifname} was started with {}, which is what reload re-reads; to use {} instead, restart with it",
                             started.display(),
                             m.display()
@@ -114,26 +117,62 @@ pub(super) async fn run(
     }
 }
 
-/// `wg set`: the peers as asked and, if asked, a new UDP port. The new sockets are bound first
-/// (a port in use refuses the whole request before anything changes), then the peers change,
-/// then the engine moves to the new sockets; peers learn the new port from the next packet
-/// they get from us, as when we roam.
+/// `wg set`: the peers as asked and, if asked, a new UDP port, a new mark on the UDP sockets
+/// and (where the API configures the interface) a new private key. Everything that can fail
+/// comes first: the new sockets are bound (a port in use refuses the whole request before
+/// anything changes), then the peers change (refused whole or done whole); then the key, the
+/// mark and the move to the new sockets, which do not fail. Peers learn the new port from the
+/// next packet they get from us, as when we roam.
 async fn set(
     engine: &mut Engine,
     live: &mut Live<'_>,
     request: &uapi::SetRequest,
 ) -> Result<String, String> {
     let current = live.listen_port.load(Ordering::Relaxed);
+    let mark = request
+        .fwmark()
+        .unwrap_or_else(|| live.fwmark.load(Ordering::Relaxed));
     let moving = match request.listen_port().filter(|p| *p != current) {
         Some(p) => Some(
-            setup::bind_sockets(&live.config, (p != 0).then_some(p), engine.worker_count())
-                .map_err(|e| e.to_string())?,
+            setup::bind_sockets(
+                (p != 0).then_some(p),
+                engine.worker_count(),
+                (mark != 0).then_some(mark),
+            )
+            .map_err(|e| e.to_string())?,
         ),
         None => None,
     };
     let names = read_lock(&live.names).clone();
-    let desired = request.desired(apply::current(&live.device, &names));
+    let mut desired = request.desired(apply::current(&live.device, &names));
+    // A device is never its own peer: one with the new key's public key goes.
+    let new_key = request.private_key();
+    if let Some(k) = new_key {
+        let public = k.public_key();
+        desired.retain(|p| p.public_key != public);
+    }
     let message = apply_peers(live, &desired).await?;
+    if let Some(k) = new_key {
+        let had = live.device.has_private_key();
+        live.device.set_private_key(k.clone());
+        info!(
+            "{}: private key {} (public key {})",
+            live.config.interface.name,
+            if had { "changed" } else { "set" },
+            live.device.public_key()
+        );
+    }
+    if request.fwmark().is_some() && mark != live.fwmark.load(Ordering::Relaxed) {
+        // The live sockets are marked now; new ones (a new port) were bound with the mark.
+        if moving.is_none() {
+            engine
+                .set_mark(mark)
+                .map_err(|e| format!("marking the UDP sockets with {mark}: {e}"))?;
+        }
+        live.config.interface.fwmark = (mark != 0).then_some(mark);
+        live.fwmark.store(mark, Ordering::Relaxed);
+        info!("{}: UDP sockets marked {mark}", live.config.interface.name);
+    }
     if let Some((sockets, port)) = moving {
         engine
             .replace_transports(

@@ -341,6 +341,14 @@ impl Engine {
         &self.shared.device
     }
 
+    /// Marks every transport's packets with `mark` from now on (0: none): `wg set fwmark`.
+    pub fn set_mark(&self, mark: u32) -> std::io::Result<()> {
+        for w in &self.shared.workers {
+            w.transport.set_mark(mark)?;
+        }
+        Ok(())
+    }
+
     /// How many workers (each with one transport).
     pub fn worker_count(&self) -> usize {
         self.shared.workers.len()

@@ -62,7 +62,7 @@ pub use dataplane::{Engine, Options};
 pub use describe::describe;
 pub use endpoints::{state_path, ENDPOINTS_SUFFIX, STATE_DIR};
 pub use setup::{full_tunnel, planned_routes};
-pub use up::up;
+pub use up::{up, up_for_api};
 
 use crate::netlink::NetlinkError;
 use std::sync::RwLock;

@@ -6,6 +6,7 @@
 use super::endpoints::{hostnames, EndpointMemory};
 use super::setup::{add_peer_route, full_tunnel, route_table, routed};
 use super::teardown::Teardown;
+use super::up::Managed;
 use super::{read_lock, write_lock};
 use crate::config::Config;
 use crate::netlink::{self, Added, NetlinkError};
@@ -24,11 +25,15 @@ pub(super) struct Live<'a> {
     pub(super) h: &'a rtnetlink::Handle,
     pub(super) td: &'a mut Teardown,
     pub(super) config: Config,
+    pub(super) managed: Managed,
     /// The UDP port bound now (shared with the API, which reports it).
     pub(super) listen_port: Arc<std::sync::atomic::AtomicU16>,
+    /// The mark on the UDP sockets now, 0 for none (shared with the API, which reports it).
+    pub(super) fwmark: Arc<std::sync::atomic::AtomicU32>,
     pub(super) device: Arc<Device>,
     pub(super) names: Arc<RwLock<HashMap<PublicKey, String>>>,
-    pub(super) memory: Arc<EndpointMemory>,
+    /// None where the API configures the interface (nothing is remembered across runs).
+    pub(super) memory: Option<Arc<EndpointMemory>>,
     /// The re-resolving thread's list of host names.
     pub(super) hosts: Sender<HashMap<PublicKey, String>>,
 }
@@ -198,6 +203,11 @@ pub(super) async fn reload(live: &mut Live<'_>) -> Result<String, String> {
     if std::env::var_os("SUIDAO_TEST_PANIC_ON_RELOAD").is_some() {
         panic!("SUIDAO_TEST_PANIC_ON_RELOAD");
     }
+    if live.managed == Managed::ByApi {
+        let e = "there is no config file to re-read: this interface is configured through the userspace API (wg setconf, wg set)";
+        warn!("reload refused: {e}");
+        return Err(e.into());
+    }
     notify::notify("RELOADING=1");
     let result = apply_reload(live).await;
     match &result {
@@ -237,7 +247,9 @@ async fn apply_reload(live: &mut Live<'_>) -> Result<String, String> {
     }
     let desired = desired_peers(&new, Some(&live.config));
     let message = apply_peers(live, &desired).await?;
-    live.memory.set_config(&new);
+    if let Some(m) = &live.memory {
+        m.set_config(&new);
+    }
     let _ = live.hosts.send(hostnames(&new));
     live.config = new;
     Ok(message)

@@ -30,7 +30,8 @@ pub(super) async fn open_queues(
         .interface
         .workers
         .unwrap_or_else(crate::config::default_workers);
-    let (sockets, listen_port) = bind_sockets(config, config.interface.listen_port, workers)?;
+    let (sockets, listen_port) =
+        bind_sockets(config.interface.listen_port, workers, socket_mark(config))?;
     let tuns = match Tun::create_queues(ifname, workers) {
         Ok(t) => t,
         Err(e) => return Err(name_taken(h, ifname, e).await),
@@ -48,15 +49,15 @@ pub(super) async fn open_queues(
     Ok((queues, listen_port))
 }
 
-/// `count` UDP sockets on `port` (None: any free one) with the config's mark; and the port.
+/// `count` UDP sockets on `port` (None: any free one) with `mark`; and the port.
 pub(super) fn bind_sockets(
-    config: &Config,
     port: Option<u16>,
     count: usize,
+    mark: Option<u32>,
 ) -> Result<(Vec<Udp>, u16), EngineError> {
     let sockets = Udp::bind_group(port, count)?;
     let port = sockets[0].local_port()?;
-    if let Some(mark) = socket_mark(config) {
+    if let Some(mark) = mark {
         for udp in &sockets {
             udp.set_mark(mark)
                 .map_err(|e| setup_error(format!("marking the UDP sockets with {mark}: {e}")))?;

@@ -19,8 +19,63 @@ use suidao_proto::keys::PublicKey;
 use suidao_proto::Device;
 use tracing::{info, warn};
 
+/// How an interface is configured while it runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Managed {
+    /// By a suidao config file (`suidao-client`/`suidao-server up`): keys, peers, addresses,
+    /// routes; `reload` re-reads it.
+    ByFile,
+    /// By the userspace API alone (`suidao-wg`, as wireguard-go under wg-quick): no key until
+    /// one is set, no addresses or routes (whoever configures it adds those), no file.
+    ByApi,
+}
+
 /// `up`: runs the interface until SIGINT or SIGTERM, then removes what it added.
-pub fn up(mut config: Config) -> Result<(), EngineError> {
+pub fn up(config: Config) -> Result<(), EngineError> {
+    start(config, Managed::ByFile, None)
+}
+
+/// `suidao-wg IFNAME`: makes the TUN interface `ifname` (MTU 1420, down) and its control
+/// socket and nothing else; the key, the port, the mark and the peers come through the
+/// userspace API (`wg setconf`), the addresses and routes from whoever runs it (wg-quick).
+/// `ready` is called once both exist. Runs until SIGINT or SIGTERM or until the interface is
+/// deleted, then removes the socket.
+pub fn up_for_api(ifname: &str, ready: Box<dyn FnOnce() + Send>) -> Result<(), EngineError> {
+    crate::config::check_ifname(ifname).map_err(setup_error)?;
+    start(api_config(ifname), Managed::ByApi, Some(ready))
+}
+
+/// The config of an interface the API configures: a name and defaults. Its private key is a
+/// placeholder that nothing reads: the device starts without one (`Device::without_key`).
+fn api_config(ifname: &str) -> Config {
+    use crate::config::{Hooks, Interface, Table, DEFAULT_MTU};
+    Config {
+        path: std::path::PathBuf::new(),
+        interface: Interface {
+            name: ifname.to_string(),
+            private_key: suidao_proto::keys::PrivateKey::from_bytes([0; 32]),
+            listen_port: None,
+            addresses: Vec::new(),
+            mtu: DEFAULT_MTU,
+            workers: None,
+            // Packets between peers go through the kernel, as with wireguard-go.
+            hairpin: false,
+            table: Table::Off,
+            fwmark: None,
+            dns: Default::default(),
+            public_endpoint: None,
+            hooks: Hooks::default(),
+        },
+        peers: Vec::new(),
+        warnings: Vec::new(),
+    }
+}
+
+fn start(
+    mut config: Config,
+    managed: Managed,
+    ready: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<(), EngineError> {
     for f in config.resolve() {
         warn!(
             "{f}: the peer has no endpoint until its name resolves (tried again every {} s)",
@@ -43,7 +98,7 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
             commands: hooks.post_down.clone(),
             ifname: ifname.clone(),
         });
-        let result = run(&h, config, &mut signals, &mut td).await;
+        let result = run(&h, config, managed, ready, &mut signals, &mut td).await;
         td.undo(&h).await;
         result
     })
@@ -53,6 +108,8 @@ pub fn up(mut config: Config) -> Result<(), EngineError> {
 async fn run(
     h: &rtnetlink::Handle,
     config: Config,
+    managed: Managed,
+    ready: Option<Box<dyn FnOnce() + Send>>,
     signals: &mut Signals,
     td: &mut Teardown,
 ) -> Result<(), EngineError> {
@@ -63,8 +120,19 @@ async fn run(
     td.push(Undo::SocketFile(sock_path));
     let (queues, listen_port) = setup::open_queues(h, &config).await?;
     let offloads = describe_offloads(&queues);
-    let (device, names) = new_device(&config)?;
-    setup::configure(h, &config, td).await?;
+    let (device, names) = match managed {
+        Managed::ByFile => new_device(&config)?,
+        Managed::ByApi => {
+            let d = Arc::new(Device::without_key(OsRng));
+            d.set_mtu(config.interface.mtu as usize);
+            (d, HashMap::new())
+        }
+    };
+    match managed {
+        Managed::ByFile => setup::configure(h, &config, td).await?,
+        // As wireguard-go makes it: the MTU, and down until wg-quick (or a person) sets it up.
+        Managed::ByApi => netlink::set_mtu(h, &ifname, config.interface.mtu).await?,
+    }
     let names = Arc::new(RwLock::new(names));
     let options = Options {
         hairpin: config.interface.hairpin,
@@ -73,16 +141,24 @@ async fn run(
         names: names.clone(),
     };
     let mut engine = Engine::start(device.clone(), queues, options)?;
-    let memory = Arc::new(EndpointMemory::new(&ifname, device.clone(), &config));
-    td.push(Undo::Endpoints(memory.clone()));
+    // (An interface the API configures remembers nothing across runs, as wireguard-go.)
+    let memory = (managed == Managed::ByFile).then(|| {
+        let m = Arc::new(EndpointMemory::new(&ifname, device.clone(), &config));
+        td.push(Undo::Endpoints(m.clone()));
+        m
+    });
 
     let (control_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
     let port = Arc::new(std::sync::atomic::AtomicU16::new(listen_port));
+    let fwmark = Arc::new(std::sync::atomic::AtomicU32::new(
+        socket_mark(&config).unwrap_or(0),
+    ));
     let api = Arc::new(ApiState {
         ifname: ifname.clone(),
         device: device.clone(),
         listen_port: port.clone(),
-        fwmark: socket_mark(&config),
+        fwmark: fwmark.clone(),
+        by_api: managed == Managed::ByApi,
         names: names.clone(),
         control: Some(control_tx),
         set_lock: Default::default(),
@@ -93,11 +169,17 @@ async fn run(
     let (moved_tx, mut moved) = tokio::sync::mpsc::unbounded_channel();
     let d = device.clone();
     spawn("resolver", move || reresolve(d, hosts_rx, moved_tx))?;
-    info!(
-        "{ifname} is up: public key {}, UDP port {listen_port}, {} peer(s)",
-        device.public_key(),
-        device.peer_ids().len()
-    );
+    match managed {
+        Managed::ByFile => info!(
+            "{ifname} is up: public key {}, UDP port {listen_port}, {} peer(s)",
+            device.public_key(),
+            device.peer_ids().len()
+        ),
+        Managed::ByApi => info!(
+            "{ifname} is ready: UDP port {listen_port}, no private key or peers until they are set through {}",
+            uapi::socket_path(&ifname).display()
+        ),
+    }
     info!("{offloads}");
 
     let hooks = config.interface.hooks.clone();
@@ -108,11 +190,16 @@ async fn run(
         ifname: ifname.clone(),
     });
     notify::notify(&format!("READY=1\nSTATUS={ifname} is up"));
+    if let Some(ready) = ready {
+        ready();
+    }
     let mut live = Live {
         h,
         td,
         config,
+        managed,
         listen_port: port,
+        fwmark,
         device,
         names,
         memory,
