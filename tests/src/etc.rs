@@ -21,6 +21,35 @@ impl NetnsEtc {
         Ok(NetnsEtc(dir))
     }
 
+    /// `new`, with the namespace's own resolver files for openresolv: `resolv.conf` (saying
+    /// `before`) and resolvconf's state in `dir`, no service restarted. A `resolvconf` run
+    /// through `command` (by `up` or wg-quick) writes those, never the machine's.
+    pub fn with_resolver(ns: &str, dir: &Path, before: &str) -> Result<NetnsEtc> {
+        let etc = NetnsEtc::new(ns)?;
+        let state = dir.join("resolvconf");
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, before)?;
+        etc.link("resolv.conf", &resolv)?;
+        etc.write(
+            "resolvconf.conf",
+            &format!(
+                "# the test's own: its resolv.conf and state, no service restarted\nresolv_conf={}\nstate_dir={}\nlibc_restart=:\n",
+                resolv.display(),
+                state.display()
+            ),
+        )?;
+        Ok(etc)
+    }
+
+    /// /etc/resolv.conf as a command run through `command` sees it.
+    pub fn resolv_conf(&self) -> String {
+        self.command("cat")
+            .arg("/etc/resolv.conf")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.0
     }
@@ -64,6 +93,21 @@ impl Drop for NetnsEtc {
         // Only when empty: another test may have a namespace of its own there.
         let _ = std::fs::remove_dir("/etc/netns");
     }
+}
+
+/// Whether `resolvconf` is openresolv (what `with_resolver` needs), saying so loudly if not.
+/// Debian's other resolvconf (package resolvconf) or systemd's front end would write the
+/// machine's own resolver files: only openresolv reads the bound resolvconf.conf.
+pub fn openresolv(test: &str) -> bool {
+    if !suidao_lab::require(test, &["ip", "resolvconf", "dnsmasq", "getent"]) {
+        return false;
+    }
+    let version = Command::new("resolvconf")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    version.starts_with("openresolv") || suidao_lab::unmet(test, "resolvconf from openresolv")
 }
 
 /// `suidao-<role> up -c CONFIG` through `ip netns exec` (so that it, and what it runs, see the

@@ -10,30 +10,16 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use suidao_lab::suidao::{bin_path, Node, NodeSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
 use suidao_lab::Process;
-use suidao_tests::etc::{up_in, NetnsEtc};
+use suidao_tests::etc::{openresolv, up_in, NetnsEtc};
 use suidao_tests::vpn::{specs, CLIENT_V4, SERVER_V4};
 
 /// What the namespace's resolv.conf says before `up`: a resolver nobody answers for.
 const BEFORE: &str = "nameserver 198.18.0.53\n";
-
-fn openresolv() -> bool {
-    if !suidao_lab::require("dns", &["ip", "resolvconf", "dnsmasq", "getent"]) {
-        return false;
-    }
-    // Debian's other resolvconf (package resolvconf) or systemd's front end would write the
-    // machine's own resolver files: only openresolv reads the bound resolvconf.conf.
-    let version = Command::new("resolvconf")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
-    version.starts_with("openresolv") || suidao_lab::unmet("dns", "resolvconf from openresolv")
-}
 
 /// The server (with dnsmasq answering for `suidao.test` on its tunnel address) and a client
 /// whose config says `extra`; the client's namespace gets its own resolver files.
@@ -79,20 +65,7 @@ fn setup(extra: &str, dnsmasq: bool) -> Setup {
             .unwrap();
         Process::new("dnsmasq", child)
     });
-    let etc = NetnsEtc::new(lab.client.ns.name()).unwrap();
-    let state = dir.path().join("resolvconf");
-    let resolv = dir.path().join("resolv.conf");
-    std::fs::write(&resolv, BEFORE).unwrap();
-    etc.link("resolv.conf", &resolv).unwrap();
-    etc.write(
-        "resolvconf.conf",
-        &format!(
-            "# the test's own: its resolv.conf and state, no service restarted\nresolv_conf={}\nstate_dir={}\nlibc_restart=:\n",
-            resolv.display(),
-            state.display()
-        ),
-    )
-    .unwrap();
+    let etc = NetnsEtc::with_resolver(lab.client.ns.name(), dir.path(), BEFORE).unwrap();
     Setup {
         lab,
         dir,
@@ -106,13 +79,7 @@ fn setup(extra: &str, dnsmasq: bool) -> Setup {
 impl Setup {
     /// /etc/resolv.conf as the client's namespace sees it (through the bind).
     fn resolv_conf(&self) -> String {
-        let out = self
-            .etc
-            .command("cat")
-            .arg("/etc/resolv.conf")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
+        self.etc.resolv_conf()
     }
 
     fn log(&self, name: &str) -> String {
@@ -141,7 +108,7 @@ fn resolve_until(etc: &NetnsEtc, name: &str, within: Duration) -> Option<String>
 
 #[test]
 fn dns_is_set_through_resolvconf_answers_through_the_tunnel_and_is_taken_back() {
-    if !openresolv() {
+    if !openresolv("dns") {
         return;
     }
     let machines = std::fs::read("/etc/resolv.conf").ok();
@@ -212,7 +179,7 @@ fn dns_is_set_through_resolvconf_answers_through_the_tunnel_and_is_taken_back() 
 
 #[test]
 fn dns_without_resolvconf_or_resolvectl_is_refused_and_leaves_nothing() {
-    if !openresolv() {
+    if !openresolv("dns") {
         return;
     }
     let s = setup("dns = [\"10.99.0.1\"]\n", false);
