@@ -45,6 +45,53 @@ pub fn connect() -> Result<Handle, NetlinkError> {
     Ok(handle)
 }
 
+/// The MTU of the link `name` each time the kernel announces it (RTM_NEWLINK: `ip link set
+/// NAME mtu N`, and any other change of the link), from a netlink socket of its own that
+/// listens to the link group of this namespace. The watch ends when the receiver is dropped.
+pub fn watch_mtu(name: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<u32>, NetlinkError> {
+    use futures_util::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+    let what = || format!("watching the link {name}");
+    let (mut conn, _, mut messages) = rtnetlink::new_connection().map_err(|e| NetlinkError {
+        what: what(),
+        source: e,
+    })?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))
+        .map_err(|e| NetlinkError {
+            what: what(),
+            source: e,
+        })?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        while let Some((m, _)) = messages.next().await {
+            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = m.payload else {
+                continue;
+            };
+            let ours = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == name));
+            let mtu = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            });
+            if let (true, Some(mtu)) = (ours, mtu) {
+                if tx.send(mtu).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// The kind of the link `name` (`veth`, `bridge`, `tun`, ...; `ip -d link show NAME`), or
 /// None when there is no such link. A plain device with no kind (a physical NIC) is "device".
 pub async fn link_kind(h: &Handle, name: &str) -> Result<Option<String>, NetlinkError> {

@@ -189,3 +189,180 @@ fn suidao_wg_takes_a_new_private_key_and_a_mark_at_run_time() {
         logs()
     );
 }
+
+/// The namespace trick: the interface moved to another namespace after it was made keeps its
+/// tunnel, its UDP sockets staying where suidao-wg started (a container whose only interface
+/// is the tunnel).
+#[test]
+fn the_interface_moved_to_another_namespace_keeps_its_tunnel() {
+    if !suidao_lab::require("suidao-wg namespace trick", &["ip", "wg", "ping"]) {
+        return;
+    }
+    let lab = P2p::new().unwrap();
+    let dir = TempDir::new().unwrap();
+    let container = suidao_lab::Netns::create(&suidao_lab::unique("sdlab-box")).unwrap();
+    let (server, client) = specs(&lab, false).unwrap();
+    let server_node = server
+        .start(&lab.server.ns, Role::Server, dir.path())
+        .unwrap();
+    let wg = WireguardGo::start_as(Userspace::SuidaoWg, &lab.client.ns, &client).unwrap();
+    let logs = || format!("{}\n{}", server_node.log(), wg.log());
+    assert!(
+        ping_until(&lab.client.ns, SERVER_V4, Duration::from_secs(10)).unwrap(),
+        "{}",
+        logs()
+    );
+
+    run(
+        &lab.client.ns,
+        "ip",
+        &["link", "set", &wg.ifname, "netns", container.name()],
+    )
+    .unwrap();
+    let ifname = wg.ifname.as_str();
+    for args in [
+        &["addr", "add", &format!("{CLIENT_V4}/24"), "dev", ifname][..],
+        &["link", "set", ifname, "up"][..],
+    ] {
+        run(&container, "ip", args).unwrap();
+    }
+    // The container has no other way out: only the tunnel carries this.
+    let links = run(&container, "ip", &["-o", "link"]).unwrap();
+    assert_eq!(links.lines().count(), 2, "{links}");
+    assert!(
+        ping_until(&container, SERVER_V4, Duration::from_secs(10)).unwrap(),
+        "{}",
+        logs()
+    );
+    // `wg` still reaches it through its socket, and the process still runs.
+    let peers = run(&container, "wg", &["show", ifname, "peers"]).unwrap();
+    assert_eq!(peers.trim(), server.public_key().to_base64());
+    // Deleted in its new namespace, it ends all the same.
+    run(&container, "ip", &["link", "del", ifname]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !socket(ifname).exists()),
+        "{}",
+        wg.log()
+    );
+}
+
+/// The veth end in `ns` (the underlay).
+fn veth(ns: &suidao_lab::Netns) -> String {
+    let links = run(ns, "ip", &["-o", "link", "show", "type", "veth"]).unwrap();
+    let name = links.split(": ").nth(1).unwrap_or_default();
+    name.split('@').next().unwrap_or_default().to_string()
+}
+
+/// `ip -stats link show IFACE` as numbers: (rx packets, rx bytes, tx packets, tx bytes).
+fn link_stats(ns: &suidao_lab::Netns, ifname: &str) -> (u64, u64, u64, u64) {
+    let out = run(ns, "ip", &["-j", "-s", "link", "show", ifname]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let s = &v[0]["stats64"];
+    let n = |dir: &str, what: &str| s[dir][what].as_u64().unwrap_or(0);
+    (
+        n("rx", "packets"),
+        n("rx", "bytes"),
+        n("tx", "packets"),
+        n("tx", "bytes"),
+    )
+}
+
+/// What others do to the interface: `ip link set mtu` (35,000 over a jumbo underlay) takes
+/// effect for what suidao seals and delivers, `ip -stats link` counts right, and down then up
+/// keeps the device.
+#[test]
+fn mtu_set_from_outside_takes_effect_and_down_up_keeps_the_device() {
+    if !suidao_lab::require("suidao-wg mtu", &["ip", "wg", "ping"]) {
+        return;
+    }
+    let lab = P2p::new().unwrap();
+    let (server, client) = NodeSpec::pair(
+        ["sdm", "sdm"],
+        &["10.95.0.1/24"],
+        &["10.95.0.2/24"],
+        std::net::SocketAddr::new(lab.server.v4, 51870),
+        &["10.95.0.0/24"],
+    )
+    .unwrap();
+    let (sn, cn) = (&lab.server.ns, &lab.client.ns);
+    let s = WireguardGo::start_as(Userspace::SuidaoWg, sn, &server).unwrap();
+    let c = WireguardGo::start_as(Userspace::SuidaoWg, cn, &client).unwrap();
+    let logs = || format!("{}\n{}", s.log(), c.log());
+    assert!(
+        ping_until(cn, "10.95.0.1", Duration::from_secs(10)).unwrap(),
+        "{}",
+        logs()
+    );
+
+    // Counters: ten pings of 1,000 bytes are ten packets each way through the TUN.
+    let before = link_stats(cn, &c.ifname);
+    run(
+        cn,
+        "ping",
+        &["-c", "10", "-i", "0.05", "-s", "1000", "10.95.0.1"],
+    )
+    .unwrap();
+    let after = link_stats(cn, &c.ifname);
+    assert_eq!(after.2 - before.2, 10, "tx packets {before:?} {after:?}");
+    assert_eq!(after.0 - before.0, 10, "rx packets {before:?} {after:?}");
+    assert_eq!(
+        after.3 - before.3,
+        10 * 1028,
+        "tx bytes {before:?} {after:?}"
+    );
+    assert_eq!(
+        after.1 - before.1,
+        10 * 1028,
+        "rx bytes {before:?} {after:?}"
+    );
+
+    // A jumbo underlay, and 35,000 bytes inside the tunnel, set by others.
+    for (ns, wg) in [(sn, &s), (cn, &c)] {
+        run(ns, "ip", &["link", "set", &veth(ns), "mtu", "65535"]).unwrap();
+        run(ns, "ip", &["link", "set", &wg.ifname, "mtu", "35000"]).unwrap();
+    }
+    for wg in [&s, &c] {
+        assert!(
+            eventually(Duration::from_secs(5), || wg
+                .log()
+                .contains("MTU 1420 -> 35000")),
+            "{}",
+            wg.log()
+        );
+    }
+    // A 35,000-byte packet (34,972 bytes of ping data), not fragmented, both ways.
+    let big = cn
+        .command("ping")
+        .unwrap()
+        .args([
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "34972",
+            "10.95.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        big.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&big.stdout),
+        logs()
+    );
+
+    // Down and up again: the same device, the tunnel as before.
+    run(cn, "ip", &["link", "set", &c.ifname, "down"]).unwrap();
+    run(cn, "ip", &["link", "set", &c.ifname, "up"]).unwrap();
+    assert!(
+        ping_until(cn, "10.95.0.1", Duration::from_secs(10)).unwrap(),
+        "{}",
+        logs()
+    );
+    assert!(c.log().contains("private key set") && !c.log().contains("going down"));
+}

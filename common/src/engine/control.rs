@@ -46,6 +46,7 @@ pub(super) async fn run(
     signals: &mut Signals,
     requests: &mut UnboundedReceiver<uapi::Control>,
     moved: &mut UnboundedReceiver<Moved>,
+    mtus: &mut UnboundedReceiver<u32>,
 ) -> Result<(), EngineError> {
     let ifname = live.config.interface.name.clone();
     loop {
@@ -87,6 +88,13 @@ pub(super) async fn run(
                         was.map_or("none".into(), |e| e.to_string())
                     );
                     let _ = live.device.set_endpoint(id, Some(addr), true);
+                }
+            }
+            Some(mtu) = mtus.recv() => {
+                let mtu = mtu as usize;
+                if mtu != live.device.mtu() {
+                    info!("{ifname}: MTU {} -> {mtu}", live.device.mtu());
+                    engine.set_mtu(mtu);
                 }
             }
             Some(request) = requests.recv() => match request {

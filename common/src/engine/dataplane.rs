@@ -341,6 +341,19 @@ impl Engine {
         &self.shared.device
     }
 
+    /// The device's MTU changed (`ip link set IFACE mtu N`): packets are padded up to it and
+    /// the send path's slots hold packets of its size from now on.
+    pub fn set_mtu(&self, mtu: usize) {
+        self.shared.device.set_mtu(mtu);
+        for w in &self.shared.workers {
+            let fresh = TxState::new(mtu, w.device.offload().tcp);
+            match w.tx.lock() {
+                Ok(mut tx) => *tx = fresh,
+                Err(poisoned) => *poisoned.into_inner() = fresh,
+            }
+        }
+    }
+
     /// Marks every transport's packets with `mark` from now on (0: none): `wg set fwmark`.
     pub fn set_mark(&self, mark: u32) -> std::io::Result<()> {
         for w in &self.shared.workers {

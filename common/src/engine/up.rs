@@ -120,6 +120,8 @@ async fn run(
     td.push(Undo::SocketFile(sock_path));
     let (queues, listen_port) = setup::open_queues(h, &config).await?;
     let offloads = describe_offloads(&queues);
+    // The MTU is the interface's: `ip link set IFACE mtu N` from outside takes effect too.
+    let mut mtus = netlink::watch_mtu(&ifname)?;
     let (device, names) = match managed {
         Managed::ByFile => new_device(&config)?,
         Managed::ByApi => {
@@ -213,6 +215,7 @@ async fn run(
         signals,
         &mut requests,
         &mut moved,
+        &mut mtus,
     ))
     .catch_unwind()
     .await
