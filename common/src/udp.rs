@@ -259,7 +259,9 @@ impl Udp {
     }
 
     /// One sendmsg; from `to.local` first, and if the kernel refuses that address (it was
-    /// removed, say), again from the routing's choice.
+    /// removed, say), again from the routing's choice. (A source that is no longer ours is
+    /// EINVAL on an IPv4 socket, ENETUNREACH or EADDRNOTAVAIL through a dual-stack one. A run
+    /// refused for GSO's sake fails the second time too, and the caller sends it one by one.)
     fn send_one(&self, contents: &[u8], to: Endpoint, seg: Option<usize>) -> io::Result<()> {
         let transmit = |src_ip: Option<IpAddr>| Transmit {
             destination: self.wire_addr(to.addr),
@@ -274,8 +276,10 @@ impl Udp {
         {
             Err(e)
                 if to.local.is_some()
-                    && e.raw_os_error() == Some(libc::EINVAL)
-                    && seg.is_none() =>
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENETUNREACH | libc::EADDRNOTAVAIL)
+                    ) =>
             {
                 self.state
                     .try_send(UdpSockRef::from(&self.sock), &transmit(None))

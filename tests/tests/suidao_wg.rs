@@ -6,28 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use suidao_lab::suidao::{bin_path, ping, ping_until, run, NodeSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
 use suidao_lab::wggo::{Userspace, WireguardGo};
 use suidao_lab::Process;
 use suidao_tests::daemon::Daemon;
 use suidao_tests::vpn::{specs, CLIENT_V4, SERVER_V4};
+use suidao_tests::{eventually, veth};
 
 fn socket(ifname: &str) -> std::path::PathBuf {
     suidao_common::uapi::socket_path(ifname)
-}
-
-/// Waits up to `within` for `cond`.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
 }
 
 #[test]
@@ -246,13 +235,6 @@ fn the_interface_moved_to_another_namespace_keeps_its_tunnel() {
     );
 }
 
-/// The veth end in `ns` (the underlay).
-fn veth(ns: &suidao_lab::Netns) -> String {
-    let links = run(ns, "ip", &["-o", "link", "show", "type", "veth"]).unwrap();
-    let name = links.split(": ").nth(1).unwrap_or_default();
-    name.split('@').next().unwrap_or_default().to_string()
-}
-
 /// `ip -stats link show IFACE` as numbers: (rx packets, rx bytes, tx packets, tx bytes).
 fn link_stats(ns: &suidao_lab::Netns, ifname: &str) -> (u64, u64, u64, u64) {
     let out = run(ns, "ip", &["-j", "-s", "link", "show", ifname]).unwrap();
@@ -318,7 +300,12 @@ fn mtu_set_from_outside_takes_effect_and_down_up_keeps_the_device() {
 
     // A jumbo underlay, and 35,000 bytes inside the tunnel, set by others.
     for (ns, wg) in [(sn, &s), (cn, &c)] {
-        run(ns, "ip", &["link", "set", &veth(ns), "mtu", "65535"]).unwrap();
+        run(
+            ns,
+            "ip",
+            &["link", "set", &veth(ns).unwrap(), "mtu", "65535"],
+        )
+        .unwrap();
         run(ns, "ip", &["link", "set", &wg.ifname, "mtu", "35000"]).unwrap();
     }
     for wg in [&s, &c] {
