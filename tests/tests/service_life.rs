@@ -298,3 +298,57 @@ fn systemd_units_pass_systemd_analyze_verify() {
         );
     }
 }
+
+/// The drop-in that makes `wg-quick@.service` run suidao-wg: applied to Debian's own unit, it
+/// verifies, and the unit's environment names suidao-wg.
+#[test]
+fn the_wg_quick_drop_in_applies_to_debians_unit() {
+    if !suidao_lab::require("wg-quick drop-in", &["systemd-analyze", "wg-quick"]) {
+        return;
+    }
+    let Some(unit) = ["/lib/systemd/system", "/usr/lib/systemd/system"]
+        .iter()
+        .map(|d| Path::new(d).join("wg-quick@.service"))
+        .find(|p| p.exists())
+    else {
+        suidao_lab::unmet("wg-quick drop-in", "wg-quick@.service (wireguard-tools)");
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let drop_in = std::fs::read_to_string(root.join("wg-quick@.service.d/suidao.conf")).unwrap();
+    // A unit path of the test's own: Debian's unit as wg-quick@test.service, and the drop-in
+    // beside it, pointing at the binary just built.
+    let bin = bin_path("suidao-wg").unwrap();
+    let drop_in = drop_in.replace("/usr/local/bin/suidao-wg", bin.to_str().unwrap());
+    std::fs::copy(&unit, dir.path().join("wg-quick@.service")).unwrap();
+    let d = dir.path().join("wg-quick@.service.d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("suidao.conf"), &drop_in).unwrap();
+    let analyze = |args: &[&str]| {
+        Command::new("systemd-analyze")
+            .args(args)
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = analyze(&["verify", "wg-quick@test.service"]);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // That verify read the drop-in: the same with a misspelt key is reported, by its file.
+    std::fs::write(
+        d.join("suidao.conf"),
+        drop_in.replace("Environment=", "Enviroment="),
+    )
+    .unwrap();
+    let out = analyze(&["verify", "wg-quick@test.service"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("suidao.conf") && said.contains("Enviroment"),
+        "{said}"
+    );
+}
