@@ -53,8 +53,8 @@ impl WireguardGo {
     /// Starts `wireguard-go -f IFNAME` in `ns` as the node `spec` describes, the same
     /// description a suidao node starts from (`NodeSpec`: key, listen port, tunnel addresses,
     /// peers; its `extra` lines are suidao's alone): waits for its control socket, sets the key,
-    /// port and peers with `wg set`, and the addresses and link state with netlink. The
-    /// interface is `spec.ifname`.
+    /// port and peers with `wg setconf` (as wg-quick does), and the addresses and link state
+    /// with netlink. The interface is `spec.ifname`.
     pub fn start(ns: &Netns, spec: &NodeSpec) -> Result<WireguardGo> {
         Self::start_as(Userspace::WireguardGo, ns, spec)
     }
@@ -122,33 +122,36 @@ impl WireguardGo {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let key_file = wg.write_secret("private.key", &spec.private_key.to_base64())?;
-        let mut args: Vec<String> = vec![
-            "set".into(),
-            ifname.clone(),
-            "private-key".into(),
-            key_file.display().to_string(),
-        ];
+        // Configured as wg-quick configures it: `wg setconf` with a file of wg's format.
+        let mut conf = format!(
+            "[Interface]\nPrivateKey = {}\n",
+            spec.private_key.to_base64().as_str()
+        );
         if let Some(port) = spec.listen_port {
-            args.extend(["listen-port".into(), port.to_string()]);
+            conf.push_str(&format!("ListenPort = {port}\n"));
         }
-        for (n, p) in spec.peers.iter().enumerate() {
+        for p in &spec.peers {
             let key = p.public_key.context("a peer without a public key")?;
-            args.extend(["peer".into(), key.to_base64()]);
+            conf.push_str(&format!("\n[Peer]\nPublicKey = {}\n", key.to_base64()));
+            if let Some(psk) = &p.preshared_key {
+                conf.push_str(&format!("PresharedKey = {}\n", psk.to_base64().as_str()));
+            }
             if !p.allowed_ips.is_empty() {
-                args.extend(["allowed-ips".into(), p.allowed_ips.join(",")]);
+                conf.push_str(&format!("AllowedIPs = {}\n", p.allowed_ips.join(", ")));
             }
             if let Some(e) = &p.endpoint {
-                args.extend(["endpoint".into(), e.clone()]);
-            }
-            if let Some(psk) = &p.preshared_key {
-                let f = wg.write_secret(&format!("psk{n}"), &psk.to_base64())?;
-                args.extend(["preshared-key".into(), f.display().to_string()]);
+                conf.push_str(&format!("Endpoint = {e}\n"));
             }
             if let Some(k) = p.persistent_keepalive {
-                args.extend(["persistent-keepalive".into(), k.to_string()]);
+                conf.push_str(&format!("PersistentKeepalive = {k}\n"));
             }
         }
+        let conf_file = wg.write_secret("wg.conf", &conf)?;
+        let args = vec![
+            "setconf".to_string(),
+            ifname.clone(),
+            conf_file.display().to_string(),
+        ];
         wg.wg(ns, &args)?;
         let name = ifname.clone();
         ns.netlink(|h| async move {
