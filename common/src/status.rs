@@ -111,10 +111,14 @@ fn bytes(n: u64) -> String {
 /// The human form, close to `wg show`.
 pub fn render(v: &Value) -> String {
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    // (An interface configured through the API has no key until one is set.)
+    let key = v
+        .get("public_key")
+        .and_then(Value::as_str)
+        .unwrap_or("(none)");
     let mut out = format!(
-        "interface: {}\n  public key: {}\n  listening port: {}\n",
+        "interface: {}\n  public key: {key}\n  listening port: {}\n",
         s("interface"),
-        s("public_key"),
         v.get("listen_port").and_then(Value::as_u64).unwrap_or(0)
     );
     if let Some(Value::Object(d)) = v.get("drops") {
