@@ -41,6 +41,9 @@ impl Tun {
         let build = |offload: bool| {
             tun_rs::DeviceBuilder::new()
                 .name(name)
+                // Down until configured: `up` sets it up after its addresses, wg-quick after
+                // `wg setconf` (nothing reaches a device without a key meanwhile).
+                .enable(false)
                 .offload(offload)
                 .multi_queue(multi)
                 .build_sync()
