@@ -39,14 +39,22 @@ impl Signals {
     }
 }
 
+/// What comes to the main loop besides signals and due timers.
+pub(super) struct Inbox {
+    /// `reload` and `wg set` through the API socket.
+    pub(super) requests: UnboundedReceiver<uapi::Control>,
+    /// Endpoints whose host name resolves to a new address.
+    pub(super) moved: UnboundedReceiver<Moved>,
+    /// The interface's MTU, as the kernel announces it.
+    pub(super) mtus: UnboundedReceiver<u32>,
+}
+
 /// Until SIGINT or SIGTERM (Ok), or a failed thread (Err).
 pub(super) async fn run(
     engine: &mut Engine,
     live: &mut Live<'_>,
     signals: &mut Signals,
-    requests: &mut UnboundedReceiver<uapi::Control>,
-    moved: &mut UnboundedReceiver<Moved>,
-    mtus: &mut UnboundedReceiver<u32>,
+    inbox: &mut Inbox,
 ) -> Result<(), EngineError> {
     let ifname = live.config.interface.name.clone();
     loop {
@@ -77,7 +85,7 @@ pub(super) async fn run(
             _ = signals.hup.recv() => {
                 let _ = reload(live).await;
             }
-            Some((key, addr, host)) = moved.recv() => {
+            Some((key, addr, host)) = inbox.moved.recv() => {
                 if let Some(id) = live.device.peer_id(&key) {
                     let was = live.device.peer_info(id).and_then(|i| i.endpoint);
                     let name = read_lock(&live.names).get(&key).cloned().unwrap_or_else(|| {
@@ -90,14 +98,14 @@ pub(super) async fn run(
                     let _ = live.device.set_endpoint(id, Some(addr), true);
                 }
             }
-            Some(mtu) = mtus.recv() => {
+            Some(mtu) = inbox.mtus.recv() => {
                 let mtu = mtu as usize;
                 if mtu != live.device.mtu() {
                     info!("{ifname}: MTU {} -> {mtu}", live.device.mtu());
                     engine.set_mtu(mtu);
                 }
             }
-            Some(request) = requests.recv() => match request {
+            Some(request) = inbox.requests.recv() => match request {
                 uapi::Control::Reload(meant, reply) => {
                     let started = live.config.path.clone();
                     let same = |p: &Path| {

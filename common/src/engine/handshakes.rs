@@ -2,7 +2,7 @@
 //! in a bounded queue for the one thread that does the costly Diffie-Hellman work, so the data
 //! path never stalls behind it. A backed-up queue puts the device "under load".
 
-use super::dataplane::Shared;
+use super::shared::Shared;
 use crate::clock;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TrySendError};

@@ -19,7 +19,7 @@
 //! its receive thread also watches the device and sends what it finds there, and the send
 //! thread sleeps, so one thread on each side carries a round trip and no second thread is
 //! woken on the way. A burst read from the device hands it to the send thread, which hands it
-//! back after 50 ms without packets (`dataplane::Worker`).
+//! back after 50 ms without packets (`shared::Worker`).
 //!
 //! Every thread sleeps until it has work: the data threads until a packet comes, the main one
 //! until the next timer is due (at most 10 s ahead while a session lives) or the data path
@@ -28,7 +28,8 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | dataplane | `Engine`: the workers, the threads, the timers; what they share |
+//! | dataplane | `Engine`: starts, moves and stops the threads; the timers; run-time changes (MTU, mark, sockets) |
+//! | shared | what the threads share: each `Worker`'s queues and modes, `Shared`'s state and drop logging |
 //! | send | the send path: read a batch, seal in place, send runs |
 //! | receive | the receive path: receive a batch, open in place, coalesce, write; hairpin |
 //! | handshakes | the handshake queue and its thread |
@@ -52,6 +53,7 @@ mod receive;
 mod reload;
 mod send;
 mod setup;
+mod shared;
 mod teardown;
 mod up;
 

@@ -4,9 +4,10 @@
 //! super-packet (`gro`): no copy in between. A packet for another peer is sealed again and
 //! sent on (hairpin), batched as the send path batches (`Relay`).
 
-use super::dataplane::{Engine, Shared, Worker};
+use super::dataplane::Engine;
 use super::handshakes;
 use super::send::{seal_and_send, TxState};
+use super::shared::{Shared, Worker};
 use crate::clock;
 use crate::gro::Coalescer;
 use crate::poll;

@@ -2,7 +2,8 @@
 //! at a time (a super-packet split into MTU-sized packets), sealed in place, and sent as runs:
 //! consecutive datagrams of one size to one endpoint leave in one GSO send.
 
-use super::dataplane::{Engine, Shared, Worker, QUIET_AFTER};
+use super::dataplane::Engine;
+use super::shared::{Shared, Worker, QUIET_AFTER};
 use crate::clock;
 use crate::poll;
 use crate::transport::{SendError, Transport};

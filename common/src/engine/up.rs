@@ -2,7 +2,7 @@
 //! made (see `teardown`), and every way out after the first change, a panic in the main loop
 //! included, goes through that list.
 
-use super::control::{self, serve_api, Signals};
+use super::control::{self, serve_api, Inbox, Signals};
 use super::dataplane::{Engine, Options};
 use super::endpoints::{hostnames, reresolve, EndpointMemory, RERESOLVE_RETRY};
 use super::reload::{desired_peers, Live};
@@ -14,6 +14,7 @@ use crate::uapi::{self, ApiState};
 use crate::{apply, hooks, netlink, notify};
 use rand_core::OsRng;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU32};
 use std::sync::{Arc, RwLock};
 use suidao_proto::keys::PublicKey;
 use suidao_proto::Device;
@@ -118,79 +119,15 @@ async fn run(
     let sock_path = uapi::socket_path(&ifname);
     let listener = setup::control_socket(&sock_path)?;
     td.push(Undo::SocketFile(sock_path));
-    let (queues, listen_port) = setup::open_queues(h, &config).await?;
-    let offloads = describe_offloads(&queues);
-    // The MTU is the interface's: `ip link set IFACE mtu N` from outside takes effect too.
-    let mut mtus = netlink::watch_mtu(&ifname)?;
-    let (device, names) = match managed {
-        Managed::ByFile => new_device(&config)?,
-        Managed::ByApi => {
-            let d = Arc::new(Device::without_key(OsRng));
-            d.set_mtu(config.interface.mtu as usize);
-            (d, HashMap::new())
-        }
+    let (mut engine, data) = data_path(h, &config, managed, td).await?;
+    let (control, requests, moved) = control_plane(listener, &config, managed, &data)?;
+    announce(&ifname, managed, &data);
+    let mut inbox = Inbox {
+        requests,
+        moved,
+        mtus: data.mtus,
     };
-    match managed {
-        Managed::ByFile => setup::configure(h, &config, td).await?,
-        // As wireguard-go makes it: the MTU, and down until wg-quick (or a person) sets it up.
-        Managed::ByApi => netlink::set_mtu(h, &ifname, config.interface.mtu).await?,
-    }
-    let names = Arc::new(RwLock::new(names));
-    let options = Options {
-        hairpin: config.interface.hairpin,
-        own_addrs: config.interface.addresses.iter().map(|a| a.addr).collect(),
-        mtu: config.interface.mtu as usize,
-        names: names.clone(),
-    };
-    let mut engine = Engine::start(device.clone(), queues, options)?;
-    // (An interface the API configures remembers nothing across runs, as wireguard-go.)
-    let memory = (managed == Managed::ByFile).then(|| {
-        let m = Arc::new(EndpointMemory::new(&ifname, device.clone(), &config));
-        td.push(Undo::Endpoints(m.clone()));
-        m
-    });
-
-    let (control_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
-    let port = Arc::new(std::sync::atomic::AtomicU16::new(listen_port));
-    let fwmark = Arc::new(std::sync::atomic::AtomicU32::new(
-        socket_mark(&config).unwrap_or(0),
-    ));
-    let api = Arc::new(ApiState {
-        ifname: ifname.clone(),
-        device: device.clone(),
-        listen_port: port.clone(),
-        fwmark: fwmark.clone(),
-        by_api: managed == Managed::ByApi,
-        names: names.clone(),
-        control: Some(control_tx),
-        set_lock: Default::default(),
-    });
-    spawn("uapi", move || serve_api(listener, api))?;
-    let (hosts, hosts_rx) = std::sync::mpsc::channel();
-    let _ = hosts.send(hostnames(&config));
-    let (moved_tx, mut moved) = tokio::sync::mpsc::unbounded_channel();
-    let d = device.clone();
-    spawn("resolver", move || reresolve(d, hosts_rx, moved_tx))?;
-    match managed {
-        Managed::ByFile => info!(
-            "{ifname} is up: public key {}, UDP port {listen_port}, {} peer(s)",
-            device.public_key(),
-            device.peer_ids().len()
-        ),
-        Managed::ByApi => info!(
-            "{ifname} is ready: UDP port {listen_port}, no private key or peers until they are set through {}",
-            uapi::socket_path(&ifname).display()
-        ),
-    }
-    info!("{offloads}");
-
-    let hooks = config.interface.hooks.clone();
-    hooks::run("post_up", &hooks.post_up, &ifname).map_err(setup_error)?;
-    td.push(Undo::Hook {
-        stage: "pre_down",
-        commands: hooks.pre_down,
-        ifname: ifname.clone(),
-    });
+    post_up(&config, td)?;
     notify::notify(&format!("READY=1\nSTATUS={ifname} is up"));
     if let Some(ready) = ready {
         ready();
@@ -200,26 +137,18 @@ async fn run(
         td,
         config,
         managed,
-        listen_port: port,
-        fwmark,
-        device,
-        names,
-        memory,
-        hosts,
+        listen_port: control.listen_port,
+        fwmark: control.fwmark,
+        device: data.device,
+        names: data.names,
+        memory: data.memory,
+        hosts: control.hosts,
     };
     // A panic in the loop (a bug) still ends in the teardown.
     use futures_util::FutureExt;
-    let result = std::panic::AssertUnwindSafe(control::run(
-        &mut engine,
-        &mut live,
-        signals,
-        &mut requests,
-        &mut moved,
-        &mut mtus,
-    ))
-    .catch_unwind()
-    .await
-    .unwrap_or_else(|_| {
+    let looped =
+        std::panic::AssertUnwindSafe(control::run(&mut engine, &mut live, signals, &mut inbox));
+    let result = looped.catch_unwind().await.unwrap_or_else(|_| {
         Err(setup_error(
             "internal error (see the panic above): going down",
         ))
@@ -228,6 +157,145 @@ async fn run(
     info!("{ifname} going down");
     engine.stop();
     result
+}
+
+/// The log's lines for an interface that is up.
+fn announce(ifname: &str, managed: Managed, data: &DataPath) {
+    match managed {
+        Managed::ByFile => info!(
+            "{ifname} is up: public key {}, UDP port {}, {} peer(s)",
+            data.device.public_key(),
+            data.listen_port,
+            data.device.peer_ids().len()
+        ),
+        Managed::ByApi => info!(
+            "{ifname} is ready: UDP port {}, no private key or peers until they are set through {}",
+            data.listen_port,
+            uapi::socket_path(ifname).display()
+        ),
+    }
+    info!("{}", data.offloads);
+}
+
+/// The `post_up` hooks, and the `pre_down` ones recorded for the way down.
+fn post_up(config: &Config, td: &mut Teardown) -> Result<(), EngineError> {
+    let ifname = &config.interface.name;
+    let hooks = config.interface.hooks.clone();
+    hooks::run("post_up", &hooks.post_up, ifname).map_err(setup_error)?;
+    td.push(Undo::Hook {
+        stage: "pre_down",
+        commands: hooks.pre_down,
+        ifname: ifname.clone(),
+    });
+    Ok(())
+}
+
+/// What `data_path` made, besides the engine.
+struct DataPath {
+    device: Arc<Device>,
+    names: Arc<RwLock<HashMap<PublicKey, String>>>,
+    listen_port: u16,
+    /// A line for the log: workers and offloads.
+    offloads: String,
+    memory: Option<Arc<EndpointMemory>>,
+    mtus: tokio::sync::mpsc::UnboundedReceiver<u32>,
+}
+
+/// The TUN queues and UDP sockets, the protocol device, the interface configured (addresses,
+/// routes... for a config file; the MTU alone for the API), the engine started, the endpoint
+/// memory.
+async fn data_path(
+    h: &rtnetlink::Handle,
+    config: &Config,
+    managed: Managed,
+    td: &mut Teardown,
+) -> Result<(Engine, DataPath), EngineError> {
+    let ifname = &config.interface.name;
+    let (queues, listen_port) = setup::open_queues(h, config).await?;
+    let offloads = describe_offloads(&queues);
+    // The MTU is the interface's: `ip link set IFACE mtu N` from outside takes effect too.
+    let mtus = netlink::watch_mtu(ifname)?;
+    let (device, names) = match managed {
+        Managed::ByFile => new_device(config)?,
+        Managed::ByApi => {
+            let d = Arc::new(Device::without_key(OsRng));
+            d.set_mtu(config.interface.mtu as usize);
+            (d, HashMap::new())
+        }
+    };
+    match managed {
+        Managed::ByFile => setup::configure(h, config, td).await?,
+        // As wireguard-go makes it: the MTU, and down until wg-quick (or a person) sets it up.
+        Managed::ByApi => netlink::set_mtu(h, ifname, config.interface.mtu).await?,
+    }
+    let names = Arc::new(RwLock::new(names));
+    let options = Options {
+        hairpin: config.interface.hairpin,
+        own_addrs: config.interface.addresses.iter().map(|a| a.addr).collect(),
+        mtu: config.interface.mtu as usize,
+        names: names.clone(),
+    };
+    let engine = Engine::start(device.clone(), queues, options)?;
+    // (An interface the API configures remembers nothing across runs, as wireguard-go.)
+    let memory = (managed == Managed::ByFile).then(|| {
+        let m = Arc::new(EndpointMemory::new(ifname, device.clone(), config));
+        td.push(Undo::Endpoints(m.clone()));
+        m
+    });
+    let data = DataPath {
+        device,
+        names,
+        listen_port,
+        offloads,
+        memory,
+        mtus,
+    };
+    Ok((engine, data))
+}
+
+type Requests = tokio::sync::mpsc::UnboundedReceiver<uapi::Control>;
+type Moves = tokio::sync::mpsc::UnboundedReceiver<super::endpoints::Moved>;
+
+/// What the control plane shares with the main loop.
+struct Control {
+    listen_port: Arc<AtomicU16>,
+    fwmark: Arc<AtomicU32>,
+    /// The re-resolving thread's list of host names.
+    hosts: std::sync::mpsc::Sender<HashMap<PublicKey, String>>,
+}
+
+/// The API socket's thread and the re-resolving thread; what they send the main loop.
+fn control_plane(
+    listener: std::os::unix::net::UnixListener,
+    config: &Config,
+    managed: Managed,
+    data: &DataPath,
+) -> Result<(Control, Requests, Moves), EngineError> {
+    let (control_tx, requests) = tokio::sync::mpsc::unbounded_channel();
+    let listen_port = Arc::new(AtomicU16::new(data.listen_port));
+    let fwmark = Arc::new(AtomicU32::new(socket_mark(config).unwrap_or(0)));
+    let api = Arc::new(ApiState {
+        ifname: config.interface.name.clone(),
+        device: data.device.clone(),
+        listen_port: listen_port.clone(),
+        fwmark: fwmark.clone(),
+        by_api: managed == Managed::ByApi,
+        names: data.names.clone(),
+        control: Some(control_tx),
+        set_lock: Default::default(),
+    });
+    spawn("uapi", move || serve_api(listener, api))?;
+    let (hosts, hosts_rx) = std::sync::mpsc::channel();
+    let _ = hosts.send(hostnames(config));
+    let (moved_tx, moved) = tokio::sync::mpsc::unbounded_channel();
+    let d = data.device.clone();
+    spawn("resolver", move || reresolve(d, hosts_rx, moved_tx))?;
+    let control = Control {
+        listen_port,
+        fwmark,
+        hosts,
+    };
+    Ok((control, requests, moved))
 }
 
 /// The protocol device with the config's peers (by the same path a reload takes, on an empty
