@@ -48,6 +48,8 @@ const PROGRAM: &str = "suidao-wg";
 const READY_FD: &str = "SUIDAO_WG_READY_FD";
 /// What the background process writes on it once the interface and its socket exist.
 const READY: &str = "ready\n";
+/// How long the first process waits for that (setting up takes milliseconds).
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -116,6 +118,27 @@ fn take_ready_pipe() -> Option<File> {
     }
 }
 
+/// Whether `f` has something to read (or its writers are gone) within `within`.
+fn readable_within(f: &File, within: std::time::Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(within.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: one pollfd, valid for the call; the descriptor is open while `f` is.
+        let n = unsafe { libc::poll(&mut fds, 1, ms) };
+        if n >= 0 {
+            return n > 0;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true;
+        }
+    }
+}
+
 /// Starts this program again with `--foreground` in a session of its own, and waits until it
 /// says the interface is ready (Ok) or why it is not (Err), or ends without saying.
 fn to_background(ifname: &str) -> Result<(), String> {
@@ -160,7 +183,17 @@ fn to_background(ifname: &str) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("starting the background process: {e}"))?;
     drop(writer);
+    // Read until the background process closes its end: after "ready", or after saying why
+    // not, or by ending. One that neither answers nor ends within READY_WITHIN is stopped.
     let mut said = String::new();
+    if !readable_within(&reader, READY_WITHIN) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "the background process did not make {ifname} within {} s: stopped; run with --foreground to see why",
+            READY_WITHIN.as_secs()
+        ));
+    }
     let _ = reader.read_to_string(&mut said);
     if said == READY {
         return Ok(());
