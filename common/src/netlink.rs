@@ -47,49 +47,133 @@ pub fn connect() -> Result<Handle, NetlinkError> {
 
 /// The MTU of the link `name` each time the kernel announces it (RTM_NEWLINK: `ip link set
 /// NAME mtu N`, and any other change of the link), from a netlink socket of its own that
-/// listens to the link group of this namespace. The watch ends when the receiver is dropped.
-pub fn watch_mtu(name: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<u32>, NetlinkError> {
-    use futures_util::StreamExt;
-    use rtnetlink::packet_core::NetlinkPayload;
-    use rtnetlink::packet_route::link::LinkAttribute;
-    use rtnetlink::packet_route::RouteNetlinkMessage;
-    use rtnetlink::sys::{AsyncSocket, SocketAddr};
-    let what = || format!("watching the link {name}");
-    let (mut conn, _, mut messages) = rtnetlink::new_connection().map_err(|e| NetlinkError {
-        what: what(),
-        source: e,
-    })?;
-    conn.socket_mut()
-        .socket_mut()
-        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))
-        .map_err(|e| NetlinkError {
-            what: what(),
-            source: e,
-        })?;
-    tokio::spawn(conn);
+/// listens to the link group of its namespace. When the link leaves the namespace (RTM_DELLINK)
+/// and `device` (a descriptor of the TUN) says where it went (TUNGETDEVNETNS: `ip link set
+/// NAME netns OTHER`), the watch follows it there. The watch ends when the receiver is dropped
+/// or the link is gone.
+pub fn watch_mtu(
+    name: &str,
+    device: Option<std::os::fd::RawFd>,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<u32>, NetlinkError> {
+    let mut messages = link_messages(name, None)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let name = name.to_string();
     tokio::spawn(async move {
-        while let Some((m, _)) = messages.next().await {
-            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = m.payload else {
-                continue;
+        loop {
+            if !forward_mtus(&name, &mut messages, &tx).await {
+                return;
+            }
+            // The link left this namespace: deleted (the TUN says nothing more), or moved.
+            let Some(ns) = device.and_then(device_netns) else {
+                return;
             };
-            let ours = link
-                .attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == name));
-            let mtu = link.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Mtu(m) => Some(*m),
-                _ => None,
-            });
-            if let (true, Some(mtu)) = (ours, mtu) {
-                if tx.send(mtu).is_err() {
-                    break;
+            match link_messages(&name, Some(ns)) {
+                Ok(m) => {
+                    tracing::debug!("{name} moved to another network namespace: watching it there");
+                    messages = m;
+                }
+                Err(e) => {
+                    tracing::warn!("{name} moved to another network namespace: {e}; MTU changes made there are not seen");
+                    return;
                 }
             }
         }
     });
     Ok(rx)
+}
+
+/// A message of the link group, and who sent it.
+type LinkMessage = (
+    rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+);
+
+/// Sends the MTU of each RTM_NEWLINK of `name` on `tx`, until an RTM_DELLINK of it (true) or
+/// the end of either side (false).
+async fn forward_mtus(
+    name: &str,
+    messages: &mut (impl futures_util::Stream<Item = LinkMessage> + Unpin),
+    tx: &tokio::sync::mpsc::UnboundedSender<u32>,
+) -> bool {
+    use futures_util::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let ours = |link: &LinkMessage| {
+        link.attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
+    };
+    while let Some((m, _)) = messages.next().await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) if ours(&link) => {
+                let mtu = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                });
+                if let Some(mtu) = mtu {
+                    if tx.send(mtu).is_err() {
+                        return false;
+                    }
+                }
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) if ours(&link) => {
+                return true;
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A netlink connection subscribed to the link group, in the namespace `ns` (a descriptor of
+/// it, taken and closed) or this thread's; its messages. Made on a thread of its own that
+/// joins `ns`, so that no thread of the process changes namespace for good.
+fn link_messages(
+    name: &str,
+    ns: Option<std::os::fd::OwnedFd>,
+) -> Result<impl futures_util::Stream<Item = LinkMessage> + Unpin + Send + 'static, NetlinkError> {
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+    let what = format!("watching the link {name}");
+    let fail = |e: std::io::Error| NetlinkError {
+        what: what.clone(),
+        source: e,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let open = move || -> std::io::Result<_> {
+        if let Some(ns) = &ns {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this short-lived thread alone, with a namespace descriptor
+            // the kernel gave us; the thread ends right after making the socket.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let _in_runtime = runtime.enter();
+        let (mut conn, _, messages) = rtnetlink::new_connection()?;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))?;
+        Ok((conn, messages))
+    };
+    let (conn, messages) = std::thread::spawn(open)
+        .join()
+        .map_err(|_| fail(std::io::Error::other("the watching thread panicked")))?
+        .map_err(fail)?;
+    tokio::spawn(conn);
+    Ok(messages)
+}
+
+/// The network namespace the TUN behind `fd` is in now (TUNGETDEVNETNS, Linux 5.2), or None
+/// (the device is gone, or the kernel cannot say).
+fn device_netns(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const TUNGETDEVNETNS: libc::c_ulong = 0x54e3; // _IO('T', 227)
+                                                  // SAFETY: the ioctl takes no argument and returns a new descriptor (or -1); `fd` is the
+                                                  // TUN's, open while the engine runs.
+    let ns = unsafe { libc::ioctl(fd, TUNGETDEVNETNS as _) };
+    // SAFETY: a descriptor the kernel just made for us, owned from here on.
+    (ns >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) })
 }
 
 /// The kind of the link `name` (`veth`, `bridge`, `tun`, ...; `ip -d link show NAME`), or

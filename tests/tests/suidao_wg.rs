@@ -182,7 +182,7 @@ fn suidao_wg_takes_a_new_private_key_and_a_mark_at_run_time() {
 
 /// The namespace trick: the interface moved to another namespace after it was made keeps its
 /// tunnel, its UDP sockets staying where suidao-wg started (a container whose only interface
-/// is the tunnel).
+/// is the tunnel), and its MTU is followed in its new namespace.
 #[test]
 fn the_interface_moved_to_another_namespace_keeps_its_tunnel() {
     if !suidao_lab::require("suidao-wg namespace trick", &["ip", "wg", "ping"]) {
@@ -227,6 +227,36 @@ fn the_interface_moved_to_another_namespace_keeps_its_tunnel() {
     // `wg` still reaches it through its socket, and the process still runs.
     let peers = run(&container, "wg", &["show", ifname, "peers"]).unwrap();
     assert_eq!(peers.trim(), server.public_key().to_base64());
+    // Its MTU, set in its new namespace, is followed there (the TUN tells where it went):
+    // 9,000-byte packets both ways, with the server's interface raised too.
+    run(&container, "ip", &["link", "set", ifname, "mtu", "9000"]).unwrap();
+    run(
+        &lab.server.ns,
+        "ip",
+        &["link", "set", &server.ifname, "mtu", "9000"],
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || wg
+            .log()
+            .contains("MTU 1420 -> 9000")),
+        "{}",
+        logs()
+    );
+    let big = container
+        .command("ping")
+        .unwrap()
+        .args([
+            "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", "8972", SERVER_V4,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        big.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&big.stdout),
+        logs()
+    );
     // Deleted in its new namespace, it ends all the same.
     run(&container, "ip", &["link", "del", ifname]).unwrap();
     assert!(

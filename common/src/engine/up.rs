@@ -213,8 +213,10 @@ async fn data_path(
     let ifname = &config.interface.name;
     let (queues, listen_port) = setup::open_queues(h, config).await?;
     let offloads = describe_offloads(&queues);
-    // The MTU is the interface's: `ip link set IFACE mtu N` from outside takes effect too.
-    let mtus = netlink::watch_mtu(ifname)?;
+    // The MTU is the interface's: `ip link set IFACE mtu N` from outside takes effect too,
+    // also after the interface was moved to another namespace (the TUN says which).
+    let tun_fd = queues.first().and_then(|(d, _)| d.readiness_fd());
+    let mtus = netlink::watch_mtu(ifname, tun_fd)?;
     let (device, names) = match managed {
         Managed::ByFile => new_device(config)?,
         Managed::ByApi => {
