@@ -54,6 +54,34 @@ pub async fn move_to(h: &Handle, name: &str, ns: &Netns) -> Result<()> {
         .with_context(|| format!("moving {name} into namespace {}", ns.name()))
 }
 
+/// Waits (up to 5 s) until every address of `ns` outside `lo` has its local route (table
+/// 255), which the kernel adds when the address's link is up and the address usable.
+pub fn wait_settled(ns: &Netns) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let lines = snapshot_of(ns)?;
+        let missing: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("addr ") && !l.ends_with(" dev 1"))
+            .filter(|l| {
+                let (addr, dev) = l["addr ".len()..].split_once(' ').unwrap_or_default();
+                let ip = addr.split('/').next().unwrap_or_default();
+                let host = if ip.contains(':') { 128 } else { 32 };
+                let oif = dev.trim_start_matches("dev ");
+                let want = format!("route {ip}/{host} oif {oif} table 255 type Local");
+                !lines.contains(&want)
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{}: no local route for {missing:?} after 5 s", ns.name());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `snapshot` of a namespace, on a connection opened inside it.
 pub fn snapshot_of(ns: &Netns) -> Result<Vec<String>> {
     ns.netlink(|h| async move { snapshot(&h).await })

@@ -502,6 +502,12 @@ impl Lab {
                 );
             }
         }
+        // The kernel adds each address's local route when the link comes up, a moment later:
+        // a lab is handed over only once every host has them (a snapshot taken before would
+        // miss them, and a later one that has them would look like something left behind).
+        for h in &lab.hosts {
+            crate::netlink::wait_settled(&h.ns)?;
+        }
         Ok(lab)
     }
 
