@@ -15,6 +15,24 @@ use suidao_tests::daemon::Daemon;
 use suidao_tests::vpn::{specs, CLIENT_V4, SERVER_V4};
 use suidao_tests::{eventually, veth};
 
+/// Three pings of `size` data bytes from `ns` to `target` that may not be fragmented (DF);
+/// whether all came back, and ping's output.
+fn ping_df(ns: &suidao_lab::Netns, size: usize, target: &str) -> (bool, String) {
+    let size = size.to_string();
+    let out = ns
+        .command("ping")
+        .unwrap()
+        .args([
+            "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", &size, target,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 fn socket(ifname: &str) -> std::path::PathBuf {
     suidao_common::uapi::socket_path(ifname)
 }
@@ -243,20 +261,8 @@ fn the_interface_moved_to_another_namespace_keeps_its_tunnel() {
         "{}",
         logs()
     );
-    let big = container
-        .command("ping")
-        .unwrap()
-        .args([
-            "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", "8972", SERVER_V4,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        big.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&big.stdout),
-        logs()
-    );
+    let (ok, said) = ping_df(&container, 8972, SERVER_V4);
+    assert!(ok, "{said}\n{}", logs());
     // Deleted in its new namespace, it ends all the same.
     run(&container, "ip", &["link", "del", ifname]).unwrap();
     assert!(
@@ -349,30 +355,8 @@ fn mtu_set_from_outside_takes_effect_and_down_up_keeps_the_device() {
         );
     }
     // A 35,000-byte packet (34,972 bytes of ping data), not fragmented, both ways.
-    let big = cn
-        .command("ping")
-        .unwrap()
-        .args([
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            "34972",
-            "10.95.0.1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        big.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&big.stdout),
-        logs()
-    );
+    let (ok, said) = ping_df(cn, 34972, "10.95.0.1");
+    assert!(ok, "{said}\n{}", logs());
 
     // Down and up again: the same device, the tunnel as before.
     run(cn, "ip", &["link", "set", &c.ifname, "down"]).unwrap();

@@ -10,7 +10,6 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -52,15 +51,7 @@ fn wg_quick(etc: &NetnsEtc, args: &[&str], log: &Path) -> std::process::ExitStat
 }
 
 fn write_private(path: &Path, text: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
+    suidao_lab::suidao::write_secret(path, text).unwrap();
 }
 
 /// The last handshake with `peer` on `ifname`, in seconds since the epoch (0: none).
