@@ -168,9 +168,10 @@ fn link_messages(
 /// (the device is gone, or the kernel cannot say).
 fn device_netns(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    const TUNGETDEVNETNS: libc::c_ulong = 0x54e3; // _IO('T', 227)
-                                                  // SAFETY: the ioctl takes no argument and returns a new descriptor (or -1); `fd` is the
-                                                  // TUN's, open while the engine runs.
+    // _IO('T', 227)
+    const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
+    // SAFETY: the ioctl takes no argument and returns a new descriptor (or -1); `fd` is the
+    // TUN's, open while the engine runs.
     let ns = unsafe { libc::ioctl(fd, TUNGETDEVNETNS as _) };
     // SAFETY: a descriptor the kernel just made for us, owned from here on.
     (ns >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(ns) })

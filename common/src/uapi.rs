@@ -218,8 +218,16 @@ impl ApiState {
                 return Err(EOPNOTSUPP);
             }
         }
+        // A config file's interface keeps its own mark (its full tunnel's rules expect it):
+        // another one is refused, and 0 (what `wg setconf` sends for a file without `FwMark`)
+        // is let pass and changes nothing. suidao-wg takes any, through the engine.
         if let Some(m) = request.fwmark.filter(|m| *m != self.mark()) {
-            if !self.by_api || self.control.is_none() {
+            let refused = if self.by_api {
+                self.control.is_none()
+            } else {
+                m != 0
+            };
+            if refused {
                 tracing::warn!(
                     "wg set fwmark {m}: not supported here (suidao marks its own sockets for a full tunnel; suidao-wg takes it)"
                 );
@@ -244,8 +252,7 @@ impl ApiState {
             None => {
                 let _one_at_a_time = self.set_lock.lock().unwrap_or_else(|p| p.into_inner());
                 let names = self.names.read().map(|n| n.clone()).unwrap_or_default();
-                let desired = request.desired(apply::current(&self.device, &names));
-                let mut desired = desired;
+                let mut desired = request.desired(apply::current(&self.device, &names));
                 if let Some(k) = &request.private_key {
                     let public = k.public_key();
                     desired.retain(|p| p.public_key != public);
@@ -611,6 +618,11 @@ mod tests {
         assert_eq!(s.handle("nonsense\n\n"), "errno=22\n\n");
         assert_eq!(s.handle("set=1\nallowed_ip=10.0.0.0/8\n\n"), "errno=22\n\n");
         assert_eq!(s.handle("set=1\nlisten_port=1\n\n"), "errno=95\n\n");
+        // A config file's interface keeps its mark: another is refused, 0 lets pass.
+        s.fwmark.store(51820, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(s.handle("set=1\nfwmark=1234\n\n"), "errno=95\n\n");
+        assert_eq!(s.handle("set=1\nfwmark=0\n\n"), "errno=0\n\n");
+        assert!(s.handle("get=1\n\n").contains("fwmark=51820\n"));
         let other = PrivateKey::generate(&mut OsRng);
         assert_eq!(
             s.handle(&format!(

@@ -85,6 +85,30 @@ fn full_tunnel_client_reaches_the_internet_behind_the_server_and_cleans_up() {
     assert!(status["peers"][0]["tx_bytes"].as_u64().unwrap() > 0);
     // The server itself stays reachable (the main table wins for it).
     assert!(ping(client_ns, "198.18.0.1", 1).unwrap());
+    // `wg setconf` of the running config without its FwMark (what a file without one sends:
+    // `fwmark=0`) goes through and leaves the full tunnel's mark where it is.
+    let ifname = &client_node.ifname;
+    let conf = suidao_lab::suidao::run(client_ns, "wg", &["showconf", ifname]).unwrap();
+    let unmarked: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("FwMark"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = dir.path().join("unmarked.conf");
+    suidao_lab::suidao::write_secret(&file, &unmarked).unwrap();
+    suidao_lab::suidao::run(
+        client_ns,
+        "wg",
+        &["setconf", ifname, file.to_str().unwrap()],
+    )
+    .unwrap();
+    let mark = suidao_lab::suidao::run(client_ns, "wg", &["show", ifname, "fwmark"]).unwrap();
+    assert_eq!(mark.trim(), "0xca6c");
+    assert!(
+        ping_until(client_ns, "198.18.2.2", std::time::Duration::from_secs(5)).unwrap(),
+        "{}",
+        client_node.log()
+    );
 
     let exit = client_node
         .process

@@ -145,9 +145,10 @@ async fn set(
     request: &uapi::SetRequest,
 ) -> Result<String, String> {
     let current = live.listen_port.load(Ordering::Relaxed);
-    let mark = request
-        .fwmark()
-        .unwrap_or_else(|| live.fwmark.load(Ordering::Relaxed));
+    // Only suidao-wg takes a mark; a config file's interface keeps its own (the API refused
+    // any other, and a 0 changes nothing there).
+    let asked_mark = request.fwmark().filter(|_| live.managed == Managed::ByApi);
+    let mark = asked_mark.unwrap_or_else(|| live.fwmark.load(Ordering::Relaxed));
     let moving = match request.listen_port().filter(|p| *p != current) {
         Some(p) => Some(
             setup::bind_sockets(
@@ -178,7 +179,7 @@ async fn set(
             live.device.public_key()
         );
     }
-    if request.fwmark().is_some() && mark != live.fwmark.load(Ordering::Relaxed) {
+    if asked_mark.is_some() && mark != live.fwmark.load(Ordering::Relaxed) {
         // The live sockets are marked now; new ones (a new port) were bound with the mark.
         if moving.is_none() {
             engine
