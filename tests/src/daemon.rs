@@ -3,7 +3,7 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The suidao-wg of one interface; stopped (SIGTERM, then SIGKILL) on drop, its socket removed.
 pub struct Daemon {
@@ -53,10 +53,7 @@ impl Drop for Daemon {
             for p in pids {
                 let _ = kill(p, sig);
             }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            crate::eventually(Duration::from_secs(5), || !self.running());
         }
         let _ = std::fs::remove_file(suidao_common::uapi::socket_path(&self.ifname));
     }

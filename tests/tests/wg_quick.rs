@@ -12,12 +12,13 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use suidao_lab::suidao::{bin_path, ping_until, run, NodeSpec, Role, TempDir};
 use suidao_lab::topology::P2p;
 use suidao_lab::Netns;
 use suidao_tests::daemon::Daemon;
 use suidao_tests::etc::{openresolv, NetnsEtc};
+use suidao_tests::eventually;
 use suidao_tests::vpn::{specs, PORT, SERVER_V4, SERVER_V6};
 
 const BEFORE: &str = "nameserver 198.18.0.53\n";
@@ -178,10 +179,7 @@ fn wg_quick_runs_suidao_wg_for_a_full_tunnel_and_takes_it_all_back() {
     let first = latest_handshake(c, &ifname, &server_key);
     assert!(first > 0);
     // (Handshake times are whole seconds: a new one from here on would show.)
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while now_secs() <= first && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(eventually(Duration::from_secs(3), || now_secs() > first));
     // The running config as `wg showconf` gives it (key, port, wg-quick's mark, peers), with
     // one more peer. (A file without `FwMark` would take the mark away, as `wg` sends every
     // interface key of a file, and the full tunnel would route into itself: so with the
@@ -234,11 +232,10 @@ fn wg_quick_runs_suidao_wg_for_a_full_tunnel_and_takes_it_all_back() {
     // Down: suidao-wg ends with its interface; rules, nftables, resolver as before.
     let down = wg_quick(&etc, &["down", conf_arg], &log);
     assert!(down.success(), "{}", logs());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while daemon.running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!daemon.running(), "suidao-wg runs on after wg-quick down");
+    assert!(
+        eventually(Duration::from_secs(5), || !daemon.running()),
+        "suidao-wg runs on after wg-quick down"
+    );
     assert!(!suidao_common::uapi::socket_path(&ifname).exists());
     assert!(run(c, "ip", &["link", "show", &ifname]).is_err());
     assert_eq!(rules(c), rules_before);
