@@ -31,6 +31,7 @@ use super::constants::*;
 use super::cookie::CookieChecker;
 use super::handshake::{begin_consume_initiation, HandshakeError, InitialState};
 use super::ip;
+use super::l2::{self, Layer};
 use super::messages::{Message, MessageError};
 use super::peer::{Peer, PeerConfig, PeerId, PeerInfo, PeerState};
 use super::ratelimiter::RateLimiter;
@@ -125,6 +126,9 @@ pub enum DropReason {
     BadInnerPacket,
     /// The opened packet's source address does not belong to the peer that sent it.
     SourceNotAllowed,
+    /// An IP packet on a layer-2 interface, or a layer-2 frame on a layer-3 one: the peer runs
+    /// the other mode (`l2`).
+    LayerMismatch,
     /// Either way: the device has no private key yet (`Device::without_key`).
     NoPrivateKey,
     // The engine's own drops, counted here so that one table shows every reason
@@ -137,10 +141,17 @@ pub enum DropReason {
     SendError,
     /// A write to the TUN interface that failed (one packet or one coalesced super-packet).
     TunWriteError,
+    /// Layer 2: a frame whose source MAC the peer may not use (`allowed_macs`, or a group
+    /// address).
+    MacNotAllowed,
+    /// Layer 2: a frame from a new source MAC past the peer's `max_macs` or the table's bound.
+    MacLimit,
+    /// Layer 2: a broadcast, multicast or unknown-unicast frame over the peer's flood rate.
+    FloodLimit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 29] = [
         DropReason::NotIp,
         DropReason::NoRoute,
         DropReason::NoEndpoint,
@@ -161,11 +172,15 @@ impl DropReason {
         DropReason::Expired,
         DropReason::BadInnerPacket,
         DropReason::SourceNotAllowed,
+        DropReason::LayerMismatch,
         DropReason::NoPrivateKey,
         DropReason::HandshakeQueueFull,
         DropReason::PacketTooBig,
         DropReason::SendError,
         DropReason::TunWriteError,
+        DropReason::MacNotAllowed,
+        DropReason::MacLimit,
+        DropReason::FloodLimit,
     ];
 
     /// The snake_case name used in status output.
@@ -191,11 +206,15 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::BadInnerPacket => "bad_inner_packet",
             DropReason::SourceNotAllowed => "source_not_allowed",
+            DropReason::LayerMismatch => "layer_mismatch",
             DropReason::NoPrivateKey => "no_private_key",
             DropReason::HandshakeQueueFull => "handshake_queue_full",
             DropReason::PacketTooBig => "packet_too_big",
             DropReason::SendError => "send_error",
             DropReason::TunWriteError => "tun_write_error",
+            DropReason::MacNotAllowed => "mac_not_allowed",
+            DropReason::MacLimit => "mac_limit",
+            DropReason::FloodLimit => "flood_limit",
         }
     }
 }
@@ -237,7 +256,8 @@ pub enum Sent {
 /// What became of a datagram from the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
-    /// An authenticated IP packet for the TUN at `datagram[range]`.
+    /// An authenticated IP packet for the TUN (on a layer-2 device: an Ethernet frame for the
+    /// TAP) at `datagram[range]`.
     Packet {
         peer: PeerId,
         range: Range<usize>,
@@ -254,6 +274,12 @@ pub enum Received {
     Cookie {
         peer: PeerId,
     },
+    /// An authenticated packet of the other layer (see `l2`): the peer runs the other mode.
+    /// Counted as `DropReason::LayerMismatch`.
+    WrongLayer {
+        peer: PeerId,
+        sent: Layer,
+    },
     Dropped(DropReason),
 }
 
@@ -267,6 +293,13 @@ pub enum DeviceError {
     NoSuchPeer(PublicKey),
     #[error("no peer with id {0}")]
     NoSuchPeerId(PeerId),
+}
+
+/// Why an authenticated transport message's plaintext is not delivered.
+enum Refused {
+    Drop(DropReason),
+    /// A packet of the other layer.
+    Layer(Layer),
 }
 
 /// What the index table says a receiver index stands for.
@@ -314,6 +347,8 @@ pub struct Device {
     /// Under load until then (`handshake_queue_backed_up`).
     under_load_until: Mutex<Option<Instant>>,
     mtu: AtomicUsize,
+    /// What transport messages carry: IP packets (`Layer::L3`) or frames (`Layer::L2`).
+    layer: RwLock<Layer>,
     peers: RwLock<Peers>,
     indices: RwLock<FxHashMap<u32, Slot>>,
     index_writes: AtomicU64,
@@ -345,6 +380,7 @@ impl Device {
             limiter: Mutex::new(RateLimiter::default()),
             under_load_until: Mutex::new(None),
             mtu: AtomicUsize::new(1420),
+            layer: RwLock::new(Layer::L3),
             peers: RwLock::new(Peers::default()),
             indices: RwLock::new(FxHashMap::default()),
             index_writes: AtomicU64::new(0),
@@ -419,6 +455,16 @@ impl Device {
 
     pub fn mtu(&self) -> usize {
         self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// Whether transport messages carry IP packets (the default) or Ethernet frames (see
+    /// `l2`). Set before the first packet.
+    pub fn set_layer(&self, layer: Layer) {
+        *write(&self.layer) = layer;
+    }
+
+    pub fn layer(&self) -> Layer {
+        *read(&self.layer)
     }
 
     /// The engine saw its handshake queue backed up at `now`: the device is under load until
@@ -673,6 +719,43 @@ impl Device {
                 None => return self.dropped_sent(DropReason::NoRoute),
             }
         };
+        self.seal_for(&peer, buf, len, now, out)
+    }
+
+    /// An Ethernet frame from the TAP for peer `to` (the engine's switch chose it), found at
+    /// `buf[17..17 + len]`: `buf[16]` is room for the layer-2 header byte (see `l2`), the
+    /// first 16 for the transport header. On `Sent::Ready` the sealed message is `buf[..len]`.
+    pub fn encapsulate_frame(
+        &self,
+        to: PeerId,
+        buf: &mut [u8],
+        len: usize,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Sent {
+        if !self.has_private_key() {
+            return self.dropped_sent(DropReason::NoPrivateKey);
+        }
+        let Some(peer) = self.peer(to) else {
+            return self.dropped_sent(DropReason::NoRoute);
+        };
+        let (byte, plain) = l2::header(len, self.mtu.load(Ordering::Relaxed));
+        let Some(at) = buf.get_mut(TRANSPORT_HEADER_LEN) else {
+            return self.dropped_sent(DropReason::NoRoom);
+        };
+        *at = byte;
+        self.seal_for(&peer, buf, plain, now, out)
+    }
+
+    /// Seals the plaintext at `buf[16..16 + len]` for `peer`, or stages it behind a handshake.
+    fn seal_for(
+        &self,
+        peer: &Arc<Peer>,
+        buf: &mut [u8],
+        len: usize,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) -> Sent {
         let mtu = self.mtu.load(Ordering::Relaxed);
         if buf.len() < TRANSPORT_OVERHEAD + padded_len(len, mtu) {
             return self.dropped_sent(DropReason::NoRoom);
@@ -688,7 +771,7 @@ impl Device {
             .filter(|kp| st.staged.is_empty() && kp.can_send(now.instant));
         if let Some((kp, counter)) = usable.and_then(|kp| kp.next_counter().map(|c| (kp, c))) {
             Self::after_send(&mut st, len > 0, now);
-            self.keep_key_fresh_on_send(&peer, &mut st, &kp, now, out);
+            self.keep_key_fresh_on_send(peer, &mut st, &kp, now, out);
             drop(st);
             return match kp.seal_in_place(counter, buf, len, mtu) {
                 Some(n) => {
@@ -700,9 +783,11 @@ impl Device {
         }
         // No usable session (or older packets are waiting): queue behind them and make sure a
         // handshake is on its way.
-        let packet = buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].to_vec();
-        self.stage(&mut st, packet);
-        self.send_staged(&peer, &mut st, now, out);
+        let Some(packet) = buf.get(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len) else {
+            return self.dropped_sent(DropReason::NoRoom);
+        };
+        self.stage(&mut st, packet.to_vec());
+        self.send_staged(peer, &mut st, now, out);
         Sent::Queued
     }
 
@@ -750,7 +835,12 @@ impl Device {
             }
         };
         let mtu = self.mtu.load(Ordering::Relaxed);
-        while let Some(packet) = st.staged.pop_front() {
+        let layer2 = self.layer() == Layer::L2;
+        while let Some(mut packet) = st.staged.pop_front() {
+            if layer2 && !packet.is_empty() {
+                // The padding count for the MTU of now, which may differ from when it waited.
+                packet[0] = l2::header(packet.len() - l2::L2_HEADER_LEN, mtu).0;
+            }
             let Some(counter) = kp.next_counter() else {
                 st.staged.push_front(packet);
                 self.initiate(peer, st, now, false, out);
@@ -1149,22 +1239,27 @@ impl Device {
             };
         debug_assert_eq!(plain + AEAD_TAG_LEN, sealed_len);
         let inner = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + plain];
+        let layer = self.layer();
         // Cryptokey routing, receive side: the inner source must route back to this very peer.
+        // (Layer 2: the engine's switch checks the source MAC.)
         let (verdict, peer) = {
             let peers = read(&self.peers);
-            let verdict = if plain == 0 {
-                Ok(None)
-            } else {
-                match ip::parse(inner) {
-                    None => Err(DropReason::BadInnerPacket),
+            let verdict = match (plain, layer, l2::layer_of(inner)) {
+                (0, _, _) => Ok(None),
+                (_, _, Some(sent)) if sent != layer => Err(Refused::Layer(sent)),
+                (_, Layer::L2, _) => l2::frame(inner)
+                    .ok_or(Refused::Drop(DropReason::BadInnerPacket))
+                    .map(Some),
+                (_, Layer::L3, _) => match ip::parse(inner) {
+                    None => Err(Refused::Drop(DropReason::BadInnerPacket)),
                     Some(info) => {
                         if peers.allowed.lookup(info.src) == Some(&peer_id) {
-                            Ok(Some(info.len))
+                            Ok(Some(0..info.len))
                         } else {
-                            Err(DropReason::SourceNotAllowed)
+                            Err(Refused::Drop(DropReason::SourceNotAllowed))
                         }
                     }
-                }
+                },
             };
             (verdict, peers.by_id.get(&peer_id).cloned())
         };
@@ -1202,11 +1297,18 @@ impl Device {
         drop(st);
         match verdict {
             Ok(None) => Received::Keepalive { peer: peer_id },
-            Ok(Some(len)) => Received::Packet {
+            Ok(Some(r)) => Received::Packet {
                 peer: peer_id,
-                range: TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len,
+                range: TRANSPORT_HEADER_LEN + r.start..TRANSPORT_HEADER_LEN + r.end,
             },
-            Err(reason) => self.dropped(reason),
+            Err(Refused::Layer(sent)) => {
+                self.count(DropReason::LayerMismatch);
+                Received::WrongLayer {
+                    peer: peer_id,
+                    sent,
+                }
+            }
+            Err(Refused::Drop(reason)) => self.dropped(reason),
         }
     }
 

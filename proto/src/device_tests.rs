@@ -1134,3 +1134,94 @@ fn a_new_private_key_takes_over_from_the_next_handshake() {
     let (sent, _) = net.send_ip(Side::B, &ipv4(B_TUN, A_TUN, 40));
     assert!(matches!(sent, Sent::Ready { .. }), "{sent:?}");
 }
+
+impl Net {
+    /// `from` sends an Ethernet frame to its only peer (id 0) on a layer-2 device.
+    fn send_frame(&self, from: Side, frame: &[u8]) -> (Sent, Vec<Vec<u8>>) {
+        let mut buf = vec![0u8; 2048];
+        buf[17..17 + frame.len()].copy_from_slice(frame);
+        let mut out = Vec::new();
+        let sent = self
+            .dev(from)
+            .encapsulate_frame(0, &mut buf, frame.len(), self.now, &mut out);
+        let mut wire: Vec<Vec<u8>> = out.into_iter().map(|o| o.bytes).collect();
+        if let Sent::Ready { len, .. } = &sent {
+            wire.push(buf[..*len].to_vec());
+        }
+        (sent, wire)
+    }
+}
+
+/// A frame of `len` bytes (14 of header) from `src` to `dst`, its payload counting up.
+fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    for (i, b) in f.iter_mut().enumerate().skip(14) {
+        *b = i as u8;
+    }
+    f
+}
+
+/// Layer 2: frames of any length come out exactly as they went in, padding and all, also
+/// when they waited for the handshake; the plaintext on the wire is padded like an IP
+/// packet's (a multiple of 16).
+#[test]
+fn layer_2_frames_cross_whole_and_padded() {
+    use crate::l2::Layer;
+    let net = net();
+    net.a.set_layer(Layer::L2);
+    net.b.set_layer(Layer::L2);
+    let first = frame([0xff; 6], [2, 0, 0, 0, 0, 1], 42);
+    let (sent, wire) = net.send_frame(Side::A, &first);
+    assert_eq!(sent, Sent::Queued);
+    let (_, at_b) = net.pump(Side::B, wire);
+    assert_eq!(at_b, vec![first]);
+    for len in [14, 15, 60, 61, 1000, 1419] {
+        let f = frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], len);
+        let (sent, wire) = net.send_frame(Side::B, &f);
+        let Sent::Ready { len: sealed, .. } = sent else {
+            panic!("{len}: {sent:?}")
+        };
+        assert_eq!((sealed - TRANSPORT_OVERHEAD) % 16 == 0, len + 1 < 1420 - 15);
+        assert_eq!(net.deliver(Side::A, wire).0, vec![f], "{len}");
+    }
+}
+
+/// A layer-2 end and a layer-3 end of one pair: each side that receives the other's packets
+/// says which layer came and counts it, and delivers nothing.
+#[test]
+fn a_layer_mismatch_is_reported_on_both_sides() {
+    use crate::l2::Layer;
+    let net = net();
+    net.b.set_layer(Layer::L2);
+    // A (layer 3) sends an IP packet: the handshake works, the packet is refused at B.
+    let ping = ipv4(A_TUN, B_TUN, 8);
+    let (_, wire) = net.send_ip(Side::A, &ping);
+    let (_, at_b) = net.pump(Side::B, wire);
+    assert!(at_b.is_empty());
+    assert_eq!(net.b.drop_count(DropReason::LayerMismatch), 1);
+    let (_, wire) = net.send_ip(Side::A, &ping);
+    let (packets, verdicts, _) = net.deliver(Side::B, wire);
+    assert!(packets.is_empty());
+    assert_eq!(
+        verdicts,
+        vec![Received::WrongLayer {
+            peer: 0,
+            sent: Layer::L3
+        }]
+    );
+    // B (layer 2) sends a frame: A refuses it the same way.
+    let (_, wire) = net.send_frame(Side::B, &frame([0xff; 6], [2, 0, 0, 0, 0, 2], 60));
+    let (packets, verdicts, _) = net.deliver(Side::A, wire);
+    assert!(packets.is_empty());
+    assert_eq!(
+        verdicts,
+        vec![Received::WrongLayer {
+            peer: 0,
+            sent: Layer::L2
+        }]
+    );
+    assert_eq!(net.a.drop_count(DropReason::LayerMismatch), 1);
+}

@@ -33,6 +33,7 @@ pub mod device;
 pub mod handshake;
 pub mod ip;
 pub mod keys;
+pub mod l2;
 pub mod messages;
 pub mod noise;
 pub mod peer;
