@@ -55,6 +55,14 @@ struct RawInterface {
     hairpin: Option<bool>,
     /// host:port the server's clients should use (for `add-client`).
     public_endpoint: Option<Spanned<String>>,
+    /// "l3" (IP packets through a TUN, the default) or "l2" (Ethernet frames through a TAP).
+    mode: Option<Spanned<String>>,
+    // Layer 2 only:
+    bridge: Option<Spanned<String>>,
+    mac_age: Option<Spanned<u32>>,
+    max_macs: Option<Spanned<u32>>,
+    mac_table_size: Option<Spanned<u32>>,
+    flood_rate: Option<Spanned<u32>>,
     #[serde(default)]
     pre_up: Commands,
     #[serde(default)]
@@ -126,6 +134,11 @@ struct RawPeer {
     #[serde(default)]
     allowed_ips: Vec<Spanned<String>>,
     persistent_keepalive: Option<Spanned<u16>>,
+    // Layer 2 only:
+    #[serde(default)]
+    allowed_macs: Vec<Spanned<String>>,
+    max_macs: Option<Spanned<u32>>,
+    flood_rate: Option<Spanned<u32>>,
 }
 
 /// An address on the interface: the host address and its prefix length (`10.99.0.1/24`).
@@ -184,6 +197,53 @@ pub struct Interface {
     /// Shell commands run around `up` and its teardown (`%i` is the interface name), as in
     /// wg-quick.
     pub hooks: Hooks,
+    /// `mode = "l2"`: a TAP device and Ethernet frames, switched by MAC address. `None`:
+    /// layer 3 (a TUN and IP packets).
+    pub l2: Option<Layer2>,
+}
+
+/// Learned MACs are forgotten after this long without a frame from them (a Linux bridge's
+/// ageing time).
+pub const DEFAULT_MAC_AGE: Duration = Duration::from_secs(300);
+/// MACs one peer may have learned at once, unless its `max_macs` says otherwise.
+pub const DEFAULT_MAX_MACS: usize = 1024;
+/// MACs the whole table holds at most.
+pub const DEFAULT_MAC_TABLE_SIZE: usize = 16384;
+/// Broadcast, multicast and unknown-unicast frames per second one peer may have flooded.
+pub const DEFAULT_FLOOD_RATE: u32 = 1000;
+
+/// The interface's layer-2 settings (`mode = "l2"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer2 {
+    /// A Linux bridge the TAP joins while it is up.
+    pub bridge: Option<String>,
+    pub mac_age: Duration,
+    /// Per peer, unless the peer says.
+    pub max_macs: usize,
+    pub mac_table_size: usize,
+    /// Frames per second per peer, unless the peer says.
+    pub flood_rate: u32,
+}
+
+impl Default for Layer2 {
+    fn default() -> Self {
+        Layer2 {
+            bridge: None,
+            mac_age: DEFAULT_MAC_AGE,
+            max_macs: DEFAULT_MAX_MACS,
+            mac_table_size: DEFAULT_MAC_TABLE_SIZE,
+            flood_rate: DEFAULT_FLOOD_RATE,
+        }
+    }
+}
+
+/// A peer's layer-2 limits (empty on a layer-3 interface).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerLayer2 {
+    /// The only source MACs its frames may carry; empty: any.
+    pub allowed_macs: Vec<suidao_proto::l2::Mac>,
+    pub max_macs: Option<usize>,
+    pub flood_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -205,6 +265,7 @@ pub struct Peer {
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<Cidr>,
     pub persistent_keepalive: Option<Duration>,
+    pub l2: PeerLayer2,
 }
 
 impl Peer {
@@ -651,6 +712,7 @@ impl Config {
                 return cx.err(Some(d.span()), "interface.dns", m);
             }
         }
+        let l2 = layer2(&cx, &ri)?;
         let interface = Interface {
             name,
             private_key,
@@ -669,6 +731,7 @@ impl Config {
                 pre_down: ri.pre_down.into_vec(),
                 post_down: ri.post_down.into_vec(),
             },
+            l2,
         };
 
         let own_public = interface.private_key.public_key();
@@ -776,6 +839,7 @@ impl Config {
                 Some(k) if *k.get_ref() == 0 => None,
                 Some(k) => Some(Duration::from_secs(u64::from(*k.get_ref()))),
             };
+            let l2 = peer_layer2(&cx, &rp, &section, interface.l2.is_some())?;
             peers.push(Peer {
                 name: rp.name,
                 public_key,
@@ -784,6 +848,7 @@ impl Config {
                 endpoint,
                 allowed_ips,
                 persistent_keepalive,
+                l2,
             });
         }
         Ok(Config {
@@ -793,6 +858,142 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// `mode` and the layer-2 keys of `[interface]`: `None` for layer 3 (where those keys are
+/// refused).
+fn layer2(cx: &Ctx<'_>, ri: &RawInterface) -> Result<Option<Layer2>, ConfigError> {
+    let l2 = match ri.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("l3", _)) => false,
+        Some(("l2", _)) => true,
+        Some((other, span)) => {
+            return cx.err(
+                Some(span),
+                "interface.mode",
+                format!("'{other}' is not \"l3\" (IP packets, the default) or \"l2\" (Ethernet frames)"),
+            )
+        }
+    };
+    let numbers = [
+        ("mac_age", &ri.mac_age),
+        ("max_macs", &ri.max_macs),
+        ("mac_table_size", &ri.mac_table_size),
+        ("flood_rate", &ri.flood_rate),
+    ];
+    if !l2 {
+        let bridge = ri.bridge.as_ref().map(|b| ("bridge", b.span()));
+        let set = numbers.iter().filter_map(|(k, v)| v.as_ref().map(|v| (*k, v.span())));
+        if let Some((key, span)) = bridge.into_iter().chain(set).next() {
+            return cx.err(
+                Some(span),
+                &format!("interface.{key}"),
+                "a layer-2 setting: it needs mode = \"l2\"",
+            );
+        }
+        return Ok(None);
+    }
+    for (key, value) in numbers {
+        if let Some(v) = value {
+            if *v.get_ref() == 0 {
+                return cx.err(
+                    Some(v.span()),
+                    &format!("interface.{key}"),
+                    "0 is not allowed (leave the key out for the default)",
+                );
+            }
+        }
+    }
+    if let Some(b) = &ri.bridge {
+        if let Err(m) = check_ifname(b.get_ref()) {
+            return cx.err(Some(b.span()), "interface.bridge", m);
+        }
+        if b.get_ref() == ri.name.get_ref() {
+            return cx.err(
+                Some(b.span()),
+                "interface.bridge",
+                "the bridge cannot be the interface itself",
+            );
+        }
+    }
+    let d = Layer2::default();
+    let n = |v: &Option<Spanned<u32>>, default: usize| v.as_ref().map_or(default, |v| *v.get_ref() as usize);
+    Ok(Some(Layer2 {
+        bridge: ri.bridge.as_ref().map(|b| b.get_ref().clone()),
+        mac_age: ri
+            .mac_age
+            .as_ref()
+            .map_or(d.mac_age, |a| Duration::from_secs(u64::from(*a.get_ref()))),
+        max_macs: n(&ri.max_macs, d.max_macs),
+        mac_table_size: n(&ri.mac_table_size, d.mac_table_size),
+        flood_rate: ri.flood_rate.as_ref().map_or(d.flood_rate, |r| *r.get_ref()),
+    }))
+}
+
+/// A peer's layer-2 keys; on a layer-2 interface its `allowed_ips` are refused (frames are
+/// switched by MAC), on a layer-3 one its layer-2 keys.
+fn peer_layer2(
+    cx: &Ctx<'_>,
+    rp: &RawPeer,
+    section: &str,
+    l2: bool,
+) -> Result<PeerLayer2, ConfigError> {
+    if !l2 {
+        let first = rp
+            .allowed_macs
+            .first()
+            .map(|m| ("allowed_macs", m.span()))
+            .or(rp.max_macs.as_ref().map(|m| ("max_macs", m.span())))
+            .or(rp.flood_rate.as_ref().map(|m| ("flood_rate", m.span())));
+        if let Some((key, span)) = first {
+            return cx.err(
+                Some(span),
+                &format!("{section}.{key}"),
+                "a layer-2 setting: it needs mode = \"l2\" in [interface]",
+            );
+        }
+        return Ok(PeerLayer2::default());
+    }
+    if let Some(a) = rp.allowed_ips.first() {
+        return cx.err(
+            Some(a.span()),
+            &format!("{section}.allowed_ips"),
+            "on a layer-2 interface frames are switched by MAC address: leave allowed_ips out (allowed_macs limits a peer's source MACs)",
+        );
+    }
+    let mut allowed_macs = Vec::new();
+    for m in &rp.allowed_macs {
+        match suidao_proto::l2::parse_mac(m.get_ref()) {
+            Some(mac) if suidao_proto::l2::is_group(&mac) => {
+                return cx.err(
+                    Some(m.span()),
+                    &format!("{section}.allowed_macs"),
+                    format!("{} is a group (multicast) address: no frame comes from one", m.get_ref()),
+                )
+            }
+            Some(mac) => allowed_macs.push(mac),
+            None => {
+                return cx.err(
+                    Some(m.span()),
+                    &format!("{section}.allowed_macs"),
+                    format!("'{}' is not a MAC address (as in 02:00:5e:10:00:01)", m.get_ref()),
+                )
+            }
+        }
+    }
+    for (key, v) in [("max_macs", &rp.max_macs), ("flood_rate", &rp.flood_rate)] {
+        if v.as_ref().is_some_and(|v| *v.get_ref() == 0) {
+            return cx.err(
+                v.as_ref().map(|v| v.span()),
+                &format!("{section}.{key}"),
+                "0 is not allowed (leave the key out for the interface's)",
+            );
+        }
+    }
+    Ok(PeerLayer2 {
+        allowed_macs,
+        max_macs: rp.max_macs.as_ref().map(|v| *v.get_ref() as usize),
+        flood_rate: rp.flood_rate.as_ref().map(|v| *v.get_ref()),
+    })
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ pub struct ConfigDraft {
     pub post_up: Vec<String>,
     pub pre_down: Vec<String>,
     pub post_down: Vec<String>,
+    /// `"l2"`: a TAP and Ethernet frames (None: layer 3, the default).
+    pub mode: Option<String>,
+    /// Layer 2: the bridge the TAP joins.
+    pub bridge: Option<String>,
     /// More `[interface]` lines, verbatim (the tests' own settings).
     pub extra: String,
     pub peers: Vec<PeerDraft>,
@@ -49,6 +53,8 @@ pub struct PeerDraft {
     pub endpoint: Option<String>,
     pub allowed_ips: Vec<String>,
     pub persistent_keepalive: Option<u16>,
+    /// Layer 2: the source MACs the peer may use.
+    pub allowed_macs: Vec<String>,
 }
 
 /// A TOML basic string.
@@ -115,6 +121,12 @@ impl ConfigDraft {
         if !self.dns.is_empty() {
             let _ = writeln!(t, "dns = {}", toml_list(&self.dns));
         }
+        if let Some(m) = &self.mode {
+            let _ = writeln!(t, "mode = {}", toml_string(m));
+        }
+        if let Some(b) = &self.bridge {
+            let _ = writeln!(t, "bridge = {}", toml_string(b));
+        }
         for (key, cmds) in [
             ("pre_up", &self.pre_up),
             ("post_up", &self.post_up),
@@ -138,7 +150,13 @@ impl ConfigDraft {
             if let Some(e) = &p.endpoint {
                 let _ = writeln!(t, "endpoint = {}", toml_string(e));
             }
-            let _ = writeln!(t, "allowed_ips = {}", toml_list(&p.allowed_ips));
+            if self.mode.as_deref() == Some("l2") {
+                if !p.allowed_macs.is_empty() {
+                    let _ = writeln!(t, "allowed_macs = {}", toml_list(&p.allowed_macs));
+                }
+            } else {
+                let _ = writeln!(t, "allowed_ips = {}", toml_list(&p.allowed_ips));
+            }
             if let Some(k) = p.persistent_keepalive {
                 let _ = writeln!(t, "persistent_keepalive = {k}");
             }

@@ -6,6 +6,7 @@
 //! - [`apply`]: the one path by which a running interface's peers change (reload, `wg set`).
 //! - [`packet_device`], [`transport`]: the data path's two edges, as traits; [`tun`] and
 //!   [`udp`] implement them, [`testing`] has in-memory ones for tests.
+//! - [`switch`]: the layer-2 switch (`mode = "l2"`): MAC learning, flooding, per-peer limits.
 //! - [`netlink`]: addresses, routes, rules.
 //! - [`uapi`], [`status`]: the WireGuard userspace API socket (`wg show`, `wg set`, `status`).
 //! - [`cli`]: the commands both binaries share.
@@ -26,6 +27,7 @@ pub mod packet_device;
 pub mod poll;
 pub mod provision;
 pub mod status;
+pub mod switch;
 pub mod testing;
 pub mod transport;
 pub mod tun;

@@ -155,6 +155,14 @@ pub fn add_client(req: &AddClient<'_>) -> Result<Added, String> {
         }
     }
 
+    if server.interface.l2.is_some() {
+        // Its clients would need l2 configs and no wg-quick twin (stock WireGuard carries no
+        // frames), and addresses are not the server's to hand out on a switched segment.
+        return Err(format!(
+            "{} is a layer-2 interface (mode = \"l2\"): add-client writes layer-3 clients only; write the client's config by hand (README, \"Layer 2\")",
+            server.interface.name
+        ));
+    }
     let key = PrivateKey::generate(&mut OsRng);
     let public = key.public_key();
     if server.peers.iter().any(|p| p.public_key == public)
@@ -230,6 +238,7 @@ pub fn add_client(req: &AddClient<'_>) -> Result<Added, String> {
             endpoint: Some(endpoint.to_string()),
             allowed_ips: server_nets.iter().map(|n| n.to_string()).collect(),
             persistent_keepalive: Some(25),
+            allowed_macs: Vec::new(),
         }],
         ..Default::default()
     }

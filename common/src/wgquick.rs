@@ -266,6 +266,7 @@ pub fn import(text: &str, name: &str) -> Result<Imported, String> {
                 .map(|c| normal_prefix(c))
                 .collect(),
             persistent_keepalive: None,
+            allowed_macs: Vec::new(),
         };
         if let Some(k) = s.one("PersistentKeepalive") {
             if k != "off" {

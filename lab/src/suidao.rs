@@ -87,6 +87,8 @@ pub struct PeerSpec {
     pub allowed_ips: Vec<String>,
     pub persistent_keepalive: Option<u16>,
     pub preshared_key: Option<PresharedKey>,
+    /// Layer 2: the source MACs the peer may use (empty: any).
+    pub allowed_macs: Vec<String>,
 }
 
 /// One host's suidao configuration.
@@ -99,6 +101,10 @@ pub struct NodeSpec {
     pub peers: Vec<PeerSpec>,
     /// More `[interface]` lines, verbatim.
     pub extra: String,
+    /// `"l2"`: a TAP and Ethernet frames (None: layer 3).
+    pub mode: Option<String>,
+    /// Layer 2: the bridge the TAP joins.
+    pub bridge: Option<String>,
 }
 
 impl NodeSpec {
@@ -112,6 +118,8 @@ impl NodeSpec {
             addresses: Vec::new(),
             peers: Vec::new(),
             extra: String::new(),
+            mode: None,
+            bridge: None,
         }
     }
 
@@ -137,8 +145,11 @@ impl NodeSpec {
                     endpoint: p.endpoint.clone(),
                     allowed_ips: p.allowed_ips.clone(),
                     persistent_keepalive: p.persistent_keepalive,
+                    allowed_macs: p.allowed_macs.clone(),
                 })
                 .collect(),
+            mode: self.mode.clone(),
+            bridge: self.bridge.clone(),
             ..Default::default()
         }
         .to_toml()
@@ -193,7 +204,7 @@ impl NodeSpec {
                 endpoint: Some(endpoint.to_string()),
                 allowed_ips: routes.clone(),
                 persistent_keepalive: Some(25),
-                preshared_key: None,
+                ..Default::default()
             });
             let mut theirs = c
                 .tunnel

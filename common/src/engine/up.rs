@@ -66,6 +66,7 @@ fn api_config(ifname: &str) -> Config {
             dns: Default::default(),
             public_endpoint: None,
             hooks: Hooks::default(),
+            l2: None,
         },
         peers: Vec::new(),
         warnings: Vec::new(),
