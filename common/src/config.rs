@@ -202,6 +202,30 @@ pub struct Interface {
     pub l2: Option<Layer2>,
 }
 
+impl Interface {
+    /// The interface's own MTU: the tunnel MTU, less on a layer-2 interface the frame's
+    /// Ethernet header and its header byte on the wire (1420 → 1405).
+    pub fn device_mtu(&self) -> u32 {
+        match self.l2 {
+            None => self.mtu,
+            Some(_) => self.mtu.saturating_sub(LAYER2_OVERHEAD),
+        }
+    }
+
+    /// The tunnel MTU for an interface MTU of `device_mtu` (`ip link set ... mtu N`).
+    pub fn tunnel_mtu(&self, device_mtu: u32) -> u32 {
+        match self.l2 {
+            None => device_mtu,
+            Some(_) => device_mtu.saturating_add(LAYER2_OVERHEAD),
+        }
+    }
+}
+
+/// What a frame costs of the tunnel MTU besides its payload: its Ethernet header and the
+/// byte in front of it (`suidao_proto::l2`).
+pub const LAYER2_OVERHEAD: u32 =
+    (suidao_proto::l2::ETHERNET_HEADER_LEN + suidao_proto::l2::L2_HEADER_LEN) as u32;
+
 /// Learned MACs are forgotten after this long without a frame from them (a Linux bridge's
 /// ageing time).
 pub const DEFAULT_MAC_AGE: Duration = Duration::from_secs(300);
@@ -863,17 +887,18 @@ impl Config {
 /// `mode` and the layer-2 keys of `[interface]`: `None` for layer 3 (where those keys are
 /// refused).
 fn layer2(cx: &Ctx<'_>, ri: &RawInterface) -> Result<Option<Layer2>, ConfigError> {
-    let l2 = match ri.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
-        None | Some(("l3", _)) => false,
-        Some(("l2", _)) => true,
-        Some((other, span)) => {
-            return cx.err(
+    let l2 =
+        match ri.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("l3", _)) => false,
+            Some(("l2", _)) => true,
+            Some((other, span)) => return cx.err(
                 Some(span),
                 "interface.mode",
-                format!("'{other}' is not \"l3\" (IP packets, the default) or \"l2\" (Ethernet frames)"),
-            )
-        }
-    };
+                format!(
+                    "'{other}' is not \"l3\" (IP packets, the default) or \"l2\" (Ethernet frames)"
+                ),
+            ),
+        };
     let numbers = [
         ("mac_age", &ri.mac_age),
         ("max_macs", &ri.max_macs),
@@ -882,7 +907,9 @@ fn layer2(cx: &Ctx<'_>, ri: &RawInterface) -> Result<Option<Layer2>, ConfigError
     ];
     if !l2 {
         let bridge = ri.bridge.as_ref().map(|b| ("bridge", b.span()));
-        let set = numbers.iter().filter_map(|(k, v)| v.as_ref().map(|v| (*k, v.span())));
+        let set = numbers
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v.span())));
         if let Some((key, span)) = bridge.into_iter().chain(set).next() {
             return cx.err(
                 Some(span),
@@ -916,7 +943,9 @@ fn layer2(cx: &Ctx<'_>, ri: &RawInterface) -> Result<Option<Layer2>, ConfigError
         }
     }
     let d = Layer2::default();
-    let n = |v: &Option<Spanned<u32>>, default: usize| v.as_ref().map_or(default, |v| *v.get_ref() as usize);
+    let n = |v: &Option<Spanned<u32>>, default: usize| {
+        v.as_ref().map_or(default, |v| *v.get_ref() as usize)
+    };
     Ok(Some(Layer2 {
         bridge: ri.bridge.as_ref().map(|b| b.get_ref().clone()),
         mac_age: ri
@@ -925,7 +954,10 @@ fn layer2(cx: &Ctx<'_>, ri: &RawInterface) -> Result<Option<Layer2>, ConfigError
             .map_or(d.mac_age, |a| Duration::from_secs(u64::from(*a.get_ref()))),
         max_macs: n(&ri.max_macs, d.max_macs),
         mac_table_size: n(&ri.mac_table_size, d.mac_table_size),
-        flood_rate: ri.flood_rate.as_ref().map_or(d.flood_rate, |r| *r.get_ref()),
+        flood_rate: ri
+            .flood_rate
+            .as_ref()
+            .map_or(d.flood_rate, |r| *r.get_ref()),
     }))
 }
 
@@ -967,7 +999,10 @@ fn peer_layer2(
                 return cx.err(
                     Some(m.span()),
                     &format!("{section}.allowed_macs"),
-                    format!("{} is a group (multicast) address: no frame comes from one", m.get_ref()),
+                    format!(
+                        "{} is a group (multicast) address: no frame comes from one",
+                        m.get_ref()
+                    ),
                 )
             }
             Some(mac) => allowed_macs.push(mac),
@@ -975,7 +1010,10 @@ fn peer_layer2(
                 return cx.err(
                     Some(m.span()),
                     &format!("{section}.allowed_macs"),
-                    format!("'{}' is not a MAC address (as in 02:00:5e:10:00:01)", m.get_ref()),
+                    format!(
+                        "'{}' is not a MAC address (as in 02:00:5e:10:00:01)",
+                        m.get_ref()
+                    ),
                 )
             }
         }

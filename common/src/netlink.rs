@@ -232,6 +232,52 @@ pub async fn set_mtu(h: &Handle, name: &str, mtu: u32) -> Result<(), NetlinkErro
         .map_err(|e| fail(format!("setting the MTU of {name} to {mtu}"), e))
 }
 
+/// `ip link set NAME master BRIDGE`: the interface joins a Linux bridge, which must exist and
+/// be a bridge.
+pub async fn join_bridge(h: &Handle, name: &str, bridge: &str) -> Result<Added, NetlinkError> {
+    match link_kind(h, bridge).await? {
+        Some(k) if k == "bridge" => {}
+        Some(k) => {
+            return Err(NetlinkError {
+                what: format!("joining {bridge}: it is a {k}, not a bridge"),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            })
+        }
+        None => {
+            return Err(NetlinkError {
+                what: format!(
+                    "joining bridge {bridge}: there is no such interface (make it first: ip link add {bridge} type bridge)"
+                ),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            })
+        }
+    }
+    let (i, b) = (index(h, name).await?, index(h, bridge).await?);
+    h.link()
+        .set(LinkUnspec::new_with_index(i).controller(b).build())
+        .execute()
+        .await
+        .map_err(|e| fail(format!("putting {name} into bridge {bridge}"), e))?;
+    Ok(Added::Bridge {
+        dev: name.to_string(),
+        bridge: bridge.to_string(),
+    })
+}
+
+/// `ip link set NAME nomaster`; nothing to do if the interface is gone.
+async fn leave_bridge(h: &Handle, name: &str) -> Result<(), NetlinkError> {
+    let i = match index(h, name).await {
+        Ok(i) => i,
+        Err(e) if e.source.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    h.link()
+        .set(LinkUnspec::new_with_index(i).nocontroller().build())
+        .execute()
+        .await
+        .map_err(|e| fail(format!("taking {name} out of its bridge"), e))
+}
+
 /// `ip link del NAME`
 pub async fn del_link(h: &Handle, name: &str) -> Result<(), NetlinkError> {
     let i = index(h, name).await?;
@@ -544,6 +590,11 @@ pub enum Added {
         path: String,
         old: String,
     },
+    /// The interface joined a bridge.
+    Bridge {
+        dev: String,
+        bridge: String,
+    },
 }
 
 /// Removes what `a` says was added (a table route goes with the device: nothing to do).
@@ -552,6 +603,7 @@ pub async fn remove(h: &Handle, a: &Added) -> Result<(), NetlinkError> {
         Added::Address { dev, addr, len } => del_addr(h, dev, *addr, *len).await,
         Added::Route { dev, dst, len } => del_route(h, *dst, *len, dev).await,
         Added::TableRoute { .. } => Ok(()),
+        Added::Bridge { dev, .. } => leave_bridge(h, dev).await,
         Added::Rule { v6, rule } => del_rule(h, *v6, *rule).await.map(|_| ()),
         Added::Sysctl { path, old } => std::fs::write(path, old).map_err(|e| NetlinkError {
             what: format!("restoring {path}"),

@@ -46,9 +46,10 @@ pub fn query(ifname: &str) -> std::io::Result<Value> {
                 Some(reason) => {
                     drops.insert(reason.to_string(), num());
                 }
-                None if k == "listen_port" => {
+                None if k == "listen_port" || k == "mac_moves" => {
                     iface.insert(k, num());
                 }
+                None if k == "mac" => push_mac(&mut iface, &v),
                 None => {
                     iface.insert(k, v.into());
                 }
@@ -68,6 +69,7 @@ pub fn query(ifname: &str) -> std::io::Result<Value> {
                 "tx_bytes" | "rx_bytes" | "persistent_keepalive_interval" => {
                     p.insert(k, num());
                 }
+                "mac" => push_mac(p, &v),
                 _ => {}
             },
         }
@@ -81,6 +83,35 @@ pub fn query(ifname: &str) -> std::io::Result<Value> {
         Value::Array(peers.into_iter().map(Value::Object).collect()),
     );
     Ok(Value::Object(iface))
+}
+
+/// A learned MAC (`MAC/AGE`) into `macs`: `{"mac": ..., "age": seconds}`.
+fn push_mac(into: &mut Map<String, Value>, v: &str) {
+    let (mac, age) = v.split_once('/').unwrap_or((v, ""));
+    let entry = json!({"mac": mac, "age": age.parse::<u64>().ok()});
+    match into.get_mut("macs") {
+        Some(Value::Array(a)) => a.push(entry),
+        _ => {
+            into.insert("macs".into(), Value::Array(vec![entry]));
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff (12 s), ...` for the human form.
+fn macs(v: &Value) -> Option<String> {
+    let list: Vec<String> = v
+        .get("macs")?
+        .as_array()?
+        .iter()
+        .map(|m| {
+            let mac = m.get("mac").and_then(Value::as_str).unwrap_or("?");
+            match m.get("age").and_then(Value::as_u64) {
+                Some(a) => format!("{mac} ({a} s)"),
+                None => mac.to_string(),
+            }
+        })
+        .collect();
+    Some(list.join(", "))
 }
 
 fn ago(secs: u64) -> String {
@@ -121,6 +152,13 @@ pub fn render(v: &Value) -> String {
         s("interface"),
         v.get("listen_port").and_then(Value::as_u64).unwrap_or(0)
     );
+    if v.get("mode").and_then(Value::as_str) == Some("l2") {
+        out.push_str(&format!(
+            "  mode: l2 (Ethernet frames); MACs moved between ports: {}\n  learned here: {}\n",
+            v.get("mac_moves").and_then(Value::as_u64).unwrap_or(0),
+            macs(v).unwrap_or_else(|| "(none)".into())
+        ));
+    }
     if let Some(Value::Object(d)) = v.get("drops") {
         let nonzero: Vec<String> = d
             .iter()
@@ -159,14 +197,21 @@ pub fn render(v: &Value) -> String {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        out.push_str(&format!(
-            "  allowed ips: {}\n",
-            if ips.is_empty() {
-                "(none)".into()
-            } else {
-                ips.join(", ")
-            }
-        ));
+        if v.get("mode").and_then(Value::as_str) == Some("l2") {
+            out.push_str(&format!(
+                "  learned macs: {}\n",
+                macs(p).unwrap_or_else(|| "(none)".into())
+            ));
+        } else {
+            out.push_str(&format!(
+                "  allowed ips: {}\n",
+                if ips.is_empty() {
+                    "(none)".into()
+                } else {
+                    ips.join(", ")
+                }
+            ));
+        }
         out.push_str(&format!(
             "  latest handshake: {}\n",
             ago(n("latest_handshake"))

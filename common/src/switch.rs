@@ -375,8 +375,14 @@ mod tests {
         let s = switch(2, &[]);
         let t = Instant::now();
         s.from_peer(1, A, BROADCAST, t);
-        assert_eq!(s.from_local(L, A, t + Duration::from_secs(1)), Forward::Peer(1));
-        assert_eq!(s.from_local(L, A, t + Duration::from_secs(2)), Forward::Flood);
+        assert_eq!(
+            s.from_local(L, A, t + Duration::from_secs(1)),
+            Forward::Peer(1)
+        );
+        assert_eq!(
+            s.from_local(L, A, t + Duration::from_secs(2)),
+            Forward::Flood
+        );
         assert!(s
             .entries(t + Duration::from_secs(3))
             .iter()

@@ -18,16 +18,16 @@ pub struct Tun {
     interrupt: Interrupt,
 }
 
-fn explain(name: &str, e: io::Error) -> io::Error {
+fn explain(name: &str, kind: &str, e: io::Error) -> io::Error {
     let hint = match e.raw_os_error() {
         Some(libc::EBUSY) => " (an interface of that name is in use: is it up already?)",
-        Some(libc::EPERM) => " (creating a TUN interface needs CAP_NET_ADMIN)",
+        Some(libc::EPERM) => " (creating a TUN or TAP interface needs CAP_NET_ADMIN)",
         Some(libc::ENOENT) => " (/dev/net/tun is missing)",
         _ => "",
     };
     io::Error::new(
         e.kind(),
-        format!("creating TUN interface {name}: {e}{hint}"),
+        format!("creating {kind} interface {name}: {e}{hint}"),
     )
 }
 
@@ -36,11 +36,20 @@ impl Tun {
     /// `queues` queues (IFF_MULTI_QUEUE when more than one): each queue is a file descriptor of
     /// its own, and the kernel hands each flow's packets to one queue, so one flow stays in
     /// order while flows are read in parallel. Each queue is non-blocking.
-    pub fn create_queues(name: &str, queues: usize) -> io::Result<Vec<Tun>> {
+    ///
+    /// `layer2`: a TAP device (Ethernet frames, `mode = "l2"`) instead, without offloads
+    /// (`tun-rs` splits and coalesces IP super-packets, not frames).
+    pub fn create_queues(name: &str, queues: usize, layer2: bool) -> io::Result<Vec<Tun>> {
         let multi = queues > 1;
+        let (layer, kind) = if layer2 {
+            (tun_rs::Layer::L2, "TAP")
+        } else {
+            (tun_rs::Layer::L3, "TUN")
+        };
         let build = |offload: bool| {
             tun_rs::DeviceBuilder::new()
                 .name(name)
+                .layer(layer)
                 // Down until configured: `up` sets it up after its addresses, wg-quick after
                 // `wg setconf` (nothing reaches a device without a key meanwhile).
                 .enable(false)
@@ -48,7 +57,7 @@ impl Tun {
                 .multi_queue(multi)
                 .build_sync()
         };
-        let (first, offload) = match build(true) {
+        let (first, offload) = match build(!layer2) {
             Ok(dev) => (dev, true),
             Err(e)
                 if matches!(
@@ -56,9 +65,9 @@ impl Tun {
                     Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
                 ) =>
             {
-                (build(false).map_err(|e| explain(name, e))?, false)
+                (build(false).map_err(|e| explain(name, kind, e))?, false)
             }
-            Err(e) => return Err(explain(name, e)),
+            Err(e) => return Err(explain(name, kind, e)),
         };
         let mut devs = Vec::with_capacity(queues);
         for _ in 1..queues.max(1) {

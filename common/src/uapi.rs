@@ -46,6 +46,8 @@ pub struct ApiState {
     /// private key and the mark too. Otherwise the config file holds the key, and the mark is
     /// the one its full tunnel's rules expect.
     pub by_api: bool,
+    /// Layer 2: the switch, whose learned MACs `status` shows (None on layer 3).
+    pub switch: Option<Arc<crate::switch::Switch>>,
     /// Configured peer names, by public key (shared with the engine, which updates them on
     /// reload).
     pub names: Arc<RwLock<HashMap<PublicKey, String>>>,
@@ -165,6 +167,29 @@ impl ApiState {
                 let _ = writeln!(out, "drop_{}={n}", reason.name());
             }
         }
+        // Layer 2 (`status` only: `wg` knows none of it): learned MACs as `MAC/AGE_SECONDS`.
+        let learned = match (&self.switch, with_secrets) {
+            (Some(sw), false) => {
+                let _ = writeln!(out, "mode=l2");
+                let _ = writeln!(out, "mac_moves={}", sw.moves());
+                sw.entries(std::time::Instant::now())
+            }
+            _ => Vec::new(),
+        };
+        let mac_line = |out: &mut String, e: &crate::switch::Entry| {
+            let _ = writeln!(
+                out,
+                "mac={}/{}",
+                suidao_proto::l2::mac_to_string(&e.mac),
+                e.age.as_secs()
+            );
+        };
+        for e in learned
+            .iter()
+            .filter(|e| e.port == crate::switch::Port::Local)
+        {
+            mac_line(&mut out, e);
+        }
         let names = self.names.read().map(|n| n.clone()).unwrap_or_default();
         for id in d.peer_ids() {
             let Some(p) = d.peer_info(id) else { continue };
@@ -191,6 +216,12 @@ impl ApiState {
             );
             for a in p.allowed_ips {
                 let _ = writeln!(out, "allowed_ip={a}");
+            }
+            for e in learned
+                .iter()
+                .filter(|e| e.port == crate::switch::Port::Peer(id))
+            {
+                mac_line(&mut out, e);
             }
             w.write_all(out.as_bytes())?;
             out.clear();
@@ -569,6 +600,7 @@ mod tests {
                 listen_port: Arc::new(51820.into()),
                 fwmark: Arc::new(0.into()),
                 by_api: false,
+                switch: None,
                 names: Arc::new(RwLock::new(HashMap::new())),
                 control: None,
                 set_lock: Default::default(),

@@ -99,7 +99,7 @@ pub(super) async fn run(
                 }
             }
             Some(mtu) = inbox.mtus.recv() => {
-                let mtu = mtu as usize;
+                let mtu = live.config.interface.tunnel_mtu(mtu) as usize;
                 if mtu != live.device.mtu() {
                     info!("{ifname}: MTU {} -> {mtu}", live.device.mtu());
                     engine.set_mtu(mtu);

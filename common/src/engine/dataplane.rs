@@ -33,6 +33,8 @@ pub struct Options {
     pub mtu: usize,
     /// Peers' names, for the logs.
     pub names: Arc<RwLock<HashMap<PublicKey, String>>>,
+    /// Layer 2: the switch (the device is set to carry frames). `None`: layer 3.
+    pub switch: Option<Arc<crate::switch::Switch>>,
 }
 
 /// The running data plane; stops (and joins its threads) on `stop` or drop.
@@ -52,13 +54,20 @@ impl Engine {
         if queues.is_empty() {
             return Err(setup_error("an engine needs at least one worker"));
         }
+        if options.switch.is_some() {
+            device.set_layer(suidao_proto::l2::Layer::L2);
+        }
         let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
         let workers = queues
             .into_iter()
             .map(|(dev, transport)| {
                 let fds = dev.readiness_fd().zip(transport.readiness_fd());
                 Ok(Worker {
-                    tx: Mutex::new(TxState::new(options.mtu, dev.offload().tcp)),
+                    tx: Mutex::new(TxState::new(
+                        options.mtu,
+                        dev.offload().tcp,
+                        options.switch.is_some(),
+                    )),
                     device: dev,
                     transport,
                     fds,
@@ -74,6 +83,8 @@ impl Engine {
             workers,
             hairpin: options.hairpin,
             own_addrs: options.own_addrs,
+            switch: options.switch,
+            wrong_layer_logged: Mutex::default(),
             names: options.names,
             handshakes: hs_tx,
             queued_handshakes: AtomicUsize::new(0),
@@ -182,7 +193,7 @@ impl Engine {
     pub fn set_mtu(&self, mtu: usize) {
         self.shared.device.set_mtu(mtu);
         for w in &self.shared.workers {
-            let fresh = TxState::new(mtu, w.device.offload().tcp);
+            let fresh = TxState::new(mtu, w.device.offload().tcp, self.shared.switch.is_some());
             match w.tx.lock() {
                 Ok(mut tx) => *tx = fresh,
                 Err(poisoned) => *poisoned.into_inner() = fresh,

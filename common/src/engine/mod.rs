@@ -34,6 +34,7 @@
 //! | receive | the receive path: receive a batch, open in place, coalesce, write; hairpin |
 //! | handshakes | the handshake queue and its thread |
 //! | setup | addresses, routes, full tunnel, name servers; the data path's devices and sockets |
+//! | layer2 | `mode = "l2"`: the switch made from the config, the peers' limits |
 //! | reload | SIGHUP, `reload` and `wg set`: the peers made what is asked, routes with them |
 //! | endpoints | the endpoint memory across restarts; re-resolving host names |
 //! | control | the main loop: timers, signals, control requests; the API socket |
@@ -49,6 +50,7 @@ mod dataplane;
 mod describe;
 mod endpoints;
 mod handshakes;
+mod layer2;
 mod receive;
 mod reload;
 mod send;

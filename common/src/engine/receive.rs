@@ -11,11 +11,13 @@ use super::shared::{Shared, Worker};
 use crate::clock;
 use crate::gro::Coalescer;
 use crate::poll;
+use crate::switch::Forward;
 use crate::transport::RecvMeta;
 use crate::tun::IDEAL_BATCH_SIZE;
 use std::io::IoSliceMut;
 use std::sync::atomic::Ordering;
 use suidao_proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
+use suidao_proto::l2::{self, L2_HEADER_LEN};
 use suidao_proto::messages::Message;
 use suidao_proto::{ip, Endpoint, Outgoing, PeerId, Received, Sent, Time};
 use tracing::debug;
@@ -35,7 +37,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     let offload = w.device.offload();
     let mut gro = Coalescer::new(offload.tcp, offload.udp);
     let mut out = Vec::new();
-    let mut relay = Relay::new(s.device.mtu());
+    let mut relay = Relay::new(s.device.mtu(), s.switch.is_some());
     // Whether a receive may find something without waiting first: after a batch short of
     // full, the socket was empty a moment ago, and `poll` says at once if it is not any more,
     // so the thread goes to sleep without a receive that would only answer EAGAIN (on the
@@ -82,8 +84,25 @@ pub(super) fn run(s: &Shared, w: &Worker) {
                             write_device(s, w, &mut gro, &mut rx);
                         }
                     }
-                    Opened::ForPeer(range) => {
-                        relay.push(s, w, &rx[at + range.start..at + range.end], now, &mut out)
+                    Opened::ForPeer(range, to) => relay.push(
+                        s,
+                        w,
+                        &rx[at + range.start..at + range.end],
+                        to,
+                        now,
+                        &mut out,
+                    ),
+                    Opened::Flood(range, from) => {
+                        let frame = &rx[at + range.start..at + range.end];
+                        if s.hairpin {
+                            for p in s.device.peer_ids().into_iter().filter(|p| *p != from) {
+                                relay.push(s, w, frame, Some(p), now, &mut out);
+                            }
+                        }
+                        gro.push(&rx, at + range.start, range.len());
+                        if gro.is_full() {
+                            write_device(s, w, &mut gro, &mut rx);
+                        }
                     }
                     Opened::Nothing => {}
                 }
@@ -158,8 +177,11 @@ fn wait(s: &Shared, w: &Worker) -> bool {
 enum Opened {
     /// A packet for this host, at this range of the datagram.
     ForHost(std::ops::Range<usize>),
-    /// A packet for another peer (hairpin), at this range.
-    ForPeer(std::ops::Range<usize>),
+    /// A packet for another peer (hairpin), at this range: on layer 3 the one its destination
+    /// routes to, on layer 2 the one the switch chose.
+    ForPeer(std::ops::Range<usize>, Option<PeerId>),
+    /// Layer 2: a frame for this host and every peer but the one it came from.
+    Flood(std::ops::Range<usize>, PeerId),
     Nothing,
 }
 
@@ -181,20 +203,55 @@ fn receive_one(
         return Opened::Nothing;
     }
     match s.device.receive(from, datagram, now, out) {
+        Received::Packet { peer, range } if s.switch.is_some() => {
+            switch_frame(s, peer, &datagram[range.clone()], now).into_opened(range, peer)
+        }
         Received::Packet { peer, range } => {
             if s.hairpin && hairpin(s, peer, &datagram[range.clone()]) {
-                Opened::ForPeer(range)
+                Opened::ForPeer(range, None)
             } else {
                 // The transport header in front of it is free now: room for the virtio
                 // header the device write needs.
                 Opened::ForHost(range)
             }
         }
+        Received::WrongLayer { peer, sent } => {
+            s.wrong_layer(peer, sent);
+            Opened::Nothing
+        }
         Received::Dropped(reason) => {
             debug!("dropped a datagram from {from}: {}", reason.name());
             Opened::Nothing
         }
         _ => Opened::Nothing,
+    }
+}
+
+/// Layer 2: where a frame from `peer` goes, by the switch (drops counted).
+fn switch_frame(s: &Shared, peer: PeerId, frame: &[u8], now: Time) -> Forward {
+    let (Some(switch), Some(src), Some(dst)) =
+        (&s.switch, l2::source(frame), l2::destination(frame))
+    else {
+        return Forward::Drop(None);
+    };
+    let forward = switch.from_peer(peer, src, dst, now.instant);
+    match forward {
+        Forward::Drop(Some(reason)) => s.device.count_engine_drop(reason, 1),
+        // Between peers only if the interface relays at all (`hairpin`).
+        Forward::Peer(_) if !s.hairpin => return Forward::Drop(None),
+        _ => {}
+    }
+    forward
+}
+
+impl Forward {
+    fn into_opened(self, range: std::ops::Range<usize>, from: PeerId) -> Opened {
+        match self {
+            Forward::Local => Opened::ForHost(range),
+            Forward::Peer(p) => Opened::ForPeer(range, Some(p)),
+            Forward::Flood => Opened::Flood(range, from),
+            Forward::Drop(_) => Opened::Nothing,
+        }
     }
 }
 
@@ -209,27 +266,49 @@ struct Relay {
 }
 
 impl Relay {
-    fn new(mtu: usize) -> Relay {
+    fn new(mtu: usize, layer2: bool) -> Relay {
         Relay {
-            tx: TxState::new(mtu, true),
+            tx: TxState::new(mtu, true, layer2),
             filled: 0,
             big: Vec::new(),
         }
     }
 
-    fn push(&mut self, s: &Shared, w: &Worker, packet: &[u8], now: Time, out: &mut Vec<Outgoing>) {
+    /// `to`: layer 2, the peer the switch chose (layer 3: where the destination routes).
+    fn push(
+        &mut self,
+        s: &Shared,
+        w: &Worker,
+        packet: &[u8],
+        to: Option<PeerId>,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+    ) {
         if packet.len() > self.tx.room() {
             let len = packet.len();
-            self.big.resize(len + TRANSPORT_OVERHEAD + 16, 0);
-            self.big[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].copy_from_slice(packet);
-            if let Sent::Ready { to, len } = s.device.encapsulate(&mut self.big, len, now, out) {
+            self.big
+                .resize(len + TRANSPORT_OVERHEAD + L2_HEADER_LEN + 16, 0);
+            let sent = match to {
+                None => {
+                    self.big[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]
+                        .copy_from_slice(packet);
+                    s.device.encapsulate(&mut self.big, len, now, out)
+                }
+                Some(peer) => {
+                    let at = TRANSPORT_HEADER_LEN + L2_HEADER_LEN;
+                    self.big[at..at + len].copy_from_slice(packet);
+                    s.device
+                        .encapsulate_frame(peer, &mut self.big, len, now, out)
+                }
+            };
+            if let Sent::Ready { to, len } = sent {
                 if let Err(e) = w.transport.send(&self.big[..len], to, None) {
                     s.send_failed(to, &e);
                 }
             }
             return;
         }
-        self.tx.put(self.filled, packet);
+        self.tx.put(self.filled, packet, to);
         self.filled += 1;
         if self.filled == self.tx.slots() {
             self.flush(s, w);

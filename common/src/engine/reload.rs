@@ -31,6 +31,8 @@ pub(super) struct Live<'a> {
     /// The mark on the UDP sockets now, 0 for none (shared with the API, which reports it).
     pub(super) fwmark: Arc<std::sync::atomic::AtomicU32>,
     pub(super) device: Arc<Device>,
+    /// Layer 2: the switch, whose peer rules follow the peers.
+    pub(super) switch: Option<Arc<crate::switch::Switch>>,
     pub(super) names: Arc<RwLock<HashMap<PublicKey, String>>>,
     /// None where the API configures the interface (nothing is remembered across runs).
     pub(super) memory: Option<Arc<EndpointMemory>>,
@@ -106,6 +108,7 @@ pub(super) async fn apply_peers(
     // `table = "off"`: the person routes; the device alone changes.
     let Some(table) = route_table(live.config.interface.table) else {
         apply::apply_to_device(&live.device, &plan);
+        refresh_switch(live);
         *write_lock(&live.names) = plan.names.clone();
         return Ok(plan.summary());
     };
@@ -159,6 +162,7 @@ pub(super) async fn apply_peers(
         live.td.net(Some(a));
     }
     apply::apply_to_device(&live.device, &plan);
+    refresh_switch(live);
     *write_lock(&live.names) = plan.names.clone();
     for (c, a) in have.iter().filter(|(c, _)| !want.contains(c)) {
         live.td.forget(a);
@@ -169,6 +173,13 @@ pub(super) async fn apply_peers(
         }
     }
     Ok(plan.summary())
+}
+
+/// Layer 2: the switch's peer rules, as the peers and the config are now.
+pub(super) fn refresh_switch(live: &Live<'_>) {
+    if let Some(s) = &live.switch {
+        s.set_rules(super::layer2::rules(&live.config, &live.device, s));
+    }
 }
 
 /// The peer set `config` asks for. With `previous` (the config in force), a peer's endpoint is
@@ -235,6 +246,12 @@ async fn apply_reload(live: &mut Live<'_>) -> Result<String, String> {
     if new_i.listen_port != old_i.listen_port {
         return Err("the listen port cannot change on reload (restart instead)".into());
     }
+    if new_i.l2.is_some() != old_i.l2.is_some() {
+        return Err("the mode (l2 or l3) cannot change on reload (restart instead)".into());
+    }
+    if new_i.l2 != old_i.l2 {
+        warn!("reload: changes to bridge, mac_age, max_macs, mac_table_size or flood_rate of [interface] take effect at the next restart (a peer's own limits take effect now)");
+    }
     if new_i.addresses != old_i.addresses
         || new_i.mtu != old_i.mtu
         || new_i.hairpin != old_i.hairpin
@@ -252,5 +269,6 @@ async fn apply_reload(live: &mut Live<'_>) -> Result<String, String> {
     }
     let _ = live.hosts.send(hostnames(&new));
     live.config = new;
+    refresh_switch(live);
     Ok(message)
 }

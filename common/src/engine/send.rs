@@ -6,11 +6,13 @@ use super::dataplane::Engine;
 use super::shared::{Shared, Worker, QUIET_AFTER};
 use crate::clock;
 use crate::poll;
+use crate::switch::Forward;
 use crate::transport::{SendError, Transport};
 use crate::tun::{IDEAL_BATCH_SIZE, MAX_READ};
 use std::sync::atomic::Ordering;
 use suidao_proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
-use suidao_proto::{Endpoint, Outgoing, Sent};
+use suidao_proto::l2::{self, L2_HEADER_LEN};
+use suidao_proto::{Endpoint, Outgoing, PeerId, Sent, Time};
 use tracing::debug;
 
 /// Packet slots of the outgoing path: two batches, so reading goes on while a whole
@@ -31,7 +33,13 @@ pub(super) struct TxState {
     /// of full-size packets is already one contiguous GSO buffer: no copy before sending.
     data: Vec<u8>,
     stride: usize,
+    /// Where a packet starts in its slot: after the transport header, and on a layer-2
+    /// interface after the frame's header byte too.
+    inner: usize,
     sizes: Vec<usize>,
+    /// Layer 2: the peer each slot's frame goes to, when it is decided already (the relay);
+    /// `None`: the switch decides (frames from the TAP).
+    targets: Vec<Option<PeerId>>,
     ready: Vec<(usize, Endpoint, usize)>,
     /// Runs that are not contiguous in `data` (shorter packets) are gathered here for GSO.
     gso: Vec<u8>,
@@ -52,17 +60,20 @@ impl TxState {
 
     /// Room for a packet in a slot (after the transport header, before padding and tag).
     pub(super) fn room(&self) -> usize {
-        self.stride - TRANSPORT_OVERHEAD
+        self.stride - TRANSPORT_OVERHEAD - (self.inner - TRANSPORT_HEADER_LEN)
     }
 
-    /// Puts `packet` into slot `i` (at offset 16), to be sealed by `seal_and_send`.
-    pub(super) fn put(&mut self, i: usize, packet: &[u8]) {
-        let at = i * self.stride + TRANSPORT_HEADER_LEN;
+    /// Puts `packet` into slot `i` (at `inner`), to be sealed by `seal_and_send`; on a layer-2
+    /// interface, for peer `to`.
+    pub(super) fn put(&mut self, i: usize, packet: &[u8], to: Option<PeerId>) {
+        let at = i * self.stride + self.inner;
         self.data[at..at + packet.len()].copy_from_slice(packet);
         self.sizes[i] = packet.len();
+        self.targets[i] = to;
     }
 
-    pub(super) fn new(mtu: usize, offload: bool) -> TxState {
+    /// `layer2`: slots hold Ethernet frames (with room for their header byte).
+    pub(super) fn new(mtu: usize, offload: bool, layer2: bool) -> TxState {
         // With offload, the TUN hands over super-packets split to at most the MTU, so a slot
         // of header + MTU + tag holds any packet (padding never goes past the MTU). Without
         // it, each read is one packet straight into a slot: leave room for an MTU raised
@@ -76,7 +87,9 @@ impl TxState {
             scratch: vec![0u8; MAX_READ],
             data: vec![0u8; TX_SLOTS * stride],
             stride,
+            inner: TRANSPORT_HEADER_LEN + if layer2 { L2_HEADER_LEN } else { 0 },
             sizes: vec![0usize; TX_SLOTS],
+            targets: vec![None; TX_SLOTS],
             ready: Vec::with_capacity(TX_SLOTS),
             gso: Vec::with_capacity(65536),
             out: Vec::new(),
@@ -121,7 +134,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
 /// all: many small packets leave in few system calls too. After a quiet spell, the first read
 /// goes out at once (see `TxState::busy`). Returns how many packets were read.
 pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
-    let stride = tx.stride;
+    let (stride, inner) = (tx.stride, tx.inner);
     let busy = tx.busy || tx.last_found.is_some_and(|t| t.elapsed() < BUSY_WINDOW);
     let mut filled = 0;
     {
@@ -129,18 +142,18 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
             scratch,
             data,
             sizes,
+            targets,
             ..
         } = tx;
+        targets.fill(None);
         let mut chunks = data.chunks_mut(stride);
         let mut slots: [&mut [u8]; TX_SLOTS] =
             std::array::from_fn(|_| chunks.next().unwrap_or_default());
         while TX_SLOTS - filled >= IDEAL_BATCH_SIZE {
-            match w.device.read_batch(
-                scratch,
-                &mut slots[filled..],
-                &mut sizes[filled..],
-                TRANSPORT_HEADER_LEN,
-            ) {
+            match w
+                .device
+                .read_batch(scratch, &mut slots[filled..], &mut sizes[filled..], inner)
+            {
                 Ok(n) => {
                     filled += n;
                     if !busy {
@@ -182,6 +195,7 @@ pub(super) fn seal_and_send(
         data,
         stride,
         sizes,
+        targets,
         ready,
         gso,
         out,
@@ -191,7 +205,14 @@ pub(super) fn seal_and_send(
     let now = clock::now();
     ready.clear();
     for (i, slot) in data.chunks_mut(stride).enumerate().take(filled) {
-        if let Sent::Ready { to, len } = s.device.encapsulate(slot, sizes[i], now, out) {
+        let sent = match &s.switch {
+            None => s.device.encapsulate(slot, sizes[i], now, out),
+            Some(_) => match targets[i] {
+                Some(peer) => s.device.encapsulate_frame(peer, slot, sizes[i], now, out),
+                None => switch_local(s, transport, slot, sizes[i], now, out),
+            },
+        };
+        if let Sent::Ready { to, len } = sent {
             ready.push((i, to, len));
         }
     }
@@ -206,6 +227,61 @@ pub(super) fn seal_and_send(
         &mut |to, e| s.send_failed(to, e),
     );
     s.send_all(out);
+}
+
+/// Layer 2: a frame from the TAP (at `slot[17..17 + len]`) goes where the switch says: sealed
+/// in place for one peer; for a flood, a copy sealed and sent to each peer but the last, which
+/// gets the slot itself (floods are broadcasts and first frames to a MAC: rare, and capped
+/// where they come from peers, so no batching for them).
+fn switch_local(
+    s: &Shared,
+    transport: &dyn Transport,
+    slot: &mut [u8],
+    len: usize,
+    now: Time,
+    out: &mut Vec<Outgoing>,
+) -> Sent {
+    let Some(switch) = &s.switch else {
+        return Sent::Queued;
+    };
+    let at = TRANSPORT_HEADER_LEN + L2_HEADER_LEN;
+    let frame = &slot[at..at + len];
+    let (Some(src), Some(dst)) = (l2::source(frame), l2::destination(frame)) else {
+        return Sent::Queued;
+    };
+    match switch.from_local(src, dst, now.instant) {
+        Forward::Peer(p) => s.device.encapsulate_frame(p, slot, len, now, out),
+        Forward::Flood => {
+            let peers = s.device.peer_ids();
+            let Some((&last, others)) = peers.split_last() else {
+                return Sent::Queued;
+            };
+            for &p in others {
+                flood_copy(s, transport, p, &slot[..at + len], now, out);
+            }
+            s.device.encapsulate_frame(last, slot, len, now, out)
+        }
+        Forward::Local | Forward::Drop(_) => Sent::Queued,
+    }
+}
+
+/// A copy of the frame at `slot[17..]` sealed for `peer` and sent at once.
+pub(super) fn flood_copy(
+    s: &Shared,
+    transport: &dyn Transport,
+    peer: PeerId,
+    slot: &[u8],
+    now: Time,
+    out: &mut Vec<Outgoing>,
+) {
+    let len = slot.len() - TRANSPORT_HEADER_LEN - L2_HEADER_LEN;
+    let mut copy = vec![0u8; slot.len() + TRANSPORT_OVERHEAD + 16];
+    copy[..slot.len()].copy_from_slice(slot);
+    if let Sent::Ready { to, len } = s.device.encapsulate_frame(peer, &mut copy, len, now, out) {
+        if let Err(e) = transport.send(&copy[..len], to, None) {
+            s.send_failed(to, &e);
+        }
+    }
 }
 
 /// A run of sealed datagrams to one endpoint: all `seg` bytes long but the last.

@@ -32,7 +32,7 @@ pub(super) async fn open_queues(
         .unwrap_or_else(crate::config::default_workers);
     let (sockets, listen_port) =
         bind_sockets(config.interface.listen_port, workers, socket_mark(config))?;
-    let tuns = match Tun::create_queues(ifname, workers) {
+    let tuns = match Tun::create_queues(ifname, workers, config.interface.l2.is_some()) {
         Ok(t) => t,
         Err(e) => return Err(name_taken(h, ifname, e).await),
     };
@@ -270,7 +270,7 @@ pub(super) async fn configure(
     td: &mut Teardown,
 ) -> Result<(), EngineError> {
     let name = &config.interface.name;
-    netlink::set_mtu(h, name, config.interface.mtu).await?;
+    netlink::set_mtu(h, name, config.interface.device_mtu()).await?;
     for InterfaceAddress { addr, prefix_len } in &config.interface.addresses {
         if netlink::add_addr(h, name, *addr, *prefix_len).await? {
             td.net(Some(Added::Address {
@@ -281,6 +281,10 @@ pub(super) async fn configure(
         }
     }
     netlink::set_up(h, name).await?;
+    if let Some(bridge) = config.interface.l2.as_ref().and_then(|l| l.bridge.as_ref()) {
+        td.net(Some(netlink::join_bridge(h, name, bridge).await?));
+        info!("{name} joined bridge {bridge}");
+    }
     if let Some(table) = route_table(config.interface.table) {
         for c in planned_routes(config) {
             td.net(add_peer_route(h, &c, name, table).await?);

@@ -6,6 +6,7 @@
 use super::send::TxState;
 use crate::packet_device::PacketDevice;
 use crate::poll::Doorbell;
+use crate::switch::Switch;
 use crate::transport::{SendError, Transport};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -68,6 +69,11 @@ pub(super) struct Shared {
     pub(super) workers: Vec<Worker>,
     pub(super) hairpin: bool,
     pub(super) own_addrs: Vec<IpAddr>,
+    /// Layer 2 (`mode = "l2"`): frames are switched by MAC (`None`: IP packets, routed by the
+    /// protocol's allowed IPs).
+    pub(super) switch: Option<Arc<Switch>>,
+    /// Peers whose packets of the other layer were reported, and when last.
+    pub(super) wrong_layer_logged: Mutex<HashMap<PeerId, std::time::Instant>>,
     pub(super) names: Arc<RwLock<HashMap<PublicKey, String>>>,
     pub(super) handshakes: SyncSender<(Endpoint, Vec<u8>)>,
     pub(super) queued_handshakes: AtomicUsize,
@@ -162,6 +168,39 @@ impl Shared {
         } else {
             debug!("{}", what());
         }
+    }
+
+    /// A peer sent packets of the other layer (it runs the other mode, or is stock
+    /// WireGuard): counted by the protocol; said at warning level, once a minute per peer.
+    pub(super) fn wrong_layer(&self, peer: PeerId, sent: suidao_proto::l2::Layer) {
+        let now = std::time::Instant::now();
+        let due = self.wrong_layer_logged.lock().is_ok_and(|mut l| {
+            let due = l
+                .get(&peer)
+                .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60));
+            if due {
+                l.insert(peer, now);
+            }
+            due
+        });
+        if !due {
+            return;
+        }
+        use suidao_proto::l2::Layer;
+        let (theirs, ours) = match sent {
+            Layer::L3 => (
+                "IP packets (a layer-3 suidao, or stock WireGuard, which cannot carry frames)",
+                "layer-2 frames (mode = \"l2\")",
+            ),
+            Layer::L2 => (
+                "layer-2 frames (its mode is \"l2\")",
+                "IP packets (layer 3)",
+            ),
+        };
+        warn!(
+            "peer {}: mode mismatch: it sends {theirs}, this interface carries {ours}; its packets are dropped (counted as layer_mismatch). Set the same mode on both ends",
+            self.peer_name(peer)
+        );
     }
 
     pub(super) fn peer_name(&self, id: PeerId) -> String {

@@ -141,6 +141,7 @@ async fn run(
         listen_port: control.listen_port,
         fwmark: control.fwmark,
         device: data.device,
+        switch: data.switch,
         names: data.names,
         memory: data.memory,
         hosts: control.hosts,
@@ -194,6 +195,8 @@ fn post_up(config: &Config, td: &mut Teardown) -> Result<(), EngineError> {
 /// What `data_path` made, besides the engine.
 struct DataPath {
     device: Arc<Device>,
+    /// Layer 2: the switch (None on layer 3).
+    switch: Option<Arc<crate::switch::Switch>>,
     names: Arc<RwLock<HashMap<PublicKey, String>>>,
     listen_port: u16,
     /// A line for the log: workers and offloads.
@@ -213,7 +216,7 @@ async fn data_path(
 ) -> Result<(Engine, DataPath), EngineError> {
     let ifname = &config.interface.name;
     let (queues, listen_port) = setup::open_queues(h, config).await?;
-    let offloads = describe_offloads(&queues);
+    let offloads = describe_offloads(&queues, config.interface.l2.is_some());
     // The MTU is the interface's: `ip link set IFACE mtu N` from outside takes effect too,
     // also after the interface was moved to another namespace (the TUN says which).
     let tun_fd = queues.first().and_then(|(d, _)| d.readiness_fd());
@@ -232,11 +235,13 @@ async fn data_path(
         Managed::ByApi => netlink::set_mtu(h, ifname, config.interface.mtu).await?,
     }
     let names = Arc::new(RwLock::new(names));
+    let switch = super::layer2::switch(config, &device);
     let options = Options {
         hairpin: config.interface.hairpin,
         own_addrs: config.interface.addresses.iter().map(|a| a.addr).collect(),
         mtu: config.interface.mtu as usize,
         names: names.clone(),
+        switch: switch.clone(),
     };
     let engine = Engine::start(device.clone(), queues, options)?;
     // (An interface the API configures remembers nothing across runs, as wireguard-go.)
@@ -247,6 +252,7 @@ async fn data_path(
     });
     let data = DataPath {
         device,
+        switch,
         names,
         listen_port,
         offloads,
@@ -283,6 +289,7 @@ fn control_plane(
         listen_port: listen_port.clone(),
         fwmark: fwmark.clone(),
         by_api: managed == Managed::ByApi,
+        switch: data.switch.clone(),
         names: data.names.clone(),
         control: Some(control_tx),
         set_lock: Default::default(),
@@ -323,15 +330,16 @@ fn new_device(config: &Config) -> Result<(Arc<Device>, HashMap<PublicKey, String
     Ok((device, plan.names))
 }
 
-fn describe_offloads(queues: &setup::Queues) -> String {
+fn describe_offloads(queues: &setup::Queues, layer2: bool) -> String {
     let Some((dev, transport)) = queues.first() else {
         return String::new();
     };
     let o = dev.offload();
     let on = |b: bool| if b { "on" } else { "off" };
     format!(
-        "{} worker(s); offloads: TUN segmentation {} (UDP {}), UDP GSO {} segments, UDP GRO {} segments",
+        "{} worker(s); offloads: {} segmentation {} (UDP {}), UDP GSO {} segments, UDP GRO {} segments",
         queues.len(),
+        if layer2 { "TAP" } else { "TUN" },
         on(o.tcp),
         on(o.udp),
         transport.max_segments(),

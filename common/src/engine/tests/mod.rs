@@ -40,6 +40,8 @@ struct Spec {
     workers: usize,
     offload: Offload,
     gro: usize,
+    /// Layer 2: the switch (the engine carries frames).
+    switch: Option<Arc<crate::switch::Switch>>,
 }
 
 impl Spec {
@@ -50,6 +52,7 @@ impl Spec {
             workers: 1,
             offload: Offload::default(),
             gro: 1,
+            switch: None,
         }
     }
 }
@@ -89,6 +92,7 @@ fn start_with_key(
         own_addrs: vec![spec.tunnel.into()],
         mtu: 1420,
         names: Arc::new(RwLock::new(HashMap::new())),
+        switch: spec.switch.clone(),
     };
     let engine = Arc::new(Engine::start(device, queues, options).unwrap());
     // What `up`'s main loop does: run the timers when due, or when the data path asks.
@@ -202,4 +206,5 @@ fn pair(net: &Arc<MemoryNet>, server: Spec, client: Spec) -> (Node, Node) {
 }
 
 mod flows;
+mod layer2;
 mod life;
