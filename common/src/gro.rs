@@ -25,6 +25,7 @@
 //! went in (`gro_tests.rs` checks this against `tun-rs`'s splitter).
 
 use crate::tun::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use suidao_proto::l2::ETHERNET_HEADER_LEN;
 use std::io::{self, IoSlice};
 
 /// At most this many packets wait for one flush.
@@ -105,6 +106,9 @@ pub struct Coalescer {
     /// The TUN takes a virtio header: coalesce, and write the header in front of each packet.
     vnet: bool,
     udp: bool,
+    /// Bytes in front of each IP packet: 0 on a TUN, the Ethernet header on a TAP (frames of
+    /// one flow coalesce when their Ethernet headers are equal too).
+    link: usize,
 }
 
 impl Coalescer {
@@ -117,6 +121,27 @@ impl Coalescer {
             open: Vec::with_capacity(OPEN_GROUPS),
             vnet,
             udp: vnet && udp,
+            link: 0,
+        }
+    }
+
+    /// The same for Ethernet frames (a TAP): IPv4 and IPv6 frames without a VLAN tag are
+    /// coalesced, every other frame is written as it is.
+    pub fn for_frames(vnet: bool, udp: bool) -> Coalescer {
+        Coalescer {
+            link: ETHERNET_HEADER_LEN,
+            ..Coalescer::new(vnet, udp)
+        }
+    }
+
+    /// The IP packet in `frame` (all of it on a TUN), if it is one.
+    fn ip_part<'b>(&self, frame: &'b [u8]) -> Option<&'b [u8]> {
+        if self.link == 0 {
+            return Some(frame);
+        }
+        match frame.get(12..14)? {
+            [0x08, 0x00] | [0x86, 0xdd] => frame.get(self.link..),
+            _ => None,
         }
     }
 
@@ -153,7 +178,11 @@ impl Coalescer {
         if !self.vnet {
             return;
         }
-        let pkt = &buf[start..start + len];
+        let frame = &buf[start..start + len];
+        // Not IP at all (ARP, a VLAN): of no flow, written as it is.
+        let Some(pkt) = self.ip_part(frame) else {
+            return;
+        };
         let Some(c) = candidate(pkt, self.udp) else {
             // It may belong to a flow with an open group (a pure ACK, a FIN): nothing of that
             // flow may join a group begun before it, or it would be overtaken. Close the
@@ -174,10 +203,13 @@ impl Coalescer {
         self.packets[idx as usize].payload_total = c.payload;
         // Join the open group of this flow, if it takes this packet.
         let mut slot = None;
+        let link = self.link;
         for (k, o) in self.open.iter().enumerate() {
             let head = &self.packets[o.head as usize];
-            let head_pkt = &buf[head.start..head.start + head.len];
-            if same_flow(head_pkt, &o.cand, pkt, &c) {
+            let head_frame = &buf[head.start..head.start + head.len];
+            if head_frame[..link] == frame[..link]
+                && same_flow(&head_frame[link..], &o.cand, pkt, &c)
+            {
                 slot = Some(k);
                 break;
             }
@@ -185,7 +217,7 @@ impl Coalescer {
         if let Some(k) = slot {
             let o = self.open[k];
             let head = self.packets[o.head as usize];
-            let head_pkt = &buf[head.start..head.start + head.len];
+            let head_pkt = &buf[head.start + link..head.start + head.len];
             let fits = !o.closed
                 && c.payload <= o.cand.payload
                 && (c.proto == Proto::Udp || c.seq == o.next_seq)
@@ -251,13 +283,18 @@ impl Coalescer {
                 }
                 continue;
             }
+            let link = self.link;
             let hdr = if p.members > 1 {
-                // Rewrite the head into the super-packet's headers.
-                let pkt = &buf[start..start + len];
+                // Rewrite the head into the super-packet's headers (offsets from the start of
+                // the frame, link header included).
+                let pkt = &buf[start + link..start + len];
                 match candidate(pkt, self.udp) {
                     Some(c) => {
-                        let pkt = &mut buf[start..start + len];
-                        rewrite_head(pkt, &c, p.payload_total, p.psh)
+                        let pkt = &mut buf[start + link..start + len];
+                        let mut h = rewrite_head(pkt, &c, p.payload_total, p.psh);
+                        h.hdr_len += link as u16;
+                        h.csum_start += link as u16;
+                        h
                     }
                     None => VirtioNetHdr::default(),
                 }

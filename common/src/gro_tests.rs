@@ -441,3 +441,57 @@ fn junk_never_panics_and_every_write_is_whole() {
         assert_eq!(total, expected, "round {round}: every byte written once");
     }
 }
+
+/// Frames (a TAP): the IP packets of one flow behind equal Ethernet headers coalesce into one
+/// super-frame, which splits back into exactly the frames that went in; an ARP frame in the
+/// middle is written as it is and does not cut the group; the same flow behind another MAC is
+/// a group of its own.
+#[test]
+fn frames_of_one_flow_coalesce_behind_their_ethernet_header() {
+    for v6 in [false, true] {
+        let ether = |dst: u8, v6: bool| {
+            let mut e = vec![2, 0, 0, 0, 0, dst, 2, 0, 0, 0, 0, 9];
+            e.extend_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+            e
+        };
+        let framed = |dst: u8, p: &Vec<u8>| [ether(dst, v6), p.clone()].concat();
+        let packets = stream(&flow(v6, 40000), &[1380; 10], &[]);
+        let mut frames: Vec<Vec<u8>> = packets[..5].iter().map(|p| framed(1, p)).collect();
+        let arp = [vec![0xff; 6], vec![2, 0, 0, 0, 0, 9, 0x08, 0x06], vec![0; 28]].concat();
+        frames.push(arp.clone());
+        frames.extend(packets[5..].iter().map(|p| framed(1, p)));
+        let other = stream(&flow(v6, 40000), &[1380; 2], &[]);
+        frames.extend(other.iter().map(|p| framed(2, p)));
+
+        let mut buf = vec![0u8; frames.len() * SLOT];
+        let mut c = Coalescer::for_frames(true, true);
+        for (i, f) in frames.iter().enumerate() {
+            let start = i * SLOT + 17;
+            buf[start..start + f.len()].copy_from_slice(f);
+            c.push(&buf, start, f.len());
+        }
+        let mut writes = Vec::new();
+        c.flush(&mut buf, |iov| {
+            writes.push(iov.iter().flat_map(|s| s.iter().copied()).collect::<Vec<u8>>());
+            Ok(0)
+        })
+        .unwrap();
+        assert_eq!(writes.len(), 3, "the flow, the ARP frame, the other MAC's (v6 {v6})");
+        let unframe = |w: &Vec<u8>| -> Vec<Vec<u8>> {
+            let mut hdr = VirtioNetHdr::decode(&w[..HEADROOM]).unwrap();
+            let (eth, ip) = w[HEADROOM..].split_at(14);
+            if hdr.gso_type == 0 {
+                return vec![w[HEADROOM..].to_vec()];
+            }
+            hdr.csum_start -= 14;
+            hdr.hdr_len -= 14;
+            let mut v = vec![0u8; HEADROOM];
+            hdr.encode(&mut v).unwrap();
+            v.extend_from_slice(ip);
+            split(&v).into_iter().map(|p| [eth.to_vec(), p].concat()).collect()
+        };
+        assert_eq!(unframe(&writes[0]), [&frames[..5], &frames[6..11]].concat());
+        assert_eq!(unframe(&writes[1]), vec![arp]);
+        assert_eq!(unframe(&writes[2]), frames[11..].to_vec());
+    }
+}

@@ -8,13 +8,20 @@ use crate::poll::Interrupt;
 use std::io;
 pub use tun_rs::{VirtioNetHdr, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-/// Room to read one super-packet with its virtio header.
-pub const MAX_READ: usize = VIRTIO_NET_HDR_LEN + 65535;
+/// virtio-net's header values (virtio_net.h) `tun-rs` keeps to itself.
+const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+
+/// Room to read one super-packet with its virtio header (on a TAP, with its Ethernet header,
+/// VLAN tag included).
+pub const MAX_READ: usize = VIRTIO_NET_HDR_LEN + 18 + 65535;
 
 pub struct Tun {
     dev: tun_rs::SyncDevice,
     name: String,
     offload: bool,
+    /// A TAP: frames, not IP packets.
+    layer2: bool,
     interrupt: Interrupt,
 }
 
@@ -37,8 +44,9 @@ impl Tun {
     /// its own, and the kernel hands each flow's packets to one queue, so one flow stays in
     /// order while flows are read in parallel. Each queue is non-blocking.
     ///
-    /// `layer2`: a TAP device (Ethernet frames, `mode = "l2"`) instead, without offloads
-    /// (`tun-rs` splits and coalesces IP super-packets, not frames).
+    /// `layer2`: a TAP device (Ethernet frames, `mode = "l2"`) instead. Its offloads work the
+    /// same way on frames: a read may return a TCP super-frame (split here, `read_tap`), and
+    /// writes take coalesced frames (`gro` with the Ethernet header in front).
     pub fn create_queues(name: &str, queues: usize, layer2: bool) -> io::Result<Vec<Tun>> {
         let multi = queues > 1;
         let (layer, kind) = if layer2 {
@@ -57,7 +65,7 @@ impl Tun {
                 .multi_queue(multi)
                 .build_sync()
         };
-        let (first, offload) = match build(!layer2) {
+        let (first, offload) = match build(true) {
             Ok(dev) => (dev, true),
             Err(e)
                 if matches!(
@@ -85,10 +93,103 @@ impl Tun {
                     dev,
                     name: name.to_string(),
                     offload,
+                    layer2,
                     interrupt: Interrupt::new()?,
                 })
             })
             .collect()
+    }
+}
+
+/// The length of a frame's link header: 14, or 18 with one VLAN tag.
+fn link_header_len(frame: &[u8]) -> Option<usize> {
+    match u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) {
+        0x8100 | 0x88a8 => Some(18),
+        _ => Some(14),
+    }
+}
+
+/// Completes a checksum the kernel left partial (CHECKSUM_PARTIAL: the pseudo-header's sum is
+/// in the field): the one's complement of the sum from `start` to the end, at `start + at`.
+fn finish_checksum(frame: &mut [u8], start: usize, at: usize) -> io::Result<()> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "checksum offsets out of the frame");
+    let field = start.checked_add(at).filter(|f| f + 2 <= frame.len()).ok_or_else(bad)?;
+    let mut sum: u64 = 0;
+    let mut chunks = frame.get(start..).ok_or_else(bad)?.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[field..field + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    Ok(())
+}
+
+impl Tun {
+    /// One read of a TAP with offloads: a frame, or a super-frame split into frames of the
+    /// TAP's MTU. `tun-rs`'s splitter works on IP packets, so it gets the IP part, and each
+    /// segment gets the super-frame's link header in front.
+    fn read_tap(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [&mut [u8]],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        // SAFETY: reads at most `scratch.len()` bytes into `scratch`, which is valid for that
+        // long; the descriptor is the device's, open while `self` is.
+        let n = unsafe {
+            libc::read(
+                self.dev.as_raw_fd(),
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n <= VIRTIO_NET_HDR_LEN {
+            return Err(invalid("a TAP read shorter than its virtio header"));
+        }
+        let hdr = VirtioNetHdr::decode(&scratch[..VIRTIO_NET_HDR_LEN])?;
+        let frame = &mut scratch[VIRTIO_NET_HDR_LEN..n];
+        if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE {
+            if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                finish_checksum(frame, hdr.csum_start.into(), hdr.csum_offset.into())?;
+            }
+            let (Some(out), Some(size)) = (bufs.first_mut(), sizes.first_mut()) else {
+                return Ok(0);
+            };
+            let slot = out
+                .get_mut(offset..offset + frame.len())
+                .ok_or_else(|| invalid("a frame larger than the slot"))?;
+            slot.copy_from_slice(frame);
+            *size = frame.len();
+            return Ok(1);
+        }
+        let link = link_header_len(frame).ok_or_else(|| invalid("a super-frame without a link header"))?;
+        let is_v6 = match frame.get(link).map(|b| b >> 4) {
+            Some(4) => false,
+            Some(6) => true,
+            _ => return Err(invalid("a super-frame that is not IP")),
+        };
+        let mut ip_hdr = hdr;
+        ip_hdr.csum_start = hdr.csum_start.checked_sub(link as u16).ok_or_else(|| invalid("bad csum_start"))?;
+        ip_hdr.hdr_len = hdr.hdr_len.checked_sub(link as u16).ok_or_else(|| invalid("bad hdr_len"))?;
+        let (head, ip) = frame.split_at_mut(link);
+        let count = tun_rs::gso_split(ip, ip_hdr, bufs, sizes, offset + link, is_v6)?;
+        for (out, size) in bufs.iter_mut().zip(sizes.iter_mut()).take(count) {
+            out[offset..offset + link].copy_from_slice(head);
+            *size += link;
+        }
+        Ok(count)
     }
 }
 
@@ -115,6 +216,9 @@ impl PacketDevice for Tun {
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
+        if self.layer2 && self.offload {
+            return self.read_tap(scratch, bufs, sizes, offset);
+        }
         self.dev.recv_multiple(scratch, bufs, sizes, offset)
     }
 

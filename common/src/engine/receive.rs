@@ -35,7 +35,11 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     let mut rx = vec![0u8; RX_MESSAGES * RX_SLOT];
     let mut meta = [RecvMeta::default(); RX_MESSAGES];
     let offload = w.device.offload();
-    let mut gro = Coalescer::new(offload.tcp, offload.udp);
+    let mut gro = if s.switch.is_some() {
+        Coalescer::for_frames(offload.tcp, offload.udp)
+    } else {
+        Coalescer::new(offload.tcp, offload.udp)
+    };
     let mut out = Vec::new();
     let mut relay = Relay::new(s.device.mtu(), s.switch.is_some());
     // Whether a receive may find something without waiting first: after a batch short of
