@@ -887,18 +887,19 @@ impl Config {
 /// `mode` and the layer-2 keys of `[interface]`: `None` for layer 3 (where those keys are
 /// refused).
 fn layer2(cx: &Ctx<'_>, ri: &RawInterface) -> Result<Option<Layer2>, ConfigError> {
-    let l2 =
-        match ri.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
-            None | Some(("l3", _)) => false,
-            Some(("l2", _)) => true,
-            Some((other, span)) => return cx.err(
+    let l2 = match ri.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("l3", _)) => false,
+        Some(("l2", _)) => true,
+        Some((other, span)) => {
+            return cx.err(
                 Some(span),
                 "interface.mode",
                 format!(
                     "'{other}' is not \"l3\" (IP packets, the default) or \"l2\" (Ethernet frames)"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let numbers = [
         ("mac_age", &ri.mac_age),
         ("max_macs", &ri.max_macs),

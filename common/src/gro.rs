@@ -25,8 +25,8 @@
 //! went in (`gro_tests.rs` checks this against `tun-rs`'s splitter).
 
 use crate::tun::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
-use suidao_proto::l2::ETHERNET_HEADER_LEN;
 use std::io::{self, IoSlice};
+use suidao_proto::l2::ETHERNET_HEADER_LEN;
 
 /// At most this many packets wait for one flush.
 pub const MAX_PACKETS: usize = 256;

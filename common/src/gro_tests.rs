@@ -457,7 +457,12 @@ fn frames_of_one_flow_coalesce_behind_their_ethernet_header() {
         let framed = |dst: u8, p: &Vec<u8>| [ether(dst, v6), p.clone()].concat();
         let packets = stream(&flow(v6, 40000), &[1380; 10], &[]);
         let mut frames: Vec<Vec<u8>> = packets[..5].iter().map(|p| framed(1, p)).collect();
-        let arp = [vec![0xff; 6], vec![2, 0, 0, 0, 0, 9, 0x08, 0x06], vec![0; 28]].concat();
+        let arp = [
+            vec![0xff; 6],
+            vec![2, 0, 0, 0, 0, 9, 0x08, 0x06],
+            vec![0; 28],
+        ]
+        .concat();
         frames.push(arp.clone());
         frames.extend(packets[5..].iter().map(|p| framed(1, p)));
         let other = stream(&flow(v6, 40000), &[1380; 2], &[]);
@@ -472,11 +477,19 @@ fn frames_of_one_flow_coalesce_behind_their_ethernet_header() {
         }
         let mut writes = Vec::new();
         c.flush(&mut buf, |iov| {
-            writes.push(iov.iter().flat_map(|s| s.iter().copied()).collect::<Vec<u8>>());
+            writes.push(
+                iov.iter()
+                    .flat_map(|s| s.iter().copied())
+                    .collect::<Vec<u8>>(),
+            );
             Ok(0)
         })
         .unwrap();
-        assert_eq!(writes.len(), 3, "the flow, the ARP frame, the other MAC's (v6 {v6})");
+        assert_eq!(
+            writes.len(),
+            3,
+            "the flow, the ARP frame, the other MAC's (v6 {v6})"
+        );
         let unframe = |w: &Vec<u8>| -> Vec<Vec<u8>> {
             let mut hdr = VirtioNetHdr::decode(&w[..HEADROOM]).unwrap();
             let (eth, ip) = w[HEADROOM..].split_at(14);
@@ -488,7 +501,10 @@ fn frames_of_one_flow_coalesce_behind_their_ethernet_header() {
             let mut v = vec![0u8; HEADROOM];
             hdr.encode(&mut v).unwrap();
             v.extend_from_slice(ip);
-            split(&v).into_iter().map(|p| [eth.to_vec(), p].concat()).collect()
+            split(&v)
+                .into_iter()
+                .map(|p| [eth.to_vec(), p].concat())
+                .collect()
         };
         assert_eq!(unframe(&writes[0]), [&frames[..5], &frames[6..11]].concat());
         assert_eq!(unframe(&writes[1]), vec![arp]);

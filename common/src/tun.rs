@@ -112,8 +112,16 @@ fn link_header_len(frame: &[u8]) -> Option<usize> {
 /// Completes a checksum the kernel left partial (CHECKSUM_PARTIAL: the pseudo-header's sum is
 /// in the field): the one's complement of the sum from `start` to the end, at `start + at`.
 fn finish_checksum(frame: &mut [u8], start: usize, at: usize) -> io::Result<()> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "checksum offsets out of the frame");
-    let field = start.checked_add(at).filter(|f| f + 2 <= frame.len()).ok_or_else(bad)?;
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "checksum offsets out of the frame",
+        )
+    };
+    let field = start
+        .checked_add(at)
+        .filter(|f| f + 2 <= frame.len())
+        .ok_or_else(bad)?;
     let mut sum: u64 = 0;
     let mut chunks = frame.get(start..).ok_or_else(bad)?.chunks_exact(2);
     for c in &mut chunks {
@@ -174,15 +182,22 @@ impl Tun {
             *size = frame.len();
             return Ok(1);
         }
-        let link = link_header_len(frame).ok_or_else(|| invalid("a super-frame without a link header"))?;
+        let link =
+            link_header_len(frame).ok_or_else(|| invalid("a super-frame without a link header"))?;
         let is_v6 = match frame.get(link).map(|b| b >> 4) {
             Some(4) => false,
             Some(6) => true,
             _ => return Err(invalid("a super-frame that is not IP")),
         };
         let mut ip_hdr = hdr;
-        ip_hdr.csum_start = hdr.csum_start.checked_sub(link as u16).ok_or_else(|| invalid("bad csum_start"))?;
-        ip_hdr.hdr_len = hdr.hdr_len.checked_sub(link as u16).ok_or_else(|| invalid("bad hdr_len"))?;
+        ip_hdr.csum_start = hdr
+            .csum_start
+            .checked_sub(link as u16)
+            .ok_or_else(|| invalid("bad csum_start"))?;
+        ip_hdr.hdr_len = hdr
+            .hdr_len
+            .checked_sub(link as u16)
+            .ok_or_else(|| invalid("bad hdr_len"))?;
         let (head, ip) = frame.split_at_mut(link);
         let count = tun_rs::gso_split(ip, ip_hdr, bufs, sizes, offset + link, is_v6)?;
         for (out, size) in bufs.iter_mut().zip(sizes.iter_mut()).take(count) {

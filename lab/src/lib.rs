@@ -9,6 +9,7 @@ pub mod bench;
 pub mod demo;
 pub mod down;
 pub mod interrupt;
+pub mod l2;
 pub mod measure;
 pub mod netlink;
 pub mod netns;

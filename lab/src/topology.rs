@@ -331,6 +331,66 @@ impl Spec {
         }
     }
 
+    /// `lan`: one Ethernet segment at `sites` places (a, b, c, ...). Each site is a bridge
+    /// in its gateway with two hosts on it (a1, a2 at site a); the gateways reach each other
+    /// over a WAN switch. Every host is on 10.50.0.0/24 and fd50::/64 with an MTU of 1405, the
+    /// TAP's; the layer-2 tunnel (`l2::LanVpn`) joins the bridges.
+    ///
+    /// ```text
+    ///  [a1]--+                                  +--[b1]
+    ///        [gw-a: br0 + TAP]==(wan)==[gw-b: br0 + TAP]
+    ///  [a2]--+                                  +--[b2]
+    /// ```
+    pub fn lan(sites: usize) -> Spec {
+        let mut hosts = vec!["wan".to_string()];
+        let mut bridges = vec![Bridge {
+            host: "wan".into(),
+            name: "wan0".into(),
+        }];
+        let mut links = Vec::new();
+        for (i, site) in lan_sites(sites).into_iter().enumerate() {
+            let gw = format!("gw-{site}");
+            hosts.push(gw.clone());
+            let mut port = end("wan", &format!("w{site}"), &[]);
+            port.master = Some("wan0".into());
+            links.push(Link {
+                a: port,
+                b: end(&gw, "wan", &[&format!("198.18.0.{}/24", i + 1)]),
+            });
+            bridges.push(Bridge {
+                host: gw.clone(),
+                name: "br0".into(),
+            });
+            for j in 1..=2 {
+                let host = format!("{site}{j}");
+                hosts.push(host.clone());
+                let mut port = end(&gw, &format!("p{j}"), &[]);
+                port.master = Some("br0".into());
+                links.push(Link {
+                    a: port,
+                    b: end(
+                        &host,
+                        "eth0",
+                        &[
+                            &format!("{}/24", lan_v4(i, j)),
+                            &format!("{}/64", lan_v6(i, j)),
+                        ],
+                    ),
+                });
+            }
+        }
+        Spec {
+            name: "lan".into(),
+            hosts,
+            bridges,
+            links,
+            routes: vec![],
+            forwarding: vec![],
+            masquerade: vec![],
+            vpn: None,
+        }
+    }
+
     pub fn nat() -> Spec {
         Spec {
             name: "nat".into(),
@@ -590,7 +650,7 @@ impl Lab {
         Ok(())
     }
 
-    fn say(&self, line: String) {
+    pub fn say(&self, line: String) {
         if self.explain {
             println!("  $ {line}");
         }
@@ -670,6 +730,21 @@ impl P2p {
             client: lab.take("client")?,
         })
     }
+}
+
+/// The sites of `Spec::lan`: a, b, c, ...
+pub fn lan_sites(sites: usize) -> Vec<char> {
+    ('a'..='z').take(sites.clamp(1, 26)).collect()
+}
+
+/// The address of host `j` (1 or 2) at site `i` (0-based) of `Spec::lan`: 10.50.0.11 is a1.
+pub fn lan_v4(i: usize, j: usize) -> String {
+    format!("10.50.0.{}", 10 * (i + 1) + j)
+}
+
+/// The same in IPv6: fd50::11 is a1.
+pub fn lan_v6(i: usize, j: usize) -> String {
+    format!("fd50::{}", 10 * (i + 1) + j)
 }
 
 /// The tunnel address of hub client `i` (1-based); the server is 10.99.0.1.

@@ -1,0 +1,524 @@
+//! Layer 2 (`mode = "l2"`): hosts at two or three sites on one Ethernet segment through
+//! suidao's TAP in each site's bridge (`suidao_lab::l2`): ARP, broadcasts, IPv6 neighbour
+//! discovery and DHCP across; the hub switching with split horizon; MACs aging out; the
+//! per-peer limits (a spoofed MAC, a broadcast storm); a mismatched l2/l3 pair; frames too
+//! large for the TAP; teardown.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use suidao_lab::l2::{LanVpn, LAN_MTU};
+use suidao_lab::suidao::{ping, ping_until, run};
+use suidao_lab::Netns;
+use suidao_tests::eventually;
+
+/// A host's MAC on `dev`.
+fn mac(ns: &Netns, dev: &str) -> String {
+    let out = run(ns, "ip", &["-o", "link", "show", dev]).unwrap();
+    out.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The MACs a gateway's status shows as learned from each peer, by peer name.
+fn learned(vpn: &LanVpn, gw: usize) -> Vec<(String, Vec<String>)> {
+    let v = vpn.gateways[gw].status().unwrap();
+    v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let macs = p["macs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["mac"].as_str().map(str::to_string))
+                .collect();
+            (p["name"].as_str().unwrap_or("").to_string(), macs)
+        })
+        .collect()
+}
+
+fn learned_from(vpn: &LanVpn, gw: usize, peer: &str) -> Vec<String> {
+    learned(vpn, gw)
+        .into_iter()
+        .find(|(n, _)| n == peer)
+        .map(|(_, m)| m)
+        .unwrap_or_default()
+}
+
+/// Lets a host answer pings sent to the broadcast address.
+fn answer_broadcasts(ns: &Netns) {
+    ns.run(|| std::fs::write("/proc/sys/net/ipv4/icmp_echo_ignore_broadcasts", "0"))
+        .unwrap()
+        .unwrap();
+}
+
+/// The hosts that answer a broadcast ping from `ns` (their addresses, sorted).
+fn broadcast_responders(ns: &Netns) -> Vec<String> {
+    let out = ns
+        .command("ping")
+        .unwrap()
+        .args(["-b", "-c", "3", "-i", "0.3", "-W", "1", "10.50.0.255"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut from: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split("bytes from ").nth(1))
+        .filter_map(|r| r.split(':').next())
+        .map(str::to_string)
+        .collect();
+    from.sort();
+    from.dedup();
+    from
+}
+
+#[test]
+fn hosts_at_two_sites_are_on_one_segment_and_teardown_leaves_nothing() {
+    if !suidao_lab::require(
+        "hosts_at_two_sites_are_on_one_segment_and_teardown_leaves_nothing",
+        &["ping"],
+    ) {
+        return;
+    }
+    let mut vpn = LanVpn::start(2, false).unwrap();
+    let (a1, a2) = (vpn.host(0, 1).unwrap(), vpn.host(0, 2).unwrap());
+    let (b1, b2) = (vpn.host(1, 1).unwrap(), vpn.host(1, 2).unwrap());
+    // ARP across: a1 learns b1's MAC from b1 itself, through the tunnel.
+    assert!(
+        ping_until(a1, &LanVpn::v4(1, 1), Duration::from_secs(10)).unwrap(),
+        "a1 -> b1\n{}",
+        vpn.logs()
+    );
+    let neigh = run(a1, "ip", &["neigh", "show", &LanVpn::v4(1, 1)]).unwrap();
+    assert!(
+        neigh.contains(&mac(b1, "eth0")),
+        "a1's ARP entry for b1 is b1's own MAC: {neigh}"
+    );
+    // A broadcast reaches every other host, at both sites.
+    for ns in [a2, b1, b2] {
+        answer_broadcasts(ns);
+    }
+    let want: Vec<String> = [(0, 2), (1, 1), (1, 2)]
+        .iter()
+        .map(|&(i, j)| LanVpn::v4(i, j))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || broadcast_responders(a1) == want),
+        "a broadcast from a1 answered by {:?}, expected {want:?}",
+        broadcast_responders(a1)
+    );
+    // IPv6: neighbour discovery across, to a global and a link-local address.
+    assert!(ping_until(b2, &LanVpn::v6(0, 1), Duration::from_secs(10)).unwrap());
+    let a1_mac = mac(a1, "eth0");
+    let ll = run(
+        a1,
+        "ip",
+        &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
+    )
+    .unwrap();
+    let ll = ll
+        .split("inet6 ")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        ping(b2, &format!("{ll}%eth0"), 2).unwrap(),
+        "b2 -> a1's link-local {ll}"
+    );
+    // The hub learned site b's MACs from gw-b, and site b's gateway a1's from the hub.
+    let b1_mac = mac(b1, "eth0");
+    assert!(learned_from(&vpn, 0, "gw-b").contains(&b1_mac));
+    assert!(learned_from(&vpn, 1, "gw-a").contains(&a1_mac));
+    assert_eq!(vpn.gateways[0].drops("layer_mismatch").unwrap(), 0);
+    // Teardown: each gateway's namespace as it was before suidao started (the TAP gone with
+    // its bridge port, nothing else touched).
+    vpn.gateways.clear();
+    for i in 0..2 {
+        let after = suidao_lab::netlink::snapshot_of(vpn.gateway_ns(i).unwrap()).unwrap();
+        assert_eq!(after, vpn.before[i], "gateway {i} after teardown");
+        let ports = run(
+            vpn.gateway_ns(i).unwrap(),
+            "ip",
+            &["-o", "link", "show", "master", "br0"],
+        )
+        .unwrap();
+        assert_eq!(
+            ports.lines().count(),
+            2,
+            "only p1 and p2 left in br0: {ports}"
+        );
+    }
+}
+
+#[test]
+fn a_host_at_site_b_gets_its_address_by_dhcp_from_dnsmasq_at_site_a() {
+    if !suidao_lab::require(
+        "a_host_at_site_b_gets_its_address_by_dhcp_from_dnsmasq_at_site_a",
+        &["ping", "dnsmasq", "busybox"],
+    ) {
+        return;
+    }
+    let vpn = LanVpn::start(2, false).unwrap();
+    let (a1, b2) = (vpn.host(0, 1).unwrap(), vpn.host(1, 2).unwrap());
+    let dir = vpn.dir.path();
+    let leases = dir.join("dnsmasq.leases");
+    let pid = dir.join("dnsmasq.pid");
+    let mut dnsmasq = suidao_lab::Process::new(
+        "dnsmasq",
+        a1.command("dnsmasq")
+            .unwrap()
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=0",
+                "--interface=eth0",
+                "--bind-interfaces",
+                "--dhcp-range=10.50.0.100,10.50.0.150,255.255.255.0,1h",
+                &format!("--dhcp-option=option:mtu,{LAN_MTU}"),
+                "--dhcp-authoritative",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg(format!("--pid-file={}", pid.display()))
+            .spawn()
+            .unwrap(),
+    );
+    // b2 forgets its IPv4 address and asks for one; udhcpc's script (what a distribution's
+    // would do) puts the lease on eth0.
+    run(b2, "ip", &["-4", "addr", "flush", "dev", "eth0"]).unwrap();
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew)\n  ip addr add \"$ip/$mask\" dev \"$interface\"\n  [ -n \"$mtu\" ] && ip link set \"$interface\" mtu \"$mtu\"\n  echo \"leased $ip mtu $mtu\"\nesac\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = b2
+        .command("busybox")
+        .unwrap()
+        .args([
+            "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-O", "mtu", "-s",
+        ])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dnsmasq.stop();
+    assert!(out.status.success(), "udhcpc: {text}\n{}", vpn.logs());
+    let leased = text
+        .lines()
+        .find_map(|l| l.strip_prefix("leased "))
+        .unwrap_or_default()
+        .to_string();
+    let ip = leased.split(' ').next().unwrap_or_default();
+    let last: u8 = ip.rsplit('.').next().unwrap_or("0").parse().unwrap_or(0);
+    assert!(
+        ip.starts_with("10.50.0.") && (100..=150).contains(&last),
+        "a lease from dnsmasq's range: {text}"
+    );
+    assert!(leased.ends_with(&format!("mtu {LAN_MTU}")), "{text}");
+    // The leased address works across the tunnel.
+    assert!(ping_until(b2, &LanVpn::v4(0, 1), Duration::from_secs(5)).unwrap());
+}
+
+#[test]
+fn three_sites_on_one_hub_are_switched_with_split_horizon() {
+    if !suidao_lab::require(
+        "three_sites_on_one_hub_are_switched_with_split_horizon",
+        &["ping", "tcpdump"],
+    ) {
+        return;
+    }
+    let vpn = LanVpn::start(3, false).unwrap();
+    let (b1, c1) = (vpn.host(1, 1).unwrap(), vpn.host(2, 1).unwrap());
+    // Spoke to spoke through the hub.
+    assert!(
+        ping_until(b1, &LanVpn::v4(2, 1), Duration::from_secs(10)).unwrap(),
+        "b1 -> c1 through the hub\n{}",
+        vpn.logs()
+    );
+    // Watch what gw-b's TAP is handed from the tunnel while b1 broadcasts: frames from the
+    // other sites, never b1's own back.
+    let b1_mac = mac(b1, "eth0");
+    let gw_b = vpn.gateway_ns(1).unwrap();
+    let tap = vpn.gateways[1].ifname.clone();
+    let mut child = gw_b
+        .command("tcpdump")
+        .unwrap()
+        .args(["-i", &tap, "-Q", "in", "-n", "-e", "-l", "broadcast"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let mut dump = suidao_lab::Process::new("tcpdump", child);
+    std::thread::sleep(Duration::from_secs(1));
+    for i in [0, 2] {
+        answer_broadcasts(vpn.host(i, 1).unwrap());
+    }
+    let responders = broadcast_responders(b1);
+    // And one broadcast from site c, which gw-b must be handed.
+    let _ = broadcast_responders(c1);
+    std::thread::sleep(Duration::from_millis(500));
+    dump.stop();
+    let seen = reader.join().unwrap();
+    assert!(
+        responders.contains(&LanVpn::v4(0, 1)) && responders.contains(&LanVpn::v4(2, 1)),
+        "b1's broadcast reached a1 and c1: {responders:?}"
+    );
+    let from_b1 = seen.lines().filter(|l| l.contains(&b1_mac)).count();
+    let from_c1 = seen
+        .lines()
+        .filter(|l| l.contains(&mac(c1, "eth0")))
+        .count();
+    assert_eq!(from_b1, 0, "b1's broadcasts came back to gw-b:\n{seen}");
+    assert!(from_c1 > 0, "c1's broadcast reached gw-b:\n{seen}");
+    // No MAC moved anywhere (a frame coming back would have moved its source).
+    for g in &vpn.gateways {
+        assert_eq!(g.status().unwrap()["mac_moves"].as_u64(), Some(0));
+    }
+}
+
+#[test]
+fn learned_macs_age_out_after_mac_age() {
+    if !suidao_lab::require("learned_macs_age_out_after_mac_age", &["ping"]) {
+        return;
+    }
+    let vpn = LanVpn::start_with(2, false, |_, s| s.extra.push_str("mac_age = 3\n")).unwrap();
+    let (a1, b1) = (vpn.host(0, 1).unwrap(), vpn.host(1, 1).unwrap());
+    assert!(ping_until(a1, &LanVpn::v4(1, 1), Duration::from_secs(10)).unwrap());
+    let b1_mac = mac(b1, "eth0");
+    assert!(learned_from(&vpn, 0, "gw-b").contains(&b1_mac));
+    // b1 goes quiet (its link down: not even neighbour discovery); within a few seconds of
+    // the 3 s age the hub forgets it.
+    run(b1, "ip", &["link", "set", "eth0", "down"]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(8), || !learned_from(&vpn, 0, "gw-b")
+            .contains(&b1_mac)),
+        "b1's MAC still learned: {:?}",
+        learned(&vpn, 0)
+    );
+    // Back up and heard from again: learned again.
+    run(b1, "ip", &["link", "set", "eth0", "up"]).unwrap();
+    assert!(ping_until(b1, &LanVpn::v4(0, 1), Duration::from_secs(10)).unwrap());
+    assert!(learned_from(&vpn, 0, "gw-b").contains(&b1_mac));
+}
+
+#[test]
+fn a_spoofed_source_mac_is_dropped_and_counted() {
+    if !suidao_lab::require("a_spoofed_source_mac_is_dropped_and_counted", &["ping"]) {
+        return;
+    }
+    let mut vpn = LanVpn::start(2, false).unwrap();
+    // The hub allows gw-b's side only the MACs it has: b1, b2 and gw-b's bridge.
+    let allowed = [
+        mac(vpn.host(1, 1).unwrap(), "eth0"),
+        mac(vpn.host(1, 2).unwrap(), "eth0"),
+        mac(vpn.gateway_ns(1).unwrap(), "br0"),
+    ];
+    vpn.specs[0].peers[0].allowed_macs = allowed.to_vec();
+    let config = vpn.specs[0].write(vpn.dir.path()).unwrap();
+    let (b1, b2) = (vpn.host(1, 1).unwrap(), vpn.host(1, 2).unwrap());
+    let out =
+        suidao_lab::suidao::command(vpn.gateway_ns(0).unwrap(), suidao_lab::suidao::Role::Server)
+            .unwrap()
+            .args(["reload", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ping_until(b1, &LanVpn::v4(0, 1), Duration::from_secs(10)).unwrap());
+    let before = vpn.gateways[0].drops("mac_not_allowed").unwrap();
+    // b2 takes a MAC of its own making.
+    run(
+        b2,
+        "ip",
+        &["link", "set", "eth0", "address", "02:66:66:66:66:66"],
+    )
+    .unwrap();
+    assert!(
+        !ping(b2, &LanVpn::v4(0, 1), 3).unwrap(),
+        "a spoofed MAC got through"
+    );
+    let after = vpn.gateways[0].drops("mac_not_allowed").unwrap();
+    assert!(
+        after >= before + 3,
+        "mac_not_allowed went from {before} to {after}"
+    );
+    assert!(!learned_from(&vpn, 0, "gw-b").contains(&"02:66:66:66:66:66".to_string()));
+    // b1 is not affected.
+    assert!(ping(b1, &LanVpn::v4(0, 1), 2).unwrap());
+    vpn.gateways.clear();
+}
+
+#[test]
+fn a_broadcast_storm_from_one_site_is_capped_and_a_transfer_between_others_goes_on() {
+    if !suidao_lab::require(
+        "a_broadcast_storm_from_one_site_is_capped_and_a_transfer_between_others_goes_on",
+        &["ping"],
+    ) {
+        return;
+    }
+    let vpn = LanVpn::start_with(3, false, |_, s| s.extra.push_str("flood_rate = 200\n")).unwrap();
+    let (a1, b1, c1) = (
+        vpn.host(0, 1).unwrap(),
+        vpn.host(1, 1).unwrap(),
+        vpn.host(2, 1).unwrap(),
+    );
+    assert!(ping_until(b1, &LanVpn::v4(0, 1), Duration::from_secs(10)).unwrap());
+    assert!(ping_until(c1, &LanVpn::v4(0, 1), Duration::from_secs(10)).unwrap());
+    // c1 floods the segment with UDP broadcasts, as fast as it can.
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let stop = stop.clone();
+        let sock = c1
+            .run(|| {
+                let s = UdpSocket::bind("10.50.0.31:0")?;
+                s.set_broadcast(true)?;
+                Ok::<_, std::io::Error>(s)
+            })
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            let to: SocketAddr = "10.50.0.255:9".parse().unwrap();
+            let payload = [0u8; 1000];
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if sock.send_to(&payload, to).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let result = suidao_tests::transfer::tcp(
+        a1,
+        b1,
+        format!("{}:5201", LanVpn::v4(1, 1)).parse().unwrap(),
+        32 << 20,
+    );
+    stop.store(true, Ordering::Relaxed);
+    let sent = storm.join().unwrap();
+    let t = result.unwrap_or_else(|e| panic!("the transfer during the storm: {e}\n{}", vpn.logs()));
+    assert_eq!(t.sent, t.received, "the digests differ");
+    let capped = vpn.gateways[0].drops("flood_limit").unwrap();
+    assert!(
+        capped > 0,
+        "the hub capped none of the {sent} broadcasts\n{}",
+        vpn.logs()
+    );
+    eprintln!(
+        "storm: {sent} broadcasts sent, {capped} capped at the hub; a1 -> b1 {:.0} Mbit/s meanwhile",
+        t.mbit_per_s()
+    );
+}
+
+#[test]
+fn an_l2_end_and_an_l3_end_each_report_the_mismatch() {
+    if !suidao_lab::require(
+        "an_l2_end_and_an_l3_end_each_report_the_mismatch",
+        &["ping"],
+    ) {
+        return;
+    }
+    // The hub stays layer 2; gw-b is started as layer 3 (its peer with an allowed IP).
+    let mut vpn = LanVpn::start_with(2, false, |i, s| {
+        if i == 1 {
+            s.mode = None;
+            s.bridge = None;
+            s.addresses = vec!["10.51.0.2/24".into()];
+            s.peers[0].allowed_ips = vec!["10.51.0.0/24".into()];
+        }
+    })
+    .unwrap();
+    let gw_b = vpn.gateway_ns(1).unwrap();
+    // The l3 side sends IP packets, the l2 side frames (a1's ARP for anything).
+    let _ = ping(gw_b, "10.51.0.1", 2);
+    let _ = ping(vpn.host(0, 1).unwrap(), &LanVpn::v4(1, 1), 2);
+    let reported = |i: usize| {
+        vpn.gateways[i].drops("layer_mismatch").unwrap_or(0) > 0
+            && vpn.gateways[i].log().contains("mode mismatch")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || reported(0) && reported(1)),
+        "both ends report the mismatch\n{}",
+        vpn.logs()
+    );
+    assert!(vpn.gateways[0]
+        .log()
+        .contains("peer gw-b: mode mismatch: it sends IP packets"));
+    assert!(vpn.gateways[1]
+        .log()
+        .contains("peer gw-a: mode mismatch: it sends layer-2 frames"));
+    vpn.gateways.clear();
+}
+
+#[test]
+fn a_frame_larger_than_the_tap_takes_is_dropped_by_the_bridge() {
+    if !suidao_lab::require(
+        "a_frame_larger_than_the_tap_takes_is_dropped_by_the_bridge",
+        &["ping"],
+    ) {
+        return;
+    }
+    let vpn = LanVpn::start(2, false).unwrap();
+    let a1 = vpn.host(0, 1).unwrap();
+    let tap_mtu = run(
+        vpn.gateway_ns(0).unwrap(),
+        "ip",
+        &["-o", "link", "show", &vpn.gateways[0].ifname],
+    )
+    .unwrap();
+    assert!(tap_mtu.contains(&format!("mtu {LAN_MTU} ")), "{tap_mtu}");
+    let b1 = LanVpn::v4(1, 1);
+    assert!(ping_until(a1, &b1, Duration::from_secs(10)).unwrap());
+    let df_ping = |size: usize| {
+        a1.command("ping")
+            .unwrap()
+            .args([
+                "-M",
+                "do",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-q",
+                "-s",
+                &size.to_string(),
+                &b1,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    // The largest frame the TAP takes: an IP packet of 1405 bytes.
+    assert!(df_ping(LAN_MTU as usize - 28), "{}", vpn.logs());
+    // a1 raises its MTU to 1500: its larger frames stop at gw-a's bridge.
+    run(a1, "ip", &["link", "set", "eth0", "mtu", "1500"]).unwrap();
+    assert!(!df_ping(1472), "a 1500-byte frame crossed a 1405-byte TAP");
+}
