@@ -1078,6 +1078,60 @@ mod tests {
         }
     }
 
+    /// `mode = "l2"`: its keys and defaults; `allowed_ips` refused there, the layer-2 keys
+    /// refused on layer 3, bad MACs and modes named by line and key.
+    #[test]
+    fn layer_2_keys() {
+        let k = key();
+        let p = PrivateKey::generate(&mut OsRng).public_key();
+        let c = parse(&format!(
+            "[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\nmode = \"l2\"\nbridge = \"br0\"\nmac_age = 60\n[[peer]]\npublic_key = \"{p}\"\nallowed_macs = [\"02:00:5E:10:00:01\"]\nflood_rate = 50\n"
+        ))
+        .unwrap();
+        let l2 = c.interface.l2.clone().unwrap();
+        assert_eq!(l2.bridge.as_deref(), Some("br0"));
+        assert_eq!(l2.mac_age, Duration::from_secs(60));
+        assert_eq!(l2.max_macs, DEFAULT_MAX_MACS);
+        assert_eq!(c.interface.device_mtu(), 1405);
+        assert_eq!(c.interface.tunnel_mtu(1500), 1515);
+        assert_eq!(c.peers[0].l2.allowed_macs, vec![[2, 0, 0x5e, 0x10, 0, 1]]);
+        assert_eq!(c.peers[0].l2.flood_rate, Some(50));
+        let head = format!("[interface]\nname = \"sd0\"\nprivate_key = \"{k}\"\n");
+        let e = error_of(&format!("{head}mode = \"l4\"\n"));
+        assert!(e.contains(":4: interface.mode: 'l4' is not"), "{e}");
+        let e = error_of(&format!("{head}bridge = \"br0\"\n"));
+        assert!(e.contains("interface.bridge: a layer-2 setting"), "{e}");
+        let e = error_of(&format!(
+            "{head}mode = \"l2\"\n[[peer]]\npublic_key = \"{p}\"\nallowed_ips = [\"10.0.0.0/24\"]\n"
+        ));
+        assert!(
+            e.contains("peer[0].allowed_ips: on a layer-2 interface"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{head}mode = \"l2\"\n[[peer]]\npublic_key = \"{p}\"\nallowed_macs = [\"02:00:5e:10:00\"]\n"
+        ));
+        assert!(
+            e.contains("peer[0].allowed_macs: '02:00:5e:10:00' is not a MAC"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{head}mode = \"l2\"\n[[peer]]\npublic_key = \"{p}\"\nallowed_macs = [\"ff:ff:ff:ff:ff:ff\"]\n"
+        ));
+        assert!(e.contains("group (multicast) address"), "{e}");
+        let e = error_of(&format!(
+            "{head}[[peer]]\npublic_key = \"{p}\"\nallowed_macs = [\"02:00:5e:10:00:01\"]\n"
+        ));
+        assert!(e.contains("peer[0].allowed_macs: a layer-2 setting"), "{e}");
+        let e = error_of(&format!("{head}mode = \"l2\"\nmax_macs = 0\n"));
+        assert!(e.contains("interface.max_macs: 0 is not allowed"), "{e}");
+        let e = error_of(&format!("{head}mode = \"l2\"\nbridge = \"sd0\"\n"));
+        assert!(
+            e.contains("the bridge cannot be the interface itself"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn errors_name_the_line_and_key() {
         let k = key();

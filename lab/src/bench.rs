@@ -30,6 +30,9 @@ pub struct Options {
     pub before: Option<std::path::PathBuf>,
     /// Only the hub row.
     pub hub_only: bool,
+    /// Layer 2 beside layer 3: a suidao pair in `mode = "l2"` measured beside the layer-3
+    /// one (the other implementations and the hub left out).
+    pub l2: bool,
 }
 
 /// The figures of one target.
@@ -232,6 +235,30 @@ fn start_before(
     Ok(nodes)
 }
 
+/// A suidao pair in layer-2 mode on 10.94.0.0/24 (the addresses on the TAPs), port 51870.
+fn start_l2(lab: &P2p, opts: &Options, dir: &std::path::Path) -> Result<Vec<crate::suidao::Node>> {
+    let (mut server, mut client) = NodeSpec::pair(
+        ["sdk", "sdk"],
+        &["10.94.0.1/24"],
+        &["10.94.0.2/24"],
+        SocketAddr::new(lab.server.v4, 51870),
+        &[],
+    )?;
+    for spec in [&mut server, &mut client] {
+        spec.mode = Some("l2".into());
+        for p in &mut spec.peers {
+            p.allowed_ips.clear();
+        }
+        if let Some(n) = opts.workers {
+            spec.extra.push_str(&format!("workers = {n}\n"));
+        }
+    }
+    Ok(vec![
+        server.start(&lab.server.ns, Role::Server, dir)?,
+        client.start(&lab.client.ns, Role::Client, dir)?,
+    ])
+}
+
 /// A userspace WireGuard pair on 10.NET.0.0/24: the server end on the server side (`port`),
 /// the client end keeping the path open.
 fn start_pair(lab: &P2p, kind: Userspace, net: u8, port: u16) -> Result<Vec<WireguardGo>> {
@@ -285,6 +312,27 @@ pub fn run(opts: Options) -> Result<()> {
         Some(bin) => Some(start_before(&lab, bin, &opts, dir.path())?),
         None => None,
     };
+    // Layer 2 on 10.94.0.0/24 (addresses on the TAPs), port 51870; and the alternative, a
+    // VXLAN segment over the layer-3 tunnel (10.93.0.0/24 on vx0, MTU 1370).
+    let l2 = if opts.l2 {
+        for (ns, ends, addr) in [
+            (&lab.server.ns, ("10.99.0.1", "10.99.0.2"), "10.93.0.1/24"),
+            (&lab.client.ns, ("10.99.0.2", "10.99.0.1"), "10.93.0.2/24"),
+        ] {
+            crate::l2::vxlan(
+                None,
+                ns,
+                "vx0",
+                ends,
+                crate::l2::VXLAN_MTU,
+                None,
+                Some(addr),
+            )?;
+        }
+        Some(start_l2(&lab, &opts, dir.path())?)
+    } else {
+        None
+    };
 
     // suidao-wg (suidao's data path configured through `wg set`, as under wg-quick) on
     // 10.95.0.0/24, port 51860; wireguard-go on 10.98.0.0/24, port 51830; boringtun on
@@ -295,6 +343,7 @@ pub fn run(opts: Options) -> Result<()> {
         (Userspace::Boringtun, "boringtun", 97, 51840),
     ]
     .into_iter()
+    .filter(|_| !opts.l2)
     .filter(|(kind, ..)| {
         let there = match kind {
             Userspace::SuidaoWg => crate::suidao::bin_path(kind.program()).is_ok(),
@@ -316,6 +365,8 @@ pub fn run(opts: Options) -> Result<()> {
     // Every tunnel up before measuring.
     for addr in std::iter::once("10.99.0.1".to_string())
         .chain(before.is_some().then(|| "10.96.0.1".to_string()))
+        .chain(l2.is_some().then(|| "10.94.0.1".to_string()))
+        .chain(l2.is_some().then(|| "10.93.0.1".to_string()))
         .chain(others.iter().map(|(_, _, net, _)| format!("10.{net}.0.1")))
     {
         if !crate::suidao::ping_until(&lab.client.ns, &addr, std::time::Duration::from_secs(10))? {
@@ -340,6 +391,20 @@ pub fn run(opts: Options) -> Result<()> {
             figures: Figures::default(),
         },
     ];
+    if let Some(nodes) = &l2 {
+        targets.push(Target {
+            name: "suidao l2",
+            addr: "10.94.0.1".into(),
+            pids: nodes.iter().filter_map(|n| n.process.pid()).collect(),
+            figures: Figures::default(),
+        });
+        targets.push(Target {
+            name: "vxlan over suidao",
+            addr: "10.93.0.1".into(),
+            pids: targets[1].pids.clone(),
+            figures: Figures::default(),
+        });
+    }
     if let Some(nodes) = &before {
         targets.push(Target {
             name: "suidao before",
@@ -415,7 +480,14 @@ pub fn run(opts: Options) -> Result<()> {
         let mut ratios = json!({
             "suidao/raw": {"tcp1": ratio(sd.0, raw.0), "tcp4": ratio(sd.1, raw.1), "udp64": ratio(sd.2, raw.2), "rtt": ratio(sd.3, raw.3)}
         });
-        for t in &targets[2..] {
+        if let Some(t) = targets.iter().find(|t| t.name == "suidao l2") {
+            let w = med(t);
+            ratios["suidao l2/suidao"] = json!({"tcp1": ratio(w.0, sd.0), "tcp4": ratio(w.1, sd.1), "udp64": ratio(w.2, sd.2), "rtt": ratio(w.3, sd.3)});
+        }
+        for t in targets[2..]
+            .iter()
+            .filter(|t| t.name != "suidao l2" && t.name != "vxlan over suidao")
+        {
             let w = med(t);
             ratios[format!("suidao/{}", t.name)] = json!({"tcp1": ratio(sd.0, w.0), "tcp4": ratio(sd.1, w.1), "udp64": ratio(sd.2, w.2), "rtt": ratio(sd.3, w.3),
                                                           "cpu_per_gb": ratio(cpu(&targets[1]), cpu(t))});
@@ -459,7 +531,38 @@ pub fn run(opts: Options) -> Result<()> {
             fmt(ratio(sd.2, raw.2)),
             fmt(ratio(sd.3, raw.3))
         );
-        for t in &targets[2..] {
+        if let Some(t) = targets.iter().find(|t| t.name == "suidao l2") {
+            let w = med(t);
+            println!(
+                "| suidao l2 / suidao | {} | {} | {} | {} | {} | {} |",
+                fmt(ratio(w.0, sd.0)),
+                fmt(ratio(w.1, sd.1)),
+                fmt(ratio(w.2, sd.2)),
+                fmt(ratio(w.3, sd.3)),
+                fmt(ratio(cpu(t), cpu(&targets[1]))),
+                fmt(ratio(
+                    t.figures.idle_wakeups,
+                    targets[1].figures.idle_wakeups
+                ))
+            );
+        }
+        if let (Some(l2t), Some(vx)) = (
+            targets.iter().find(|t| t.name == "suidao l2"),
+            targets.iter().find(|t| t.name == "vxlan over suidao"),
+        ) {
+            let (w, v) = (med(l2t), med(vx));
+            println!(
+                "| suidao l2 / vxlan over suidao | {} | {} | {} | {} | | |",
+                fmt(ratio(w.0, v.0)),
+                fmt(ratio(w.1, v.1)),
+                fmt(ratio(w.2, v.2)),
+                fmt(ratio(w.3, v.3))
+            );
+        }
+        for t in targets[2..]
+            .iter()
+            .filter(|t| t.name != "suidao l2" && t.name != "vxlan over suidao")
+        {
             let w = med(t);
             println!(
                 "| suidao / {} | {} | {} | {} | {} | {} | {} |",
@@ -481,7 +584,10 @@ pub fn run(opts: Options) -> Result<()> {
     }
     drop(running);
     drop(before);
-    hub(&opts)?;
+    drop(l2);
+    if !opts.l2 {
+        hub(&opts)?;
+    }
     drop(suidao_client);
     drop(suidao_server);
     drop(dir);

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod demo_l2;
 pub mod down;
 pub mod interrupt;
 pub mod l2;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use suidao_lab::topology::Spec;
-use suidao_lab::{bench, demo, down, interrupt};
+use suidao_lab::{bench, demo, demo_l2, down, interrupt};
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +27,9 @@ enum Command {
     /// then tear everything down.
     Demo {
         /// p2p (two hosts, one veth pair), hub (a server and clients on a bridge), site (two
-        /// LANs joined by the tunnel) or nat (a client behind NAT that roams).
+        /// LANs joined by the tunnel), nat (a client behind NAT that roams) or l2 (one Ethernet
+        /// segment at two sites: suidao's layer-2 mode, with ARP, broadcast, IPv6 neighbour
+        /// discovery and DHCP across).
         #[arg(default_value = "hub")]
         topology: String,
         /// Clients of the hub topology.
@@ -68,6 +70,10 @@ enum Command {
         /// Only the hub row (client → server beside client → client).
         #[arg(long)]
         hub_only: bool,
+        /// l3 (the default: suidao beside the raw link and the other implementations, then
+        /// the hub) or l2 (a layer-2 suidao pair beside the layer-3 one and the raw link).
+        #[arg(long, value_parser = ["l3", "l2"], default_value = "l3")]
+        mode: String,
     },
 }
 
@@ -84,6 +90,22 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
+        Command::Demo {
+            topology,
+            clients,
+            file,
+            explain,
+            keep,
+        } if topology == "l2" && file.is_none() => {
+            let _ = clients;
+            demo_l2::run(explain, keep).map(|pass| {
+                if pass {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            })
+        }
         Command::Demo {
             topology,
             clients,
@@ -126,6 +148,7 @@ fn main() -> ExitCode {
             workers,
             before,
             hub_only,
+            mode,
         } => bench::run(bench::Options {
             reps: reps.max(1),
             seconds: seconds.max(1),
@@ -133,6 +156,7 @@ fn main() -> ExitCode {
             workers,
             before,
             hub_only,
+            l2: mode == "l2",
         })
         .map(|()| ExitCode::SUCCESS),
     };

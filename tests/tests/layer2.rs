@@ -10,19 +10,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use suidao_lab::l2::{LanVpn, LAN_MTU};
+use suidao_lab::l2::{self, LanVpn, LAN_MTU};
 use suidao_lab::suidao::{ping, ping_until, run};
 use suidao_lab::Netns;
 use suidao_tests::eventually;
 
-/// A host's MAC on `dev`.
 fn mac(ns: &Netns, dev: &str) -> String {
-    let out = run(ns, "ip", &["-o", "link", "show", dev]).unwrap();
-    out.split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_default()
-        .to_string()
+    l2::mac(ns, dev).unwrap()
 }
 
 /// The MACs a gateway's status shows as learned from each peer, by peer name.
@@ -52,31 +46,12 @@ fn learned_from(vpn: &LanVpn, gw: usize, peer: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Lets a host answer pings sent to the broadcast address.
 fn answer_broadcasts(ns: &Netns) {
-    ns.run(|| std::fs::write("/proc/sys/net/ipv4/icmp_echo_ignore_broadcasts", "0"))
-        .unwrap()
-        .unwrap();
+    l2::answer_broadcasts(ns).unwrap()
 }
 
-/// The hosts that answer a broadcast ping from `ns` (their addresses, sorted).
 fn broadcast_responders(ns: &Netns) -> Vec<String> {
-    let out = ns
-        .command("ping")
-        .unwrap()
-        .args(["-b", "-c", "3", "-i", "0.3", "-W", "1", "10.50.0.255"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut from: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split("bytes from ").nth(1))
-        .filter_map(|r| r.split(':').next())
-        .map(str::to_string)
-        .collect();
-    from.sort();
-    from.dedup();
-    from
+    l2::broadcast_responders(ns).unwrap()
 }
 
 #[test]
@@ -168,67 +143,20 @@ fn a_host_at_site_b_gets_its_address_by_dhcp_from_dnsmasq_at_site_a() {
     }
     let vpn = LanVpn::start(2, false).unwrap();
     let (a1, b2) = (vpn.host(0, 1).unwrap(), vpn.host(1, 2).unwrap());
-    let dir = vpn.dir.path();
-    let leases = dir.join("dnsmasq.leases");
-    let pid = dir.join("dnsmasq.pid");
-    let mut dnsmasq = suidao_lab::Process::new(
-        "dnsmasq",
-        a1.command("dnsmasq")
-            .unwrap()
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--interface=eth0",
-                "--bind-interfaces",
-                "--dhcp-range=10.50.0.100,10.50.0.150,255.255.255.0,1h",
-                &format!("--dhcp-option=option:mtu,{LAN_MTU}"),
-                "--dhcp-authoritative",
-            ])
-            .arg(format!("--dhcp-leasefile={}", leases.display()))
-            .arg(format!("--pid-file={}", pid.display()))
-            .spawn()
-            .unwrap(),
-    );
-    // b2 forgets its IPv4 address and asks for one; udhcpc's script (what a distribution's
-    // would do) puts the lease on eth0.
-    run(b2, "ip", &["-4", "addr", "flush", "dev", "eth0"]).unwrap();
-    let script = dir.join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\ncase \"$1\" in bound|renew)\n  ip addr add \"$ip/$mask\" dev \"$interface\"\n  [ -n \"$mtu\" ] && ip link set \"$interface\" mtu \"$mtu\"\n  echo \"leased $ip mtu $mtu\"\nesac\nexit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = b2
-        .command("busybox")
-        .unwrap()
-        .args([
-            "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-O", "mtu", "-s",
-        ])
-        .arg(&script)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dnsmasq.stop();
-    assert!(out.status.success(), "udhcpc: {text}\n{}", vpn.logs());
-    let leased = text
-        .lines()
-        .find_map(|l| l.strip_prefix("leased "))
-        .unwrap_or_default()
-        .to_string();
-    let ip = leased.split(' ').next().unwrap_or_default();
-    let last: u8 = ip.rsplit('.').next().unwrap_or("0").parse().unwrap_or(0);
+    let lease =
+        l2::dhcp(a1, b2, vpn.dir.path(), false).unwrap_or_else(|e| panic!("{e:#}\n{}", vpn.logs()));
+    let last: u8 = lease
+        .ip
+        .rsplit('.')
+        .next()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
     assert!(
-        ip.starts_with("10.50.0.") && (100..=150).contains(&last),
-        "a lease from dnsmasq's range: {text}"
+        lease.ip.starts_with("10.50.0.") && (l2::DHCP_RANGE.0..=l2::DHCP_RANGE.1).contains(&last),
+        "a lease from dnsmasq's range: {lease:?}"
     );
-    assert!(leased.ends_with(&format!("mtu {LAN_MTU}")), "{text}");
+    assert_eq!(lease.mtu, Some(LAN_MTU), "{lease:?}");
     // The leased address works across the tunnel.
     assert!(ping_until(b2, &LanVpn::v4(0, 1), Duration::from_secs(5)).unwrap());
 }
@@ -521,4 +449,41 @@ fn a_frame_larger_than_the_tap_takes_is_dropped_by_the_bridge() {
     // a1 raises its MTU to 1500: its larger frames stop at gw-a's bridge.
     run(a1, "ip", &["link", "set", "eth0", "mtu", "1500"]).unwrap();
     assert!(!df_ping(1472), "a 1500-byte frame crossed a 1405-byte TAP");
+}
+
+/// The interoperable alternative: a VXLAN segment in each site's bridge over an ordinary
+/// layer-3 tunnel whose other end is wireguard-go. ARP and broadcasts cross; the segment's
+/// MTU is the tunnel's less VXLAN's 50 bytes.
+#[test]
+fn a_vxlan_segment_over_a_layer_3_tunnel_to_wireguard_go_joins_the_sites() {
+    if !suidao_lab::require(
+        "a_vxlan_segment_over_a_layer_3_tunnel_to_wireguard_go_joins_the_sites",
+        &["ping", "wireguard-go", "wg"],
+    ) {
+        return;
+    }
+    let lan = l2::VxlanLan::start(Some(suidao_lab::wggo::Userspace::WireguardGo), false).unwrap();
+    let (a1, b1) = (lan.host(0, 1).unwrap(), lan.host(1, 1).unwrap());
+    assert!(
+        ping_until(a1, &LanVpn::v4(1, 1), Duration::from_secs(15)).unwrap(),
+        "a1 -> b1 over VXLAN over suidao <-> wireguard-go\n{}",
+        lan.logs()
+    );
+    let neigh = run(a1, "ip", &["neigh", "show", &LanVpn::v4(1, 1)]).unwrap();
+    assert!(neigh.contains(&mac(b1, "eth0")), "{neigh}");
+    answer_broadcasts(b1);
+    assert!(broadcast_responders(a1).contains(&LanVpn::v4(1, 1)));
+    // The largest frame: an IP packet of 1370 bytes, with DF.
+    let df = |size: u32| {
+        a1.command("ping")
+            .unwrap()
+            .args(["-M", "do", "-c", "2", "-i", "0.2", "-W", "1", "-q", "-s"])
+            .arg((size - 28).to_string())
+            .arg(LanVpn::v4(1, 1))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(df(l2::VXLAN_MTU), "{}", lan.logs());
 }
