@@ -1,7 +1,7 @@
 //! The inner side of the data path: where the tunnel's packets come from and go to.
 //!
-//! A TUN device (layer 3, `tun::Tun`) is one implementation; a TAP device (layer 2) will be the
-//! next; `testing::MemoryDevice` is the one the engine's tests use. The engine calls these once
+//! A TUN device (layer 3) and a TAP device (layer 2, `mode = "l2"`) are one implementation,
+//! `tun::Tun`; `testing::MemoryDevice` is the one the engine's tests use. The engine calls these once
 //! per batch, never per byte, so a trait object costs nothing that matters.
 
 use std::io::{self, IoSlice};
