@@ -487,3 +487,38 @@ fn a_vxlan_segment_over_a_layer_3_tunnel_to_wireguard_go_joins_the_sites() {
     };
     assert!(df(l2::VXLAN_MTU), "{}", lan.logs());
 }
+
+/// `bridge = ` naming no bridge (or something else): `up` says so, by name, and leaves the
+/// namespace as it found it.
+#[test]
+fn a_missing_bridge_is_refused_by_name_and_nothing_is_left() {
+    if !suidao_lab::require(
+        "a_missing_bridge_is_refused_by_name_and_nothing_is_left",
+        &[],
+    ) {
+        return;
+    }
+    let lab = suidao_lab::topology::P2p::new().unwrap();
+    let dir = suidao_lab::suidao::TempDir::new().unwrap();
+    let ns = &lab.server.ns;
+    let before = suidao_lab::netlink::snapshot_of(ns).unwrap();
+    for (bridge, expect) in [
+        ("br9", "joining bridge br9: there is no such interface (make it first: ip link add br9 type bridge)"),
+        ("lo", "joining lo: it is a"),
+    ] {
+        let mut spec = suidao_lab::suidao::NodeSpec::new("sdm");
+        spec.mode = Some("l2".into());
+        spec.bridge = Some(bridge.into());
+        let config = spec.write(dir.path()).unwrap();
+        let out = suidao_lab::suidao::command(ns, suidao_lab::suidao::Role::Server)
+            .unwrap()
+            .args(["up", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(expect), "{bridge}: {err}");
+        assert_eq!(suidao_lab::netlink::snapshot_of(ns).unwrap(), before, "{bridge}");
+    }
+}

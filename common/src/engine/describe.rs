@@ -15,6 +15,21 @@ pub fn describe(config: &Config) -> String {
             .map_or("random".to_string(), |p| p.to_string()),
         i.mtu
     );
+    if let Some(l2) = &i.l2 {
+        s.push_str(&format!(
+            "  mode         l2: a TAP (MTU {}), Ethernet frames switched by MAC; MACs kept {} s, at most {} per peer and {} in all; {} flooded frames/s per peer\n",
+            i.device_mtu(),
+            l2.mac_age.as_secs(),
+            l2.max_macs,
+            l2.mac_table_size,
+            l2.flood_rate
+        ));
+        if let Some(b) = &l2.bridge {
+            s.push_str(&format!(
+                "  bridge       {b} (the TAP joins it; taken out at exit)\n"
+            ));
+        }
+    }
     match i.workers {
         Some(n) => s.push_str(&format!("  workers      {n}\n")),
         None => s.push_str(&format!(
@@ -97,15 +112,40 @@ pub fn describe(config: &Config) -> String {
             }
             s.push('\n');
         }
-        let ips: Vec<String> = p.allowed_ips.iter().map(|c| c.to_string()).collect();
-        s.push_str(&format!(
-            "  allowed ips  {}\n",
-            if ips.is_empty() {
-                "(none)".into()
-            } else {
-                ips.join(", ")
+        if i.l2.is_some() {
+            let macs: Vec<String> =
+                p.l2.allowed_macs
+                    .iter()
+                    .map(suidao_proto::l2::mac_to_string)
+                    .collect();
+            s.push_str(&format!(
+                "  allowed macs {}\n",
+                if macs.is_empty() {
+                    "any".into()
+                } else {
+                    macs.join(", ")
+                }
+            ));
+            for (key, v) in [
+                ("max macs", p.l2.max_macs.map(|n| n.to_string())),
+                ("flood rate", p.l2.flood_rate.map(|n| format!("{n}/s"))),
+            ] {
+                if let Some(v) = v {
+                    s.push_str(&format!("  {key:<12} {v}\n"));
+                }
             }
-        ));
+        }
+        let ips: Vec<String> = p.allowed_ips.iter().map(|c| c.to_string()).collect();
+        if i.l2.is_none() {
+            s.push_str(&format!(
+                "  allowed ips  {}\n",
+                if ips.is_empty() {
+                    "(none)".into()
+                } else {
+                    ips.join(", ")
+                }
+            ));
+        }
         if p.preshared_key.is_some() {
             s.push_str("  preshared key  yes\n");
         }
