@@ -29,7 +29,8 @@ enum Command {
         /// p2p (two hosts, one veth pair), hub (a server and clients on a bridge), site (two
         /// LANs joined by the tunnel), nat (a client behind NAT that roams) or l2 (one Ethernet
         /// segment at two sites: suidao's layer-2 mode, with ARP, broadcast, IPv6 neighbour
-        /// discovery and DHCP across).
+        /// discovery and DHCP across) or vxlan (the same segment as VXLAN over a layer-3 tunnel
+        /// to wireguard-go).
         #[arg(default_value = "hub")]
         topology: String,
         /// Clients of the hub topology.
@@ -96,9 +97,14 @@ fn main() -> ExitCode {
             file,
             explain,
             keep,
-        } if topology == "l2" && file.is_none() => {
+        } if (topology == "l2" || topology == "vxlan") && file.is_none() => {
             let _ = clients;
-            demo_l2::run(explain, keep).map(|pass| {
+            let run = if topology == "l2" {
+                demo_l2::run(explain, keep)
+            } else {
+                demo_l2::run_vxlan(explain, keep)
+            };
+            run.map(|pass| {
                 if pass {
                     ExitCode::SUCCESS
                 } else {
