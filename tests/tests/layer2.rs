@@ -522,3 +522,50 @@ fn a_missing_bridge_is_refused_by_name_and_nothing_is_left() {
         assert_eq!(suidao_lab::netlink::snapshot_of(ns).unwrap(), before, "{bridge}");
     }
 }
+
+/// The demos as a person runs them: `suidao-lab demo l2 --explain` and `demo vxlan`, each
+/// PASS, with their steps printed, and nothing of theirs left after.
+#[test]
+fn the_layer_2_demos_pass_and_leave_nothing() {
+    if !suidao_lab::require(
+        "the_layer_2_demos_pass_and_leave_nothing",
+        &["ping", "dnsmasq", "busybox", "wireguard-go", "wg"],
+    ) {
+        return;
+    }
+    for (args, expect) in [
+        (
+            &["demo", "l2", "--explain"][..],
+            &[
+                "master br0",
+                "mtu 1405",
+                "dnsmasq --keep-in-foreground",
+                "DHCP b2 <- dnsmasq at a1     ok",
+            ][..],
+        ),
+        (
+            &["demo", "vxlan"][..],
+            &["and wireguard-go (gw-b)", "1370-byte packet, DF         ok"][..],
+        ),
+    ] {
+        let child = std::process::Command::new(suidao_lab::suidao::bin_path("suidao-lab").unwrap())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.trim_end().ends_with("PASS"),
+            "{args:?}:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for e in expect {
+            assert!(text.contains(e), "{args:?} shows {e:?}:\n{text}");
+        }
+        let left = Netns::list(&format!("{}{pid}x", suidao_lab::PREFIX));
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}
