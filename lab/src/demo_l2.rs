@@ -21,6 +21,24 @@ struct Row {
     detail: String,
 }
 
+/// Prints the table of checks (and `logs` if one failed); whether all passed.
+fn summary(rows: &[Row], logs: impl FnOnce() -> String) -> bool {
+    println!("\n{:<28} {:<6} detail", "check", "result");
+    for r in rows {
+        println!(
+            "{:<28} {:<6} {}",
+            r.what,
+            if r.pass { "ok" } else { "FAIL" },
+            r.detail
+        );
+    }
+    let pass = rows.iter().all(|r| r.pass);
+    if !pass {
+        println!("\n{}", logs());
+    }
+    pass
+}
+
 /// Runs the demo; true on PASS.
 pub fn run(explain: bool, keep: bool) -> Result<bool> {
     for (tool, pkg) in [
@@ -182,19 +200,7 @@ pub fn run(explain: bool, keep: bool) -> Result<bool> {
         }
     }
 
-    println!("\n{:<28} {:<6} detail", "check", "result");
-    for r in &rows {
-        println!(
-            "{:<28} {:<6} {}",
-            r.what,
-            if r.pass { "ok" } else { "FAIL" },
-            r.detail
-        );
-    }
-    let pass = rows.iter().all(|r| r.pass);
-    if !pass {
-        println!("\n{}", vpn.logs());
-    }
+    let pass = summary(&rows, || vpn.logs());
     if keep {
         let hint = format!(
             "  ip netns exec {} ping -b 10.50.0.255",
@@ -321,19 +327,7 @@ pub fn run_vxlan(explain: bool, keep: bool) -> Result<bool> {
             if over { "crossed too (?)" } else { "do not" }
         ),
     });
-    println!("\n{:<28} {:<6} detail", "check", "result");
-    for r in &rows {
-        println!(
-            "{:<28} {:<6} {}",
-            r.what,
-            if r.pass { "ok" } else { "FAIL" },
-            r.detail
-        );
-    }
-    let pass = rows.iter().all(|r| r.pass);
-    if !pass {
-        println!("\n{}", lan.logs());
-    }
+    let pass = summary(&rows, || lan.logs());
     println!(
         "\nsuidao's own layer-2 mode carries the same segment at MTU {} (suidao-lab demo l2), when both ends are suidao.",
         LAN_MTU

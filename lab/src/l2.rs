@@ -110,8 +110,7 @@ impl LanVpn {
 
     /// Host `j` (1 or 2) at site `i` (0-based).
     pub fn host(&self, i: usize, j: usize) -> Result<&Netns> {
-        let site = lan_sites(i + 1).pop().unwrap_or('a');
-        self.lab.ns(&format!("{site}{j}"))
+        site_ns(&self.lab, i, &j.to_string())
     }
 
     pub fn v4(i: usize, j: usize) -> String {
@@ -124,8 +123,7 @@ impl LanVpn {
 
     /// The namespace of gateway `i` (0-based: gw-a is the hub).
     pub fn gateway_ns(&self, i: usize) -> Result<&Netns> {
-        let site = lan_sites(i + 1).pop().unwrap_or('a');
-        self.lab.ns(&format!("gw-{site}"))
+        site_ns(&self.lab, i, "gw")
     }
 
     /// Every gateway's log, for failure messages.
@@ -135,6 +133,16 @@ impl LanVpn {
             s.push_str(&format!("--- gw-{site} log ---\n{}\n", g.log()));
         }
         s
+    }
+}
+
+/// At site `i` (0-based: a, b, ...) of `Spec::lan`, the gateway (`"gw"`: gw-a) or a host
+/// (`"1"`: a1).
+fn site_ns<'l>(lab: &'l Lab, i: usize, which: &str) -> Result<&'l Netns> {
+    let site = lan_sites(i + 1).pop().unwrap_or('a');
+    match which {
+        "gw" => lab.ns(&format!("gw-{site}")),
+        j => lab.ns(&format!("{site}{j}")),
     }
 }
 
@@ -399,8 +407,7 @@ impl VxlanLan {
 
     /// Host `j` (1 or 2) at site `i` (0 or 1).
     pub fn host(&self, i: usize, j: usize) -> Result<&Netns> {
-        let site = lan_sites(i + 1).pop().unwrap_or('a');
-        self.lab.ns(&format!("{site}{j}"))
+        site_ns(&self.lab, i, &j.to_string())
     }
 
     pub fn logs(&self) -> String {

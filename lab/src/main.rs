@@ -27,7 +27,7 @@ enum Command {
     /// then tear everything down.
     Demo {
         /// p2p (two hosts, one veth pair), hub (a server and clients on a bridge), site (two
-        /// LANs joined by the tunnel), nat (a client behind NAT that roams) or l2 (one Ethernet
+        /// LANs joined by the tunnel), nat (a client behind NAT that roams), l2 (one Ethernet
         /// segment at two sites: suidao's layer-2 mode, with ARP, broadcast, IPv6 neighbour
         /// discovery and DHCP across) or vxlan (the same segment as VXLAN over a layer-3 tunnel
         /// to wireguard-go).
@@ -97,40 +97,23 @@ fn main() -> ExitCode {
             file,
             explain,
             keep,
-        } if (topology == "l2" || topology == "vxlan") && file.is_none() => {
-            let _ = clients;
-            let run = if topology == "l2" {
-                demo_l2::run(explain, keep)
-            } else {
-                demo_l2::run_vxlan(explain, keep)
+        } => {
+            let run = match (file, topology.as_str()) {
+                (None, "l2") => demo_l2::run(explain, keep),
+                (None, "vxlan") => demo_l2::run_vxlan(explain, keep),
+                (file, _) => match file {
+                    Some(f) => Spec::load(&f),
+                    None => Spec::builtin(&topology, clients),
+                }
+                .and_then(|spec| {
+                    demo::run(demo::Options {
+                        spec,
+                        explain,
+                        keep,
+                    })
+                }),
             };
             run.map(|pass| {
-                if pass {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            })
-        }
-        Command::Demo {
-            topology,
-            clients,
-            file,
-            explain,
-            keep,
-        } => {
-            let spec = match file {
-                Some(f) => Spec::load(&f),
-                None => Spec::builtin(&topology, clients),
-            };
-            spec.and_then(|spec| {
-                demo::run(demo::Options {
-                    spec,
-                    explain,
-                    keep,
-                })
-            })
-            .map(|pass| {
                 if pass {
                     ExitCode::SUCCESS
                 } else {
