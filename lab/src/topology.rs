@@ -167,7 +167,9 @@ impl Spec {
             "hub" => Spec::hub(clients),
             "site" => Spec::site(),
             "nat" => Spec::nat(),
-            other => bail!("unknown topology {other:?} (p2p, hub, site, nat, or l2 and vxlan without --file)"),
+            other => bail!(
+                "unknown topology {other:?} (p2p, hub, site, nat, or l2 and vxlan without --file)"
+            ),
         })
     }
 

@@ -347,8 +347,8 @@ pub struct Device {
     /// Under load until then (`handshake_queue_backed_up`).
     under_load_until: Mutex<Option<Instant>>,
     mtu: AtomicUsize,
-    /// What transport messages carry: IP packets (`Layer::L3`) or frames (`Layer::L2`).
-    layer: RwLock<Layer>,
+    /// What transport messages carry: frames (`Layer::L2`) if set, else IP packets.
+    layer2: std::sync::atomic::AtomicBool,
     peers: RwLock<Peers>,
     indices: RwLock<FxHashMap<u32, Slot>>,
     index_writes: AtomicU64,
@@ -380,7 +380,7 @@ impl Device {
             limiter: Mutex::new(RateLimiter::default()),
             under_load_until: Mutex::new(None),
             mtu: AtomicUsize::new(1420),
-            layer: RwLock::new(Layer::L3),
+            layer2: std::sync::atomic::AtomicBool::new(false),
             peers: RwLock::new(Peers::default()),
             indices: RwLock::new(FxHashMap::default()),
             index_writes: AtomicU64::new(0),
@@ -460,11 +460,15 @@ impl Device {
     /// Whether transport messages carry IP packets (the default) or Ethernet frames (see
     /// `l2`). Set before the first packet.
     pub fn set_layer(&self, layer: Layer) {
-        *write(&self.layer) = layer;
+        self.layer2.store(layer == Layer::L2, Ordering::Relaxed);
     }
 
     pub fn layer(&self) -> Layer {
-        *read(&self.layer)
+        if self.layer2.load(Ordering::Relaxed) {
+            Layer::L2
+        } else {
+            Layer::L3
+        }
     }
 
     /// The engine saw its handshake queue backed up at `now`: the device is under load until
