@@ -159,15 +159,13 @@ impl Switch {
         if is_group(&src) {
             return Forward::Drop(Some(DropReason::MacNotAllowed));
         }
-        let rules = t
-            .rules
-            .get(&from)
-            .cloned()
-            .unwrap_or_else(|| self.settings.default_rules.clone());
+        // (Per frame: no copy of the rules, whose MAC list may be long.)
+        let rules = t.rules.get(&from).unwrap_or(&self.settings.default_rules);
         if !rules.allowed_macs.is_empty() && !rules.allowed_macs.contains(&src) {
             return Forward::Drop(Some(DropReason::MacNotAllowed));
         }
-        if let Err(reason) = self.learn(&mut t, Port::Peer(from), src, rules.max_macs, now) {
+        let (max_macs, flood_rate) = (rules.max_macs, rules.flood_rate);
+        if let Err(reason) = self.learn(&mut t, Port::Peer(from), src, max_macs, now) {
             return Forward::Drop(Some(reason));
         }
         match self.lookup(&mut t, &dst, now) {
@@ -175,7 +173,7 @@ impl Switch {
             Some(Port::Peer(p)) if p == from => Forward::Drop(None),
             Some(Port::Peer(p)) => Forward::Peer(p),
             None => {
-                if Self::take_token(&mut t, from, rules.flood_rate, now) {
+                if Self::take_token(&mut t, from, flood_rate, now) {
                     Forward::Flood
                 } else {
                     Forward::Drop(Some(DropReason::FloodLimit))
