@@ -110,7 +110,8 @@ fn link_header_len(frame: &[u8]) -> Option<usize> {
 }
 
 /// Completes a checksum the kernel left partial (CHECKSUM_PARTIAL: the pseudo-header's sum is
-/// in the field): the one's complement of the sum from `start` to the end, at `start + at`.
+/// in the field): the one's complement of the sum from `start` to the end, at `start + at`
+/// (`at` is 16 for TCP, 6 for UDP).
 fn finish_checksum(frame: &mut [u8], start: usize, at: usize) -> io::Result<()> {
     let bad = || {
         io::Error::new(
@@ -133,7 +134,12 @@ fn finish_checksum(frame: &mut [u8], start: usize, at: usize) -> io::Result<()> 
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    frame[field..field + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut check = !(sum as u16);
+    // A UDP checksum of 0 means "none" (and is refused over IPv6): 0xffff is the same sum.
+    if check == 0 && at == 6 {
+        check = 0xffff;
+    }
+    frame[field..field + 2].copy_from_slice(&check.to_be_bytes());
     Ok(())
 }
 
@@ -269,5 +275,54 @@ impl PacketDevice for Tun {
         } else {
             Ok(n as usize)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finish_checksum;
+
+    fn sum16(data: &[u8]) -> u64 {
+        data.chunks(2)
+            .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum()
+    }
+
+    fn fold(mut s: u64) -> u16 {
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    /// A UDP frame as the kernel hands it over with CHECKSUM_PARTIAL (the pseudo-header's sum
+    /// in the field) comes out with the checksum a receiver verifies.
+    #[test]
+    fn a_partial_udp_checksum_is_completed() {
+        for payload_len in [0usize, 1, 7, 100, 1377] {
+            let mut f = vec![0u8; 14 + 20 + 8 + payload_len];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            let ip = &mut f[14..34];
+            ip[0] = 0x45;
+            ip[9] = 17;
+            ip[12..16].copy_from_slice(&[10, 50, 0, 11]);
+            ip[16..20].copy_from_slice(&[10, 50, 0, 21]);
+            let udp_len = (8 + payload_len) as u16;
+            f[34..36].copy_from_slice(&1234u16.to_be_bytes());
+            f[36..38].copy_from_slice(&5678u16.to_be_bytes());
+            f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+            for (i, b) in f[42..].iter_mut().enumerate() {
+                *b = (i * 7) as u8;
+            }
+            let pseudo = sum16(&f[26..34]) + 17 + u64::from(udp_len);
+            f[40..42].copy_from_slice(&fold(pseudo).to_be_bytes());
+            finish_checksum(&mut f, 34, 6).unwrap_or_else(|e| panic!("{e}"));
+            // Verified as a receiver does: pseudo-header + segment sums to 0xffff.
+            let total = fold(pseudo + sum16(&f[34..]));
+            assert_eq!(total, 0xffff, "payload {payload_len}");
+            assert_ne!(&f[40..42], &[0, 0]);
+        }
+        let mut short = vec![0u8; 20];
+        assert!(finish_checksum(&mut short, 16, 6).is_err());
     }
 }
