@@ -307,8 +307,8 @@ pub const VXLAN_MTU: u32 = suidao_common::config::DEFAULT_MTU - VXLAN_OVERHEAD;
 pub const VNI: u32 = 42;
 
 /// `ip link add NAME type vxlan id 42 local LOCAL remote REMOTE dstport 4789` in `ns`, with
-/// `mtu`, then into bridge `master` or with `address` on it, and up. (iproute2 makes it: the
-/// netlink crate has no VXLAN builder.)
+/// `mtu`, then into bridge `master` or with `address` on it, and up (through netlink, each
+/// step printed as its `ip` command when `lab` explains).
 pub fn vxlan(
     lab: Option<&Lab>,
     ns: &Netns,
@@ -318,29 +318,53 @@ pub fn vxlan(
     master: Option<&str>,
     address: Option<&str>,
 ) -> Result<()> {
-    let vni = VNI.to_string();
-    let mtu = mtu.to_string();
-    let mut steps: Vec<Vec<&str>> = vec![
-        vec![
-            "link", "add", name, "type", "vxlan", "id", &vni, "local", local, "remote", remote,
-            "dstport", "4789",
-        ],
-        vec!["link", "set", name, "mtu", &mtu],
-    ];
+    let say = |line: String| {
+        if let Some(lab) = lab {
+            lab.say(format!("ip -n {} {line}", ns.name()));
+        }
+    };
+    say(format!(
+        "link add {name} type vxlan id {VNI} local {local} remote {remote} dstport 4789"
+    ));
+    say(format!("link set {name} mtu {mtu}"));
     if let Some(m) = master {
-        steps.push(vec!["link", "set", name, "master", m]);
+        say(format!("link set {name} master {m}"));
     }
     if let Some(a) = address {
-        steps.push(vec!["addr", "add", a, "dev", name]);
+        say(format!("addr add {a} dev {name}"));
     }
-    steps.push(vec!["link", "set", name, "up"]);
-    for args in steps {
-        if let Some(lab) = lab {
-            lab.say(format!("ip -n {} {}", ns.name(), args.join(" ")));
+    say(format!("link set {name} up"));
+    let local: std::net::Ipv4Addr = local.parse().context("a VXLAN end is an IPv4 address")?;
+    let remote: std::net::Ipv4Addr = remote.parse().context("a VXLAN end is an IPv4 address")?;
+    let address = match address {
+        Some(a) => {
+            let (ip, len) = a.split_once('/').context("an address needs its /prefix")?;
+            Some((ip.parse::<std::net::IpAddr>()?, len.parse::<u8>()?))
         }
-        crate::suidao::run(ns, "ip", &args)?;
-    }
-    Ok(())
+        None => None,
+    };
+    let (name, master) = (name.to_string(), master.map(str::to_string));
+    ns.netlink(|h| async move {
+        h.link()
+            .add(
+                rtnetlink::LinkVxlan::new(&name, VNI)
+                    .local(local)
+                    .remote(remote)
+                    .port(4789)
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("creating VXLAN device {name}"))?;
+        crate::netlink::set_mtu(&h, &name, mtu).await?;
+        if let Some(m) = &master {
+            crate::netlink::set_master(&h, &name, m).await?;
+        }
+        if let Some((ip, len)) = address {
+            crate::netlink::add_addr(&h, &name, ip, len).await?;
+        }
+        Ok(crate::netlink::set_up(&h, &name).await?)
+    })
 }
 
 /// The interoperable alternative to layer-2 mode, on the same two sites: an ordinary layer-3
