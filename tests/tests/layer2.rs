@@ -569,3 +569,56 @@ fn the_layer_2_demos_pass_and_leave_nothing() {
         assert!(left.is_empty(), "{args:?} left {left:?}");
     }
 }
+
+/// `wg set` on a layer-2 interface: a peer may be added (switched by MAC with the interface's
+/// limits), but allowed IPs are refused, with the reason in the log, and no route appears.
+#[test]
+fn wg_set_on_a_layer_2_interface_refuses_allowed_ips() {
+    if !suidao_lab::require("wg_set_on_a_layer_2_interface_refuses_allowed_ips", &["wg"]) {
+        return;
+    }
+    let vpn = LanVpn::start(2, false).unwrap();
+    let gw_a = vpn.gateway_ns(0).unwrap();
+    let ifname = vpn.gateways[0].ifname.clone();
+    let gw_b_key = vpn.specs[1].public_key().to_base64();
+    let wg = |args: &[&str]| {
+        gw_a.command("wg")
+            .unwrap()
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!wg(&[
+        "set",
+        &ifname,
+        "peer",
+        &gw_b_key,
+        "allowed-ips",
+        "10.9.0.0/24"
+    ]));
+    let shown = run(gw_a, "wg", &["show", &ifname, "allowed-ips"]).unwrap();
+    assert!(!shown.contains("10.9.0.0/24"), "{shown}");
+    let routes = run(gw_a, "ip", &["route", "show", "10.9.0.0/24"]).unwrap();
+    assert!(routes.trim().is_empty(), "{routes}");
+    assert!(
+        vpn.gateways[0]
+            .log()
+            .contains("a layer-2 interface takes no allowed IPs"),
+        "{}",
+        vpn.logs()
+    );
+    // A new peer without allowed IPs is taken.
+    let other = suidao_proto::keys::PrivateKey::generate(&mut rand_core::OsRng).public_key();
+    assert!(wg(&["set", &ifname, "peer", &other.to_base64()]));
+    let peers = run(gw_a, "wg", &["show", &ifname, "peers"]).unwrap();
+    assert_eq!(peers.lines().count(), 2, "{peers}");
+    // And the segment still works.
+    assert!(ping_until(
+        vpn.host(1, 1).unwrap(),
+        &LanVpn::v4(0, 1),
+        Duration::from_secs(10)
+    )
+    .unwrap());
+}

@@ -102,6 +102,18 @@ pub(super) async fn apply_peers(
     live: &mut Live<'_>,
     desired: &[apply::PeerSpec],
 ) -> Result<String, String> {
+    // Layer 2: frames are switched by MAC; allowed IPs (and their routes) mean nothing there.
+    // (A config file cannot name any: this is for `wg set`.)
+    if live.config.interface.l2.is_some() {
+        if let Some(p) = desired.iter().find(|p| !p.allowed_ips.is_empty()) {
+            return Err(format!(
+                "peer {}: a layer-2 interface takes no allowed IPs (frames are switched by MAC; `allowed_macs` in the config limits a peer's)",
+                p.name
+                    .clone()
+                    .unwrap_or_else(|| p.public_key.to_base64()[..8].to_string() + "…")
+            ));
+        }
+    }
     let plan =
         apply::plan(&live.device, &read_lock(&live.names), desired).map_err(|e| e.to_string())?;
     let dev = live.config.interface.name.clone();
