@@ -305,14 +305,7 @@ pub fn run_vxlan(explain: bool, keep: bool) -> Result<bool> {
             size - 28,
             LanVpn::v4(1, 1)
         ));
-        Ok(a1
-            .command("ping")?
-            .args(["-M", "do", "-c", "2", "-i", "0.2", "-W", "1", "-q", "-s"])
-            .arg((size - 28).to_string())
-            .arg(LanVpn::v4(1, 1))
-            .output()?
-            .status
-            .success())
+        l2::df_ping(a1, size, &LanVpn::v4(1, 1))
     };
     let fits = df(l2::VXLAN_MTU)?;
     // One byte more: a1's own MTU refuses it (the segment is at 1370 everywhere).

@@ -200,6 +200,21 @@ pub fn broadcast_responders(ns: &Netns) -> Result<Vec<String>> {
     Ok(from)
 }
 
+/// Two pings from `ns` to `to` of IP packets of `packet_len` bytes with DF set (no
+/// fragmentation anywhere on the way): whether they were answered.
+pub fn df_ping(ns: &Netns, packet_len: u32, to: &str) -> Result<bool> {
+    let payload = packet_len.saturating_sub(28).to_string();
+    Ok(ns
+        .command("ping")?
+        .args([
+            "-M", "do", "-c", "2", "-i", "0.2", "-W", "1", "-q", "-s", &payload, to,
+        ])
+        .output()
+        .context("running ping")?
+        .status
+        .success())
+}
+
 /// What a DHCP client was given.
 #[derive(Debug)]
 pub struct Lease {

@@ -422,33 +422,14 @@ fn a_frame_larger_than_the_tap_takes_is_dropped_by_the_bridge() {
     assert!(tap_mtu.contains(&format!("mtu {LAN_MTU} ")), "{tap_mtu}");
     let b1 = LanVpn::v4(1, 1);
     assert!(ping_until(a1, &b1, Duration::from_secs(10)).unwrap());
-    let df_ping = |size: usize| {
-        a1.command("ping")
-            .unwrap()
-            .args([
-                "-M",
-                "do",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                "-q",
-                "-s",
-                &size.to_string(),
-                &b1,
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
     // The largest frame the TAP takes: an IP packet of 1405 bytes.
-    assert!(df_ping(LAN_MTU as usize - 28), "{}", vpn.logs());
+    assert!(l2::df_ping(a1, LAN_MTU, &b1).unwrap(), "{}", vpn.logs());
     // a1 raises its MTU to 1500: its larger frames stop at gw-a's bridge.
     run(a1, "ip", &["link", "set", "eth0", "mtu", "1500"]).unwrap();
-    assert!(!df_ping(1472), "a 1500-byte frame crossed a 1405-byte TAP");
+    assert!(
+        !l2::df_ping(a1, 1500, &b1).unwrap(),
+        "a 1500-byte frame crossed a 1405-byte TAP"
+    );
 }
 
 /// The interoperable alternative: a VXLAN segment in each site's bridge over an ordinary
@@ -474,18 +455,11 @@ fn a_vxlan_segment_over_a_layer_3_tunnel_to_wireguard_go_joins_the_sites() {
     answer_broadcasts(b1);
     assert!(broadcast_responders(a1).contains(&LanVpn::v4(1, 1)));
     // The largest frame: an IP packet of 1370 bytes, with DF.
-    let df = |size: u32| {
-        a1.command("ping")
-            .unwrap()
-            .args(["-M", "do", "-c", "2", "-i", "0.2", "-W", "1", "-q", "-s"])
-            .arg((size - 28).to_string())
-            .arg(LanVpn::v4(1, 1))
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
-    assert!(df(l2::VXLAN_MTU), "{}", lan.logs());
+    assert!(
+        l2::df_ping(a1, l2::VXLAN_MTU, &LanVpn::v4(1, 1)).unwrap(),
+        "{}",
+        lan.logs()
+    );
 }
 
 /// `bridge = ` naming no bridge (or something else): `up` says so, by name, and leaves the
