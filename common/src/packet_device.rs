@@ -23,16 +23,10 @@ pub trait PacketDevice: Send + Sync {
 
     fn offload(&self) -> Offload;
 
-    /// Reads what is waiting, without blocking: packets (a super-packet is split into them) at
-    /// `bufs[i][offset..offset + sizes[i]]`, at most `bufs.len()`; returns how many.
-    /// `WouldBlock` when nothing is waiting. `scratch` holds a super-packet while it is split.
-    fn read_batch(
-        &self,
-        scratch: &mut [u8],
-        bufs: &mut [&mut [u8]],
-        sizes: &mut [usize],
-        offset: usize,
-    ) -> io::Result<usize>;
+    /// Reads what is waiting, without blocking: packets (a super-packet is split into them)
+    /// into `slots`, at most `slots.len()`; returns how many. `WouldBlock` when nothing is
+    /// waiting. `scratch` holds a super-packet while it is split.
+    fn read_batch(&self, scratch: &mut [u8], slots: &mut Slots<'_>) -> io::Result<usize>;
 
     /// Writes one packet gathered from `iov` (with offload: a virtio header, then a packet or
     /// coalesced segments).
@@ -51,4 +45,88 @@ pub trait PacketDevice: Send + Sync {
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+}
+
+/// Most slots a read may be given (`Slots::with_list` lists them in an array this long).
+pub const MAX_SLOTS: usize = 256;
+
+/// The free packet slots of a send batch, back to back in one buffer: slot `i` is
+/// `data[i * stride..(i + 1) * stride]`, its packet goes at `offset` in it and its length into
+/// `sizes[i]`. A lone packet touches only the first slot; only a super-packet's split lists them
+/// all (`with_list`): listing 256 slots for every read cost more than the rest of a lone
+/// packet's way through the send path.
+pub struct Slots<'a> {
+    data: &'a mut [u8],
+    stride: usize,
+    sizes: &'a mut [usize],
+    offset: usize,
+}
+
+impl<'a> Slots<'a> {
+    /// `data` is cut into slots of `stride` bytes; as many as `sizes` has room for, at most
+    /// `MAX_SLOTS`.
+    pub fn new(data: &'a mut [u8], stride: usize, sizes: &'a mut [usize], offset: usize) -> Self {
+        let stride = stride.max(1);
+        let count = (data.len() / stride).min(sizes.len()).min(MAX_SLOTS);
+        Slots {
+            data: &mut data[..count * stride],
+            stride,
+            sizes: &mut sizes[..count],
+            offset,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sizes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sizes.is_empty()
+    }
+
+    /// Where a packet starts in its slot.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The room for a packet in slot `i` (from `offset` to the slot's end).
+    pub fn room(&mut self, i: usize) -> Option<&mut [u8]> {
+        let start = i.checked_mul(self.stride)?.checked_add(self.offset)?;
+        let end = (i + 1) * self.stride;
+        self.data.get_mut(start..end)
+    }
+
+    /// Records that slot `i` holds `len` bytes.
+    pub fn set_size(&mut self, i: usize, len: usize) {
+        if let Some(s) = self.sizes.get_mut(i) {
+            *s = len;
+        }
+    }
+
+    /// Copies `packet` into slot `i`; an error if it does not fit.
+    pub fn put(&mut self, i: usize, packet: &[u8]) -> io::Result<()> {
+        let room = self.room(i).ok_or_else(|| no_room(i, packet.len()))?;
+        room.get_mut(..packet.len())
+            .ok_or_else(|| no_room(i, packet.len()))?
+            .copy_from_slice(packet);
+        self.set_size(i, packet.len());
+        Ok(())
+    }
+
+    /// Calls `f` with every slot listed (whole, `offset` included) and the sizes, for a
+    /// splitter that takes a list of buffers.
+    pub fn with_list<R>(&mut self, f: impl FnOnce(&mut [&mut [u8]], &mut [usize]) -> R) -> R {
+        let count = self.sizes.len();
+        let mut chunks = self.data.chunks_mut(self.stride);
+        let mut list: [&mut [u8]; MAX_SLOTS] =
+            std::array::from_fn(|_| chunks.next().unwrap_or_default());
+        f(&mut list[..count], self.sizes)
+    }
+}
+
+fn no_room(i: usize, len: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("a packet of {len} bytes does not fit slot {i}"),
+    )
 }

@@ -12,7 +12,7 @@
 //!
 //! The same roles wireguard-go's `tun/tuntest` and `conn/bindtest` play.
 
-use crate::packet_device::{Offload, PacketDevice};
+use crate::packet_device::{Offload, PacketDevice, Slots};
 use crate::poll::Doorbell;
 use crate::transport::{RecvMeta, SendError, Transport};
 use std::collections::{HashMap, VecDeque};
@@ -352,26 +352,22 @@ impl PacketDevice for Arc<MemoryDevice> {
         self.offload
     }
 
-    fn read_batch(
-        &self,
-        _scratch: &mut [u8],
-        bufs: &mut [&mut [u8]],
-        sizes: &mut [usize],
-        offset: usize,
-    ) -> io::Result<usize> {
+    fn read_batch(&self, _scratch: &mut [u8], slots: &mut Slots<'_>) -> io::Result<usize> {
         let mut items = lock(&self.outgoing.items);
         if items.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let mut n = 0;
-        while n < bufs.len().min(sizes.len()) {
+        while n < slots.len() {
             let Some(p) = items.pop_front() else {
                 break;
             };
-            let room = bufs[n].len().saturating_sub(offset);
-            let len = p.len().min(room);
-            bufs[n][offset..offset + len].copy_from_slice(&p[..len]);
-            sizes[n] = len;
+            let Some(room) = slots.room(n) else {
+                break;
+            };
+            let len = p.len().min(room.len());
+            room[..len].copy_from_slice(&p[..len]);
+            slots.set_size(n, len);
             n += 1;
         }
         self.outgoing.settle(&items);

@@ -3,13 +3,15 @@
 //! received packets of one flow are coalesced back (GRO) before they are written. Addresses, MTU
 //! and link state are set through netlink (see `netlink`), not here.
 
-use crate::packet_device::{Offload, PacketDevice};
+use crate::packet_device::{Offload, PacketDevice, Slots};
 use crate::poll::Interrupt;
 use std::io;
 pub use tun_rs::{VirtioNetHdr, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// virtio-net's header values (virtio_net.h) `tun-rs` keeps to itself.
 const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 
 /// Room to read one super-packet with its virtio header (on a TAP, with its Ethernet header,
@@ -144,74 +146,81 @@ fn finish_checksum(frame: &mut [u8], start: usize, at: usize) -> io::Result<()> 
 }
 
 impl Tun {
-    /// One read of a TAP with offloads: a frame, or a super-frame split into frames of the
-    /// TAP's MTU. `tun-rs`'s splitter works on IP packets, so it gets the IP part, and each
-    /// segment gets the super-frame's link header in front.
-    fn read_tap(
-        &self,
-        scratch: &mut [u8],
-        bufs: &mut [&mut [u8]],
-        sizes: &mut [usize],
-        offset: usize,
-    ) -> io::Result<usize> {
+    /// One read(2) of the device into `buf`.
+    fn read_into(&self, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-        // SAFETY: reads at most `scratch.len()` bytes into `scratch`, which is valid for that
-        // long; the descriptor is the device's, open while `self` is.
-        let n = unsafe {
-            libc::read(
-                self.dev.as_raw_fd(),
-                scratch.as_mut_ptr().cast(),
-                scratch.len(),
-            )
-        };
+        // SAFETY: reads at most `buf.len()` bytes into `buf`, which is valid for that long;
+        // the descriptor is the device's, open while `self` is.
+        let n = unsafe { libc::read(self.dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
-            return Err(io::Error::last_os_error());
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
         }
-        let n = n as usize;
-        if n <= VIRTIO_NET_HDR_LEN {
-            return Err(invalid("a TAP read shorter than its virtio header"));
-        }
-        let hdr = VirtioNetHdr::decode(&scratch[..VIRTIO_NET_HDR_LEN])?;
-        let frame = &mut scratch[VIRTIO_NET_HDR_LEN..n];
-        if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE {
-            if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-                finish_checksum(frame, hdr.csum_start.into(), hdr.csum_offset.into())?;
-            }
-            let (Some(out), Some(size)) = (bufs.first_mut(), sizes.first_mut()) else {
-                return Ok(0);
-            };
-            let slot = out
-                .get_mut(offset..offset + frame.len())
-                .ok_or_else(|| invalid("a frame larger than the slot"))?;
-            slot.copy_from_slice(frame);
-            *size = frame.len();
-            return Ok(1);
-        }
+    }
+
+    /// A super-frame of a TAP split into frames of the TAP's MTU: `tun-rs`'s splitter works on
+    /// IP packets, so it gets the IP part, and each segment gets the super-frame's link header
+    /// in front.
+    fn split_frames(
+        frame: &mut [u8],
+        hdr: VirtioNetHdr,
+        slots: &mut Slots<'_>,
+    ) -> io::Result<usize> {
         let link =
             link_header_len(frame).ok_or_else(|| invalid("a super-frame without a link header"))?;
-        let is_v6 = match frame.get(link).map(|b| b >> 4) {
-            Some(4) => false,
-            Some(6) => true,
-            _ => return Err(invalid("a super-frame that is not IP")),
-        };
         let mut ip_hdr = hdr;
         ip_hdr.csum_start = hdr
             .csum_start
             .checked_sub(link as u16)
             .ok_or_else(|| invalid("bad csum_start"))?;
-        ip_hdr.hdr_len = hdr
-            .hdr_len
-            .checked_sub(link as u16)
-            .ok_or_else(|| invalid("bad hdr_len"))?;
         let (head, ip) = frame.split_at_mut(link);
-        let count = tun_rs::gso_split(ip, ip_hdr, bufs, sizes, offset + link, is_v6)?;
-        for (out, size) in bufs.iter_mut().zip(sizes.iter_mut()).take(count) {
-            out[offset..offset + link].copy_from_slice(head);
-            *size += link;
-        }
-        Ok(count)
+        let offset = slots.offset();
+        slots.with_list(|bufs, sizes| {
+            let count = split_packets(ip, ip_hdr, bufs, sizes, offset + link)?;
+            for (out, size) in bufs.iter_mut().zip(sizes.iter_mut()).take(count) {
+                out[offset..offset + link].copy_from_slice(head);
+                *size += link;
+            }
+            Ok(count)
+        })
     }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// An IP super-packet split into packets at `bufs[i][offset..]` by `tun-rs`'s splitter. The
+/// header length is taken from the transport header, not from the kernel's `hdr_len`, which
+/// can be the whole first packet on a forwarding path (as wireguard-go does).
+fn split_packets(
+    ip: &mut [u8],
+    mut hdr: VirtioNetHdr,
+    bufs: &mut [&mut [u8]],
+    sizes: &mut [usize],
+    offset: usize,
+) -> io::Result<usize> {
+    let is_v6 = match ip.first().map(|b| b >> 4) {
+        Some(4) => false,
+        Some(6) => true,
+        _ => return Err(invalid("a super-packet that is not IP")),
+    };
+    let start = usize::from(hdr.csum_start);
+    let transport_len = if hdr.gso_type & !VIRTIO_NET_HDR_GSO_ECN == VIRTIO_NET_HDR_GSO_UDP_L4 {
+        8
+    } else {
+        let data_offset = ip
+            .get(start + 12)
+            .ok_or_else(|| invalid("a TCP super-packet too short for its header"))?;
+        let len = usize::from(data_offset >> 4) * 4;
+        if !(20..=60).contains(&len) {
+            return Err(invalid("a TCP super-packet with a bad header length"));
+        }
+        len
+    };
+    hdr.hdr_len = u16::try_from(start + transport_len).map_err(|_| invalid("bad csum_start"))?;
+    tun_rs::gso_split(ip, hdr, bufs, sizes, offset, is_v6)
 }
 
 impl PacketDevice for Tun {
@@ -229,18 +238,36 @@ impl PacketDevice for Tun {
         }
     }
 
-    /// One read: a packet, or a super-packet split into MTU-sized packets.
-    fn read_batch(
-        &self,
-        scratch: &mut [u8],
-        bufs: &mut [&mut [u8]],
-        sizes: &mut [usize],
-        offset: usize,
-    ) -> io::Result<usize> {
-        if self.layer2 && self.offload {
-            return self.read_tap(scratch, bufs, sizes, offset);
+    /// One read: a packet (into the first slot), or a super-packet (frame) split into
+    /// MTU-sized packets.
+    fn read_batch(&self, scratch: &mut [u8], slots: &mut Slots<'_>) -> io::Result<usize> {
+        if !self.offload {
+            // No virtio header: one packet, straight into the first slot.
+            let room = slots
+                .room(0)
+                .ok_or_else(|| invalid("no slot to read into"))?;
+            let n = self.read_into(room)?;
+            slots.set_size(0, n);
+            return Ok(1);
         }
-        self.dev.recv_multiple(scratch, bufs, sizes, offset)
+        let n = self.read_into(scratch)?;
+        if n <= VIRTIO_NET_HDR_LEN {
+            return Err(invalid("a read shorter than its virtio header"));
+        }
+        let hdr = VirtioNetHdr::decode(&scratch[..VIRTIO_NET_HDR_LEN])?;
+        let packet = &mut scratch[VIRTIO_NET_HDR_LEN..n];
+        if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE {
+            if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                finish_checksum(packet, hdr.csum_start.into(), hdr.csum_offset.into())?;
+            }
+            slots.put(0, packet)?;
+            return Ok(1);
+        }
+        if self.layer2 {
+            return Self::split_frames(packet, hdr, slots);
+        }
+        let offset = slots.offset();
+        slots.with_list(|bufs, sizes| split_packets(packet, hdr, bufs, sizes, offset))
     }
 
     fn wait_readable(&self, timeout: Option<std::time::Duration>) -> io::Result<bool> {

@@ -5,6 +5,7 @@
 use super::dataplane::Engine;
 use super::shared::{Shared, Worker, QUIET_AFTER};
 use crate::clock;
+use crate::packet_device::Slots;
 use crate::poll;
 use crate::switch::Forward;
 use crate::transport::{SendError, Transport};
@@ -18,6 +19,7 @@ use tracing::debug;
 /// Packet slots of the outgoing path: two batches, so reading goes on while a whole
 /// super-packet's split still fits.
 const TX_SLOTS: usize = 2 * IDEAL_BATCH_SIZE;
+const _: () = assert!(TX_SLOTS <= crate::packet_device::MAX_SLOTS);
 
 /// Packets found again within this long of the last ones: a flow, to be read in batches.
 const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
@@ -145,16 +147,18 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
             targets,
             ..
         } = tx;
-        targets.fill(None);
-        let mut chunks = data.chunks_mut(stride);
-        let mut slots: [&mut [u8]; TX_SLOTS] =
-            std::array::from_fn(|_| chunks.next().unwrap_or_default());
         while TX_SLOTS - filled >= IDEAL_BATCH_SIZE {
-            match w
-                .device
-                .read_batch(scratch, &mut slots[filled..], &mut sizes[filled..], inner)
-            {
+            let mut free = Slots::new(
+                &mut data[filled * stride..],
+                stride,
+                &mut sizes[filled..],
+                inner,
+            );
+            match w.device.read_batch(scratch, &mut free) {
                 Ok(n) => {
+                    let n = n.min(TX_SLOTS - filled);
+                    // Frames from the device go where the switch says (layer 2).
+                    targets[filled..filled + n].fill(None);
                     filled += n;
                     if !busy {
                         break;
