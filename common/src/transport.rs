@@ -5,8 +5,10 @@
 //! Batched both ways: a receive may carry many datagrams (recvmmsg, GRO), a send a run of
 //! same-size datagrams to one endpoint (GSO).
 
+use crate::poll::WaitSet;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use suidao_proto::Endpoint;
 
@@ -77,6 +79,14 @@ pub trait Transport: Send + Sync {
     /// `wait_readable` only.
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+
+    /// Puts the transport's descriptors into `set`, reported as `bit`, now and whenever it
+    /// opens another (a thread then waits on its sockets directly, not on a set inside a set).
+    /// `false` (the default): not done; wait on `readiness_fd` instead.
+    fn register(&self, set: &Arc<WaitSet>, bit: u32) -> io::Result<bool> {
+        let _ = (set, bit);
+        Ok(false)
     }
 
     /// Marks what is sent from now on with `mark` (SO_MARK; 0: no mark), for policy routing

@@ -10,12 +10,14 @@ use super::send::{seal_and_send, TxState};
 use super::shared::{Shared, Worker};
 use crate::clock;
 use crate::gro::Coalescer;
-use crate::poll;
+use crate::poll::{self, WaitSet};
 use crate::switch::Forward;
 use crate::transport::RecvMeta;
 use crate::tun::IDEAL_BATCH_SIZE;
 use std::io::IoSliceMut;
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use suidao_proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
 use suidao_proto::l2::{self, L2_HEADER_LEN};
 use suidao_proto::messages::Message;
@@ -47,9 +49,10 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     // so the thread goes to sleep without a receive that would only answer EAGAIN (on the
     // way of a round trip when the other end's thread shares this CPU).
     let mut may_have_more = true;
+    let mut waiting = Waiting::new(w);
     while !Engine::ending(s) {
         if !may_have_more {
-            may_have_more = wait(s, w);
+            may_have_more = wait(s, w, &mut waiting);
             continue;
         }
         let n = {
@@ -138,10 +141,64 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     }
 }
 
+/// What the receive thread waits on: the transport and its doorbell, and while quiet the
+/// device, in one epoll set (registered once, so a wake-up costs less than with poll(2)); the
+/// device joins and leaves the set as quiet mode comes and goes. `None` where the set could
+/// not be made: poll(2) then.
+struct Waiting {
+    set: Option<Arc<WaitSet>>,
+    device_watched: bool,
+}
+
+impl Waiting {
+    fn new(w: &Worker) -> Waiting {
+        let set = w.fds.and_then(|(_, transport)| {
+            let set = Arc::new(WaitSet::new().ok()?);
+            if !w.transport.register(&set, 0b1).ok()? {
+                set.add(transport, 0b1).ok()?;
+            }
+            set.add(w.recv_bell.fd(), 0b10).ok()?;
+            Some(set)
+        });
+        Waiting {
+            set,
+            device_watched: false,
+        }
+    }
+
+    /// Waits on the transport, the doorbell and (when `quiet`) the device: the ready ones'
+    /// bits (0b1, 0b10, 0b100).
+    fn wait(
+        &mut self,
+        device: RawFd,
+        transport: RawFd,
+        bell: RawFd,
+        quiet: bool,
+    ) -> std::io::Result<u32> {
+        let Some(set) = &self.set else {
+            let watched = if quiet {
+                &[transport, bell, device][..]
+            } else {
+                &[transport, bell][..]
+            };
+            return poll::wait_any(watched, None);
+        };
+        if quiet != self.device_watched {
+            if quiet {
+                set.add(device, 0b100)?;
+            } else {
+                set.remove(device)?;
+            }
+            self.device_watched = quiet;
+        }
+        set.wait()
+    }
+}
+
 /// Nothing to receive: sleep until there is, or (while quiet) until the device has a packet,
 /// which is sent from here, or the send thread hands the device back. Returns whether the
 /// transport has something now.
-fn wait(s: &Shared, w: &Worker) -> bool {
+fn wait(s: &Shared, w: &Worker, waiting: &mut Waiting) -> bool {
     let Some((device, transport)) = w.fds else {
         if let Err(e) = w.transport.wait_readable(None) {
             debug!("waiting for the transport: {e}");
@@ -149,12 +206,7 @@ fn wait(s: &Shared, w: &Worker) -> bool {
         return true;
     };
     let quiet = w.quiet.load(Ordering::Acquire);
-    let watched = if quiet {
-        &[transport, w.recv_bell.fd(), device][..]
-    } else {
-        &[transport, w.recv_bell.fd()][..]
-    };
-    match poll::wait_any(watched, None) {
+    match waiting.wait(device, transport, w.recv_bell.fd(), quiet) {
         Ok(ready) => {
             if ready & 0b10 != 0 {
                 w.recv_bell.clear();

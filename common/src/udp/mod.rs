@@ -17,7 +17,9 @@
 //! Replies leave from the address the peer sent to (`Endpoint::local`, IP_PKTINFO /
 //! IPV6_PKTINFO); if that address is gone, from whatever routing picks.
 
-use crate::poll::Interrupt;
+mod pin;
+
+use crate::poll::{Interrupt, WaitSet};
 pub use crate::transport::SendError;
 use crate::transport::{RecvMeta, Transport};
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
@@ -27,7 +29,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use suidao_proto::Endpoint;
 
@@ -49,6 +51,9 @@ pub struct Udp {
     no_gso: Mutex<HashMap<SocketAddr, Instant>>,
     any_no_gso: AtomicBool,
     interrupt: Interrupt,
+    port: u16,
+    /// A socket connected to the one peer this one talks to, and the epoll set of both.
+    pins: pin::Pins,
 }
 
 /// Messages one `recv` takes at most: the engine asks for 16 (and the array quinn-udp fills
@@ -191,7 +196,11 @@ impl Udp {
     }
 
     fn new((sock, dual_stack): (Socket, bool)) -> io::Result<Udp> {
+        // Bound already (alone where it had to be): let the connected socket of a pin share the
+        // port (see `pin`).
+        sock.set_reuse_port(true)?;
         let sock: UdpSocket = sock.into();
+        let port = sock.local_addr()?.port();
         // Sets the socket non-blocking and turns on GRO and the ancillary data it reads.
         let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
         // Best effort: the kernel caps these at net.core.{r,w}mem_max.
@@ -200,6 +209,8 @@ impl Udp {
         allow_fragmentation(&sock, dual_stack)?;
         Ok(Udp {
             gso_segments: state.max_gso_segments(),
+            pins: pin::Pins::new(&sock)?,
+            port,
             sock,
             state,
             dual_stack,
@@ -263,6 +274,14 @@ impl Udp {
     /// EINVAL on an IPv4 socket, ENETUNREACH or EADDRNOTAVAIL through a dual-stack one. A run
     /// refused for GSO's sake fails the second time too, and the caller sends it one by one.)
     fn send_one(&self, contents: &[u8], to: Endpoint, seg: Option<usize>) -> io::Result<()> {
+        if seg.is_none() {
+            if let Some(pinned) = self.pins.for_send(to, self.port) {
+                match pinned.sock.send(contents) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => self.pins.failed(&pinned, &e),
+                }
+            }
+        }
         let transmit = |src_ip: Option<IpAddr>| Transmit {
             destination: self.wire_addr(to.addr),
             ecn: None,
@@ -311,25 +330,36 @@ impl Udp {
 
 impl Transport for Udp {
     /// recvmmsg with GRO: what is waiting, without blocking. Addresses come unmapped.
+    /// From the pinned socket first (where the one peer's datagrams arrive), then the main
+    /// one; the main one first after the pinned one filled a batch.
     fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
-        let mut raw = [quinn_udp::RecvMeta::default(); MAX_RECV];
-        let count = bufs.len().min(meta.len()).min(MAX_RECV);
-        let n = self.state.recv(
-            UdpSockRef::from(&self.sock),
-            &mut bufs[..count],
-            &mut raw[..count],
-        )?;
-        for (m, r) in meta.iter_mut().zip(&raw[..n]) {
-            *m = RecvMeta {
-                from: Endpoint {
-                    addr: unmap(r.addr),
-                    local: r.dst_ip.map(unmap_ip),
-                },
-                len: r.len,
-                stride: r.stride,
-            };
+        let Some(pinned) = self.pins.current() else {
+            return recv_on(&self.sock, &self.state, bufs, meta);
+        };
+        let from_pin = |bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]| {
+            match recv_on(&pinned.sock, &pinned.state, bufs, meta) {
+                Ok(n) => {
+                    if n == bufs.len().min(meta.len()).min(MAX_RECV) {
+                        self.pins.filled_batch();
+                    }
+                    Some(n)
+                }
+                // A connected socket also reports ICMP errors (ECONNREFUSED): consumed here.
+                Err(_) => None,
+            }
+        };
+        let main_first = self.pins.main_first();
+        if !main_first {
+            if let Some(n) = from_pin(bufs, meta) {
+                return Ok(n);
+            }
         }
-        Ok(n)
+        match recv_on(&self.sock, &self.state, bufs, meta) {
+            Err(e) if main_first && e.kind() == io::ErrorKind::WouldBlock => {
+                from_pin(bufs, meta).ok_or(e)
+            }
+            r => r,
+        }
     }
 
     /// One datagram, or a run in one UDP_SEGMENT system call where the path allows (else one
@@ -349,20 +379,56 @@ impl Transport for Udp {
     }
 
     fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.interrupt.wait_readable(self.sock.as_raw_fd(), timeout)
+        self.interrupt
+            .wait_readable(self.pins.readiness_fd(), timeout)
     }
 
     fn interrupt(&self) {
         self.interrupt.wake();
     }
 
+    /// The epoll set of the socket and its pin (see `pin`).
     fn readiness_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.sock.as_raw_fd())
+        Some(self.pins.readiness_fd())
+    }
+
+    /// The socket and its pin go into `set` themselves (see `pin`).
+    fn register(&self, set: &Arc<WaitSet>, bit: u32) -> io::Result<bool> {
+        self.pins.register(&self.sock, set, bit)?;
+        Ok(true)
     }
 
     /// SO_MARK on the socket, so that policy routing can tell the tunnel's own packets from
     /// those to be tunnelled (a full tunnel).
     fn set_mark(&self, mark: u32) -> io::Result<()> {
-        socket2::SockRef::from(&self.sock).set_mark(mark)
+        socket2::SockRef::from(&self.sock).set_mark(mark)?;
+        self.pins.set_mark(mark)
     }
+}
+
+/// One receive from `sock` (quinn-udp's recvmmsg with GRO), addresses unmapped.
+fn recv_on(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+) -> io::Result<usize> {
+    let mut raw = [quinn_udp::RecvMeta::default(); MAX_RECV];
+    let count = bufs.len().min(meta.len()).min(MAX_RECV);
+    let n = state.recv(
+        UdpSockRef::from(sock),
+        &mut bufs[..count],
+        &mut raw[..count],
+    )?;
+    for (m, r) in meta.iter_mut().zip(&raw[..n]) {
+        *m = RecvMeta {
+            from: Endpoint {
+                addr: unmap(r.addr),
+                local: r.dst_ip.map(unmap_ip),
+            },
+            len: r.len,
+            stride: r.stride,
+        };
+    }
+    Ok(n)
 }
