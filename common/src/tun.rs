@@ -125,14 +125,9 @@ fn finish_checksum(frame: &mut [u8], start: usize, at: usize) -> io::Result<()> 
         .checked_add(at)
         .filter(|f| f + 2 <= frame.len())
         .ok_or_else(bad)?;
-    let mut sum: u64 = 0;
-    let mut chunks = frame.get(start..).ok_or_else(bad)?.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u64::from(u16::from_be_bytes([*last, 0]));
-    }
+    // tun-rs's sum (SIMD, and optimized in debug builds too, where a loop here cost more than
+    // the rest of a packet's way at 50,000 packets a second).
+    let mut sum = tun_rs::checksum_no_fold(frame.get(start..).ok_or_else(bad)?, 0);
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

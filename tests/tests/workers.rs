@@ -9,6 +9,7 @@ use suidao_tests::vpn::{P2pVpn, CLIENT_V4, PORT, SERVER_V4, SERVER_V6};
 const WORKERS: usize = 3;
 
 /// UDP sockets bound to `port` in the namespace (IPv4 and IPv6 tables).
+/// Unconnected UDP sockets bound to `port` in `ns`.
 fn sockets_on_port(ns: &suidao_lab::Netns, port: u16) -> usize {
     let hex = format!(":{port:04X} ");
     ["/proc/net/udp", "/proc/net/udp6"]
@@ -20,12 +21,17 @@ fn sockets_on_port(ns: &suidao_lab::Netns, port: u16) -> usize {
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
             // Lines: "sl local_address rem_address ..."; the local address is the second field.
+            // Unconnected sockets only (a remote address of zeros): a worker may also have a
+            // socket connected to the peer on the port (`udp::pin`).
             text.lines()
                 .skip(1)
                 .filter(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .is_some_and(|a| format!("{a} ").ends_with(&hex))
+                    let mut f = l.split_whitespace().skip(1);
+                    let local = f.next().is_some_and(|a| format!("{a} ").ends_with(&hex));
+                    let unconnected = f
+                        .next()
+                        .is_some_and(|r| r.chars().all(|c| c == '0' || c == ':'));
+                    local && unconnected
                 })
                 .count()
         })
