@@ -16,6 +16,11 @@
 //!
 //! Replies leave from the address the peer sent to (`Endpoint::local`, IP_PKTINFO /
 //! IPV6_PKTINFO); if that address is gone, from whatever routing picks.
+//!
+//! A socket that talks to one peer (a client, either end of a point-to-point tunnel) sends its
+//! lone datagrams through a second socket on the port, connected to that peer, which keeps its
+//! route instead of looking it up for every datagram; the peer's datagrams then arrive there
+//! (`pin`).
 
 mod pin;
 

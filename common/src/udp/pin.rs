@@ -143,10 +143,10 @@ impl Pins {
     }
 
     /// The pinned socket failed a send: drop it if its address is gone (the next send makes a
-    /// new one, from where the peer sends to now). A full buffer (EAGAIN, ENOBUFS) or an ICMP error the connected socket reports
-    /// (ECONNREFUSED) keeps the pin: the datagram goes through the main socket this time. (A
-    /// pin dropped loses what waits in its receive queue: under a UDP flood that was most of
-    /// it.)
+    /// new one, from where the peer sends to now). A full buffer (EAGAIN, ENOBUFS) or an ICMP
+    /// error the connected socket reports (ECONNREFUSED) keeps the pin: the datagram goes
+    /// through the main socket this time. (A pin dropped loses what waits in its receive
+    /// queue: under a UDP flood that was most of it.)
     pub(super) fn failed(&self, pinned: &Arc<Pinned>, e: &io::Error) {
         let gone = matches!(
             e.raw_os_error(),
