@@ -130,3 +130,44 @@ fn no_room(i: usize, len: usize) -> io::Error {
         format!("a packet of {len} bytes does not fit slot {i}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed unwrap is a failed test.
+    #![allow(clippy::unwrap_used)]
+    use super::Slots;
+
+    #[test]
+    fn slots_give_room_one_at_a_time_and_list_themselves_for_a_split() {
+        let mut data = vec![0u8; 10 * 100 + 50];
+        let mut sizes = [0usize; 8];
+        let mut slots = Slots::new(&mut data, 100, &mut sizes, 16);
+        assert_eq!(slots.len(), 8, "as many as there are sizes");
+        slots.put(0, &[7u8; 84]).unwrap();
+        assert_eq!(
+            slots.room(1).unwrap().len(),
+            84,
+            "the slot after the offset"
+        );
+        assert!(
+            slots.put(1, &[7u8; 85]).is_err(),
+            "one byte more than the room"
+        );
+        assert!(slots.put(8, &[1]).is_err(), "no slot 8");
+        assert!(slots.room(8).is_none());
+        slots.with_list(|bufs, sizes| {
+            assert_eq!(bufs.len(), 8);
+            assert!(bufs.iter().all(|b| b.len() == 100), "whole slots");
+            bufs[2][16] = 9;
+            sizes[2] = 1;
+        });
+        assert_eq!((sizes[0], sizes[1], sizes[2]), (84, 0, 1));
+        assert_eq!(&data[16..100], &[7u8; 84][..]);
+        assert_eq!(data[216], 9);
+        let mut few = [0usize; 300];
+        assert_eq!(
+            Slots::new(&mut data, 3, &mut few, 0).len(),
+            super::MAX_SLOTS
+        );
+    }
+}

@@ -174,6 +174,27 @@ mod tests {
     use std::time::Instant;
 
     #[test]
+    fn a_wait_set_reports_what_is_readable_by_its_bits_and_forgets_what_was_removed() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let set = WaitSet::new().unwrap();
+        set.add(a.as_raw_fd(), 0b1).unwrap();
+        set.add(b.as_raw_fd(), 0b10).unwrap();
+        a.send_to(b"x", b.local_addr().unwrap()).unwrap();
+        assert_eq!(set.wait().unwrap(), 0b10);
+        // Level-triggered: still readable until read.
+        assert_eq!(set.wait().unwrap(), 0b10);
+        set.remove(b.as_raw_fd()).unwrap();
+        b.send_to(b"y", a.local_addr().unwrap()).unwrap();
+        assert_eq!(
+            set.wait().unwrap(),
+            0b1,
+            "b is out of the set, though readable"
+        );
+        assert!(set.remove(b.as_raw_fd()).is_err());
+    }
+
+    #[test]
     fn a_wait_ends_when_readable_when_woken_and_at_its_timeout() {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -248,3 +248,86 @@ impl Pins {
         Ok(Pinned { to, sock, state })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed unwrap is a failed test.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::super::{recv_on, Udp};
+    use crate::transport::{RecvMeta, Transport};
+    use std::io::IoSliceMut;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+    use suidao_proto::Endpoint;
+
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn addr(u: &Udp) -> SocketAddr {
+        SocketAddr::new(LO, u.local_port().unwrap())
+    }
+
+    fn to(u: &Udp, local: Option<IpAddr>) -> Endpoint {
+        Endpoint {
+            addr: addr(u),
+            local,
+        }
+    }
+
+    fn recv_one(u: &Udp) -> (Vec<u8>, SocketAddr) {
+        assert!(
+            u.wait_readable(Some(Duration::from_secs(2))).unwrap(),
+            "nothing arrived"
+        );
+        let mut buf = vec![0u8; 2048];
+        let mut meta = [RecvMeta::default(); 1];
+        let n = u.recv(&mut [IoSliceMut::new(&mut buf)], &mut meta).unwrap();
+        assert_eq!(n, 1);
+        (buf[..meta[0].len].to_vec(), meta[0].from.addr)
+    }
+
+    #[test]
+    fn a_socket_with_one_peer_sends_through_a_connected_socket_and_hears_the_peer_there() {
+        let (a, b) = (Udp::bind(None).unwrap(), Udp::bind(None).unwrap());
+        // Nothing heard from the peer yet (no local address): no pin.
+        a.send(b"one", to(&b, None), None).unwrap();
+        assert!(a.pins.current().is_none());
+        assert_eq!(recv_one(&b), (b"one".to_vec(), addr(&a)));
+        // With the local address: a socket connected to the peer, from the same port.
+        a.send(b"two", to(&b, Some(LO)), None).unwrap();
+        let pin = a.pins.current().expect("a pin");
+        assert_eq!(pin.sock.peer_addr().unwrap(), addr(&b));
+        assert_eq!(pin.sock.local_addr().unwrap(), addr(&a));
+        assert_eq!(recv_one(&b), (b"two".to_vec(), addr(&a)));
+        // The peer's answer waits on the pinned socket, not the main one, and `recv` finds it.
+        b.send(b"three", to(&a, Some(LO)), None).unwrap();
+        assert!(a.wait_readable(Some(Duration::from_secs(2))).unwrap());
+        let mut buf = vec![0u8; 2048];
+        let mut meta = [RecvMeta::default(); 1];
+        let main = recv_on(
+            &a.sock,
+            &a.state,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut meta,
+        );
+        assert_eq!(
+            main.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock)
+        );
+        assert_eq!(recv_one(&a), (b"three".to_vec(), addr(&b)));
+    }
+
+    #[test]
+    fn a_socket_that_talks_to_several_peers_in_turn_stops_pinning() {
+        let a = Udp::bind(None).unwrap();
+        let peers: Vec<Udp> = (0..3).map(|_| Udp::bind(None).unwrap()).collect();
+        for round in 0..3 {
+            for p in &peers {
+                a.send(format!("{round}").as_bytes(), to(p, Some(LO)), None)
+                    .unwrap();
+                assert_eq!(recv_one(p), (format!("{round}").into_bytes(), addr(&a)));
+            }
+        }
+        assert!(a.pins.current().is_none(), "pinning paused");
+        assert!(a.pins.for_send(to(&peers[0], Some(LO)), a.port).is_none());
+    }
+}
