@@ -32,3 +32,16 @@ pub fn veth(ns: &suidao_lab::Netns) -> anyhow::Result<String> {
         _ => anyhow::bail!("no veth in {}", ns.name()),
     }
 }
+
+/// Runs `suidao-lab ARGS` to its end as a person would, output captured: its pid (the lab
+/// names its namespaces after it) and what it printed.
+pub fn run_lab(args: &[&str]) -> anyhow::Result<(u32, std::process::Output)> {
+    use std::process::{Command, Stdio};
+    let child = Command::new(suidao_lab::suidao::bin_path("suidao-lab")?)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    Ok((pid, child.wait_with_output()?))
+}

@@ -25,14 +25,7 @@ fn demo_keep_then_down_then_interrupted_demo() {
         return;
     }
     // --keep: PASS, and the tunnel stays up after the command has returned.
-    let child = lab()
-        .args(["demo", "p2p", "--keep", "--explain"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = suidao_tests::run_lab(&["demo", "p2p", "--keep", "--explain"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

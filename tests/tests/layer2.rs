@@ -522,14 +522,7 @@ fn the_layer_2_demos_pass_and_leave_nothing() {
             &["and wireguard-go (gw-b)", "1370-byte packet, DF         ok"][..],
         ),
     ] {
-        let child = std::process::Command::new(suidao_lab::suidao::bin_path("suidao-lab").unwrap())
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let out = child.wait_with_output().unwrap();
+        let (pid, out) = suidao_tests::run_lab(args).unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.trim_end().ends_with("PASS"),
