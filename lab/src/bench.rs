@@ -1,7 +1,9 @@
 //! `suidao-lab bench`: on the `p2p` topology, side by side in one run, the raw veth link,
 //! suidao, and wireguard-go (when installed): iperf3 TCP with 1 and 4 streams, UDP with 64-byte
-//! payloads at full rate (delivered packets per second), ping round trip. Several repetitions,
-//! interleaved so that the machine's noise spreads evenly; medians and ratios. Then, every
+//! payloads at full rate (delivered packets per second). Several repetitions, interleaved so
+//! that the machine's noise spreads evenly; medians and ratios. Then the round trip, in rounds
+//! of 20 pings 50 ms apart through each tunnel in turn, the order rotated (see `round_trips`).
+//! Then, every
 //! tunnel idle at once after one ping, how often each tunnel process wakes (context switches
 //! of all its threads per second, over IDLE_SECONDS). Last, on the `hub` topology (a server
 //! and two clients on a bridge), one TCP stream client → server beside one client → client,
@@ -78,16 +80,13 @@ fn measure(lab: &P2p, t: &mut Target, seconds: u32, progress: bool) -> Result<()
     let tcp4 = missing_if_zero(tcp_bps(&tcp4_report), t.name, "tcp4", &tcp4_report);
     interrupt::check()?;
     let udp = udp_pps(&run(&["-t", &secs, "-u", "-b", "0", "-l", "64"])?);
-    interrupt::check()?;
-    let rtt = ping_rtt(c, &t.addr, 50, "0.01")?.unwrap_or(f64::NAN);
     if progress {
         eprintln!(
-            "  {:<13} tcp1 {:>8.0} Mbit/s  tcp4 {:>8.0} Mbit/s  udp64 {:>9.0} pkt/s  rtt {:.3} ms  cpu {:.2} s/GB",
+            "  {:<13} tcp1 {:>8.0} Mbit/s  tcp4 {:>8.0} Mbit/s  udp64 {:>9.0} pkt/s  cpu {:.2} s/GB",
             t.name,
             tcp1 / 1e6,
             tcp4 / 1e6,
             udp,
-            rtt,
             cpu_per_gb
         );
     }
@@ -95,7 +94,36 @@ fn measure(lab: &P2p, t: &mut Target, seconds: u32, progress: bool) -> Result<()
     t.figures.cpu_per_gb.push(cpu_per_gb);
     t.figures.tcp4.push(tcp4);
     t.figures.udp64.push(udp);
-    t.figures.rtt.push(rtt);
+    Ok(())
+}
+
+/// Pings per round trip figure, and how far apart: a round trip from a tunnel that has been
+/// idle for a moment (its threads asleep, as for a keystroke or a request), not one inside a
+/// stream of pings 10 ms apart.
+const RTT_PINGS: u32 = 20;
+const RTT_INTERVAL: &str = "0.05";
+
+/// The round trip: `rounds` rounds, each `RTT_PINGS` pings through every target in turn, the
+/// order rotated from round to round, all after the throughput runs (a ping right after a
+/// flood measures what the flood left behind). One figure per round and target: the mean of
+/// its pings; the table gives the median of the rounds. Side by side like this, the noise of
+/// the machine (which moves single runs by 30% here) falls on every target alike.
+fn round_trips(lab: &P2p, targets: &mut [Target], rounds: usize, progress: bool) -> Result<()> {
+    let n = targets.len();
+    for round in 0..rounds {
+        let mut line = String::new();
+        for k in 0..n {
+            interrupt::check()?;
+            let t = &mut targets[(round + k) % n];
+            let rtt =
+                ping_rtt(&lab.client.ns, &t.addr, RTT_PINGS, RTT_INTERVAL)?.unwrap_or(f64::NAN);
+            t.figures.rtt.push(rtt);
+            line.push_str(&format!("  {} {rtt:.3}", t.name));
+        }
+        if progress {
+            eprintln!("  round trip {}/{rounds} (ms):{line}", round + 1);
+        }
+    }
     Ok(())
 }
 
@@ -440,6 +468,15 @@ pub fn run(opts: Options) -> Result<()> {
             measure(&lab, t, opts.seconds, !opts.json)?;
         }
     }
+
+    // Two rounds per repetition (at least three): about 1 s per target and round.
+    let rounds = (2 * opts.reps).max(3);
+    if !opts.json {
+        eprintln!(
+            "round trip: {rounds} rounds of {RTT_PINGS} pings {RTT_INTERVAL} s apart per target, the order rotated"
+        );
+    }
+    round_trips(&lab, &mut targets, rounds, !opts.json)?;
 
     if !opts.json {
         eprintln!("idle: one ping each, then {IDLE_SECONDS} s of nothing");
