@@ -2,10 +2,11 @@
 //! peers on IPv4 and IPv6 underlays share one port, as in WireGuard. Addresses handed to the
 //! protocol are always unmapped (plain IPv4 for IPv4 peers).
 //!
-//! Batched through `quinn-udp`: sends of runs of same-size datagrams to one endpoint go out as
-//! one UDP_SEGMENT (GSO) system call, receives use recvmmsg with UDP GRO, and both fall back
-//! by themselves on kernels without those features. The socket is non-blocking; a reader waits
-//! with `wait_readable`.
+//! Batched: sends of runs of same-size datagrams to one endpoint go out as one UDP_SEGMENT
+//! (GSO) system call through `quinn-udp`, which also sets the socket up (UDP GRO, PKTINFO) and
+//! falls back by itself on kernels without those features; receives use recvmmsg with UDP
+//! GRO, written here for a lone datagram's sake (`recv.rs`). The socket is non-blocking; a
+//! reader waits with `wait_readable`.
 //!
 //! Outer datagrams may be fragmented, as the kernel's WireGuard and wireguard-go let them be:
 //! quinn-udp forbids it (right for QUIC, which sizes its own packets), but a tunnel whose MTU
@@ -23,11 +24,13 @@
 //! (`pin`).
 
 mod pin;
+mod recv;
 
 use crate::poll::{Interrupt, WaitSet};
 pub use crate::transport::SendError;
 use crate::transport::{RecvMeta, Transport};
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
+use recv::recv_on;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -61,8 +64,8 @@ pub struct Udp {
     pins: pin::Pins,
 }
 
-/// Messages one `recv` takes at most: the engine asks for 16 (and the array quinn-udp fills
-/// is set up afresh on every call, so no bigger than that).
+/// Messages one `recv` takes at most: the engine asks for 16 (`recv.rs` keeps the message
+/// headers on the stack).
 const MAX_RECV: usize = 16;
 
 /// Errors from a GSO send that mean "not as one run" (segment above the path MTU, or a
@@ -339,10 +342,10 @@ impl Transport for Udp {
     /// one; the main one first after the pinned one filled a batch.
     fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
         let Some(pinned) = self.pins.current() else {
-            return recv_on(&self.sock, &self.state, bufs, meta);
+            return recv_on(&self.sock, bufs, meta);
         };
         let from_pin = |bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]| {
-            match recv_on(&pinned.sock, &pinned.state, bufs, meta) {
+            match recv_on(&pinned.sock, bufs, meta) {
                 Ok(n) => {
                     if n == bufs.len().min(meta.len()).min(MAX_RECV) {
                         self.pins.filled_batch();
@@ -359,7 +362,7 @@ impl Transport for Udp {
                 return Ok(n);
             }
         }
-        match recv_on(&self.sock, &self.state, bufs, meta) {
+        match recv_on(&self.sock, bufs, meta) {
             Err(e) if main_first && e.kind() == io::ErrorKind::WouldBlock => {
                 from_pin(bufs, meta).ok_or(e)
             }
@@ -409,31 +412,4 @@ impl Transport for Udp {
         socket2::SockRef::from(&self.sock).set_mark(mark)?;
         self.pins.set_mark(mark)
     }
-}
-
-/// One receive from `sock` (quinn-udp's recvmmsg with GRO), addresses unmapped.
-fn recv_on(
-    sock: &UdpSocket,
-    state: &UdpSocketState,
-    bufs: &mut [IoSliceMut<'_>],
-    meta: &mut [RecvMeta],
-) -> io::Result<usize> {
-    let mut raw = [quinn_udp::RecvMeta::default(); MAX_RECV];
-    let count = bufs.len().min(meta.len()).min(MAX_RECV);
-    let n = state.recv(
-        UdpSockRef::from(sock),
-        &mut bufs[..count],
-        &mut raw[..count],
-    )?;
-    for (m, r) in meta.iter_mut().zip(&raw[..n]) {
-        *m = RecvMeta {
-            from: Endpoint {
-                addr: unmap(r.addr),
-                local: r.dst_ip.map(unmap_ip),
-            },
-            len: r.len,
-            stride: r.stride,
-        };
-    }
-    Ok(n)
 }

@@ -38,7 +38,6 @@ const PAUSE: Duration = Duration::from_secs(60);
 pub(super) struct Pinned {
     pub(super) to: Endpoint,
     pub(super) sock: UdpSocket,
-    pub(super) state: UdpSocketState,
 }
 
 struct State {
@@ -240,12 +239,14 @@ impl Pins {
         sock.bind(&SockAddr::from(SocketAddr::new(local, port)))?;
         sock.connect(&SockAddr::from(to.addr))?;
         let sock: UdpSocket = sock.into();
+        // quinn-udp's state sets the socket up as the main one (GRO, PKTINFO); receives are
+        // ours (`recv.rs`) and lone sends plain send(2), so it is not kept.
         let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
         let _ = state.set_recv_buffer_size(UdpSockRef::from(&sock), SOCKET_BUFFER);
         let _ = state.set_send_buffer_size(UdpSockRef::from(&sock), SOCKET_BUFFER);
         allow_fragmentation(&sock, v6)?;
         debug!("connected socket for {} from {local}:{port}", to.addr);
-        Ok(Pinned { to, sock, state })
+        Ok(Pinned { to, sock })
     }
 }
 
@@ -303,12 +304,7 @@ mod tests {
         assert!(a.wait_readable(Some(Duration::from_secs(2))).unwrap());
         let mut buf = vec![0u8; 2048];
         let mut meta = [RecvMeta::default(); 1];
-        let main = recv_on(
-            &a.sock,
-            &a.state,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut meta,
-        );
+        let main = recv_on(&a.sock, &mut [IoSliceMut::new(&mut buf)], &mut meta);
         assert_eq!(
             main.map_err(|e| e.kind()),
             Err(std::io::ErrorKind::WouldBlock)
