@@ -17,7 +17,7 @@
 //! A socket that talks to several endpoints (a server with several clients) stops pinning:
 //! after `MAX_CHANGES` new pins within `WINDOW` it rests for `PAUSE`.
 
-use super::{allow_fragmentation, SOCKET_BUFFER};
+use super::{allow_fragmentation, drop_unread_control, SOCKET_BUFFER};
 use crate::poll::WaitSet;
 use quinn_udp::{UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -245,6 +245,7 @@ impl Pins {
         let _ = state.set_recv_buffer_size(UdpSockRef::from(&sock), SOCKET_BUFFER);
         let _ = state.set_send_buffer_size(UdpSockRef::from(&sock), SOCKET_BUFFER);
         allow_fragmentation(&sock, v6)?;
+        drop_unread_control(&sock, false);
         debug!("connected socket for {} from {local}:{port}", to.addr);
         Ok(Pinned { to, sock })
     }
@@ -283,6 +284,8 @@ mod tests {
         let mut meta = [RecvMeta::default(); 1];
         let n = u.recv(&mut [IoSliceMut::new(&mut buf)], &mut meta).unwrap();
         assert_eq!(n, 1);
+        // Read from PKTINFO on the main socket, the bound address on a pinned one.
+        assert_eq!(meta[0].from.local, Some(LO), "the address it was sent to");
         (buf[..meta[0].len].to_vec(), meta[0].from.addr)
     }
 

@@ -23,8 +23,9 @@ use suidao_proto::Endpoint;
 
 use super::{unmap, unmap_ip, MAX_RECV};
 
-/// Room for one datagram's control messages: UDP_GRO (an int), IP_PKTINFO or IPV6_PKTINFO,
-/// and IP_TOS or IPV6_TCLASS (quinn-udp asks for those too): at most 24 + 40 + 24 bytes.
+/// Room for one datagram's control messages: UDP_GRO (an int) and IP_PKTINFO or
+/// IPV6_PKTINFO, 24 + 40 bytes at most; and room for the TOS byte and a timestamp (24 + 32)
+/// should a kernel have refused to turn those off (`drop_unread_control`).
 const CONTROL_LEN: usize = 128;
 
 /// A control buffer, aligned as `cmsghdr` needs.
