@@ -3,11 +3,10 @@
 //! payloads at full rate (delivered packets per second). Several repetitions, interleaved so
 //! that the machine's noise spreads evenly; medians and ratios. Then the round trip, in rounds
 //! of 20 pings 50 ms apart through each tunnel in turn, the order rotated (see `round_trips`).
-//! Then, every
-//! tunnel idle at once after one ping, how often each tunnel process wakes (context switches
-//! of all its threads per second, over IDLE_SECONDS). Last, on the `hub` topology (a server
-//! and two clients on a bridge), one TCP stream client → server beside one client → client,
-//! which the server relays (hairpin).
+//! Then, every tunnel idle at once after one ping, how often each tunnel process wakes
+//! (context switches of all its threads per second, over IDLE_SECONDS). Last, on the `hub`
+//! topology (a server and two clients on a bridge), one TCP stream client → server beside one
+//! client → client, which the server relays (hairpin).
 
 use crate::interrupt;
 use crate::measure::{context_switches, cpu_seconds, iperf3, median, ping_rtt, tcp_bps, udp_pps};
