@@ -75,8 +75,7 @@ impl Doorbell {
 /// every wait as with poll(2), which is what makes a wake-up cheaper: the kernel's side of a
 /// receive thread's wake-up took 9 µs with poll(2) on three descriptors and 6-7 µs with
 /// epoll_wait (medians, measured on an idle round trip here; boringtun's epoll_wait 5).
-/// Level-triggered: a descriptor
-/// stays ready while it has something to read.
+/// Level-triggered: a descriptor stays ready while it has something to read.
 pub struct WaitSet(OwnedFd);
 
 impl WaitSet {
