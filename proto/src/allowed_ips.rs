@@ -187,14 +187,21 @@ impl<T: Clone + PartialEq> AllowedIps<T> {
         }
     }
 
-    /// Removes every prefix that maps to `value`.
-    pub fn remove_value(&mut self, value: &T) {
+    /// Removes every prefix that maps to `value` (or to what equals it: a value may be
+    /// compared by an id it holds).
+    pub fn remove_value<Q: ?Sized>(&mut self, value: &Q)
+    where
+        T: PartialEq<Q>,
+    {
         self.v4.retain(|v| v != value);
         self.v6.retain(|v| v != value);
     }
 
-    /// Every prefix that maps to `value`.
-    pub fn prefixes_of(&self, value: &T) -> Vec<Cidr> {
+    /// Every prefix that maps to `value` (or to what equals it).
+    pub fn prefixes_of<Q: ?Sized>(&self, value: &Q) -> Vec<Cidr>
+    where
+        T: PartialEq<Q>,
+    {
         let mut out = Vec::new();
         for (table, v6) in [(&self.v4, false), (&self.v6, true)] {
             for (len, map) in &table.by_len {
