@@ -16,7 +16,7 @@ use crate::packet_device::{Offload, PacketDevice, Slots};
 use crate::poll::Doorbell;
 use crate::transport::{RecvMeta, SendError, Transport};
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -218,17 +218,16 @@ impl MemoryTransport {
 }
 
 impl Transport for MemoryTransport {
-    fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+    fn recv(&self, bufs: &mut [u8], slot: usize, meta: &mut [RecvMeta]) -> io::Result<usize> {
         let mut items = lock(&self.inbox.items);
         if items.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let mut n = 0;
-        while n < bufs.len().min(meta.len()) {
+        for buf in bufs.chunks_mut(slot.max(1)).take(meta.len()) {
             let Some((from, to, first)) = items.pop_front() else {
                 break;
             };
-            let buf = &mut bufs[n];
             let stride = first.len();
             let mut len = first.len().min(buf.len());
             buf[..len].copy_from_slice(&first[..len]);

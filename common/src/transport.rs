@@ -6,7 +6,7 @@
 //! same-size datagrams to one endpoint (GSO).
 
 use crate::poll::WaitSet;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +53,12 @@ impl std::fmt::Display for SendError {
 }
 
 pub trait Transport: Send + Sync {
-    /// Receives what is waiting, without blocking: up to `bufs.len()` messages, message i in
-    /// `bufs[i]` as `meta[i]` describes it. `WouldBlock` when nothing is waiting.
-    fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize>;
+    /// Receives what is waiting, without blocking: up to `meta.len()` messages (as many as
+    /// `buf` has slots of `slot` bytes), message i at `buf[i * slot..]` as `meta[i]` describes
+    /// it. `WouldBlock` when nothing is waiting. One buffer cut into slots rather than a slice
+    /// of `IoSliceMut`: the caller makes nothing per call, the transport writes each slot's
+    /// address where it writes the rest of the message's header.
+    fn recv(&self, buf: &mut [u8], slot: usize, meta: &mut [RecvMeta]) -> io::Result<usize>;
 
     /// Sends `contents` to `to`: one datagram, or with `segment` a run of datagrams of that
     /// size (the last may be shorter), in one go where the way allows.

@@ -14,11 +14,10 @@ use crate::poll::{self, WaitSet};
 use crate::switch::Forward;
 use crate::transport::RecvMeta;
 use crate::tun::IDEAL_BATCH_SIZE;
-use std::io::IoSliceMut;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use suidao_proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
+use suidao_proto::constants::{MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
 use suidao_proto::l2::{self, L2_HEADER_LEN};
 use suidao_proto::messages::Message;
 use suidao_proto::{ip, Endpoint, Outgoing, PeerId, Received, Sent, Time};
@@ -55,20 +54,15 @@ pub(super) fn run(s: &Shared, w: &Worker) {
             may_have_more = wait(s, w, &mut waiting);
             continue;
         }
-        let n = {
-            let mut chunks = rx.chunks_mut(RX_SLOT);
-            let mut iovs: [IoSliceMut<'_>; RX_MESSAGES] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            match w.transport.recv(&mut iovs, &mut meta) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    may_have_more = false;
-                    continue;
-                }
-                Err(e) => {
-                    debug!("receiving: {e}");
-                    continue;
-                }
+        let n = match w.transport.recv(&mut rx, RX_SLOT, &mut meta) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                may_have_more = false;
+                continue;
+            }
+            Err(e) => {
+                debug!("receiving: {e}");
+                continue;
             }
         };
         let now = clock::now();
@@ -134,7 +128,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
                 w.read_by_receiver(super::send::drain(s, w, &mut tx));
             }
         }
-        relay.flush(s, w);
+        relay.flush(s, w, now);
         s.send_all(&mut out);
         s.look_again();
         may_have_more = n == RX_MESSAGES;
@@ -250,11 +244,14 @@ fn receive_one(
     out: &mut Vec<Outgoing>,
 ) -> Opened {
     // Well-formed handshake messages go to the handshake thread; transport data and
-    // malformed datagrams (dropped and counted at once) are handled here.
-    if matches!(
-        Message::parse(datagram),
-        Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
-    ) {
+    // malformed datagrams (dropped and counted at once) are handled here. Transport data is
+    // told by its first byte (`receive` parses it); only the rest is parsed here.
+    if datagram.first() != Some(&MESSAGE_TRANSPORT)
+        && matches!(
+            Message::parse(datagram),
+            Ok(Message::Initiation(_) | Message::Response(_) | Message::CookieReply(_))
+        )
+    {
         handshakes::queue(s, from, datagram, now, out);
         return Opened::Nothing;
     }
@@ -367,13 +364,13 @@ impl Relay {
         self.tx.put(self.filled, packet, to);
         self.filled += 1;
         if self.filled == self.tx.slots() {
-            self.flush(s, w);
+            self.flush(s, w, now);
         }
     }
 
-    fn flush(&mut self, s: &Shared, w: &Worker) {
+    fn flush(&mut self, s: &Shared, w: &Worker, now: Time) {
         if self.filled > 0 {
-            seal_and_send(s, &*w.transport, &mut self.tx, self.filled);
+            seal_and_send(s, &*w.transport, &mut self.tx, self.filled, now);
             self.filled = 0;
         }
     }
@@ -392,6 +389,10 @@ fn write_device(s: &Shared, w: &Worker, gro: &mut Coalescer, rx: &mut [u8]) {
 
 /// Whether an opened packet is for another peer (relay it) rather than for this host.
 fn hairpin(s: &Shared, from_peer: PeerId, packet: &[u8]) -> bool {
+    // With one peer (a client and its server), there is no other to relay to.
+    if s.device.peer_count() < 2 {
+        return false;
+    }
     let Some(dst) = ip::destination(packet) else {
         return false;
     };

@@ -135,9 +135,16 @@ pub(super) fn run(s: &Shared, w: &Worker) {
 /// Reads the device until it has nothing more (or the batch is full), then seals and sends it
 /// all: many small packets leave in few system calls too. After a quiet spell, the first read
 /// goes out at once (see `TxState::busy`). Returns how many packets were read.
+/// The clock is read once, here, for the busy window and for sealing (a lone packet read it in
+/// three places, four vDSO calls): the first read after 50 ms of idle costs about 2.4 µs on
+/// these VMs, measured alone, and a later one 0.03-0.15.
 pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
     let (stride, inner) = (tx.stride, tx.inner);
-    let busy = tx.busy || tx.last_found.is_some_and(|t| t.elapsed() < BUSY_WINDOW);
+    let now = clock::now();
+    let busy = tx.busy
+        || tx
+            .last_found
+            .is_some_and(|t| now.instant.saturating_duration_since(t) < BUSY_WINDOW);
     let mut filled = 0;
     {
         let TxState {
@@ -175,13 +182,11 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
         }
     }
     tx.busy = filled > 1;
-    if filled > 0 {
-        tx.last_found = Some(std::time::Instant::now());
-    }
     if filled == 0 {
         return 0;
     }
-    seal_and_send(s, &*w.transport, tx, filled);
+    tx.last_found = Some(now.instant);
+    seal_and_send(s, &*w.transport, tx, filled, now);
     s.look_again();
     filled
 }
@@ -194,6 +199,7 @@ pub(super) fn seal_and_send(
     transport: &dyn Transport,
     tx: &mut TxState,
     filled: usize,
+    now: Time,
 ) {
     let TxState {
         data,
@@ -206,7 +212,6 @@ pub(super) fn seal_and_send(
         ..
     } = tx;
     let stride = *stride;
-    let now = clock::now();
     ready.clear();
     for (i, slot) in data.chunks_mut(stride).enumerate().take(filled) {
         let sent = match &s.switch {
@@ -220,16 +225,24 @@ pub(super) fn seal_and_send(
             ready.push((i, to, len));
         }
     }
-    let max_segments = transport.max_segments().clamp(1, 64);
-    send_runs(
-        transport,
-        data,
-        stride,
-        ready,
-        gso,
-        max_segments,
-        &mut |to, e| s.send_failed(to, e),
-    );
+    if let [(i, to, len)] = ready[..] {
+        // A lone packet (a ping, a keystroke): what `send_runs` would do with it, without
+        // the code that groups runs on the way of a round trip.
+        if let Err(e) = transport.send(&data[i * stride..i * stride + len], to, None) {
+            s.send_failed(to, &e);
+        }
+    } else {
+        let max_segments = transport.max_segments().clamp(1, 64);
+        send_runs(
+            transport,
+            data,
+            stride,
+            ready,
+            gso,
+            max_segments,
+            &mut |to, e| s.send_failed(to, e),
+        );
+    }
     s.send_all(out);
 }
 
@@ -376,7 +389,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::testing::MemoryNet;
-    use std::io::IoSliceMut;
     use std::time::Duration;
 
     /// Runs of sealed packets leave as the same datagrams, in order, whether they go straight
@@ -421,7 +433,7 @@ mod tests {
             let mut buf = [0u8; 256];
             let mut meta = [crate::transport::RecvMeta::default(); 1];
             assert!(t.wait_readable(Some(Duration::from_secs(2))).unwrap());
-            let n = t.recv(&mut [IoSliceMut::new(&mut buf)], &mut meta).unwrap();
+            let n = t.recv(&mut buf, 256, &mut meta).unwrap();
             assert_eq!(n, 1);
             buf[..meta[0].len].to_vec()
         };

@@ -33,7 +33,7 @@ use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 use recv::recv_on;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -360,18 +360,15 @@ impl Transport for Udp {
     /// recvmmsg with GRO: what is waiting, without blocking. Addresses come unmapped.
     /// From the pinned socket first (where the one peer's datagrams arrive), then the main
     /// one; the main one first after the pinned one filled a batch.
-    fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+    fn recv(&self, buf: &mut [u8], slot: usize, meta: &mut [RecvMeta]) -> io::Result<usize> {
         let Some(pinned) = self.pins.current() else {
-            return recv_on(&self.sock, bufs, meta);
+            return recv_on(&self.sock, buf, slot, meta, None);
         };
-        let from_pin = |bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]| {
-            match recv_on(&pinned.sock, bufs, meta) {
+        let from_pin = |buf: &mut [u8], meta: &mut [RecvMeta]| {
+            // Sent to the address the socket is bound to (it reads no PKTINFO).
+            match recv_on(&pinned.sock, buf, slot, meta, pinned.to.local) {
                 Ok(n) => {
-                    // Sent to the address the socket is bound to (it reads no PKTINFO).
-                    for m in meta.iter_mut().take(n) {
-                        m.from.local = pinned.to.local;
-                    }
-                    if n == bufs.len().min(meta.len()).min(MAX_RECV) {
+                    if n == (buf.len() / slot.max(1)).min(meta.len()).min(MAX_RECV) {
                         self.pins.filled_batch();
                     }
                     Some(n)
@@ -382,13 +379,13 @@ impl Transport for Udp {
         };
         let main_first = self.pins.main_first();
         if !main_first {
-            if let Some(n) = from_pin(bufs, meta) {
+            if let Some(n) = from_pin(buf, meta) {
                 return Ok(n);
             }
         }
-        match recv_on(&self.sock, bufs, meta) {
+        match recv_on(&self.sock, buf, slot, meta, None) {
             Err(e) if main_first && e.kind() == io::ErrorKind::WouldBlock => {
-                from_pin(bufs, meta).ok_or(e)
+                from_pin(buf, meta).ok_or(e)
             }
             r => r,
         }

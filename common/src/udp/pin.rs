@@ -257,7 +257,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::super::{recv_on, Udp};
     use crate::transport::{RecvMeta, Transport};
-    use std::io::IoSliceMut;
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     use std::time::Duration;
     use suidao_proto::Endpoint;
@@ -282,7 +281,7 @@ mod tests {
         );
         let mut buf = vec![0u8; 2048];
         let mut meta = [RecvMeta::default(); 1];
-        let n = u.recv(&mut [IoSliceMut::new(&mut buf)], &mut meta).unwrap();
+        let n = u.recv(&mut buf, 2048, &mut meta).unwrap();
         assert_eq!(n, 1);
         // Read from PKTINFO on the main socket, the bound address on a pinned one.
         assert_eq!(meta[0].from.local, Some(LO), "the address it was sent to");
@@ -307,7 +306,7 @@ mod tests {
         assert!(a.wait_readable(Some(Duration::from_secs(2))).unwrap());
         let mut buf = vec![0u8; 2048];
         let mut meta = [RecvMeta::default(); 1];
-        let main = recv_on(&a.sock, &mut [IoSliceMut::new(&mut buf)], &mut meta);
+        let main = recv_on(&a.sock, &mut buf, 2048, &mut meta, None);
         assert_eq!(
             main.map_err(|e| e.kind()),
             Err(std::io::ErrorKind::WouldBlock)

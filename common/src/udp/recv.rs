@@ -15,7 +15,7 @@
 //! Performance section.
 
 use crate::transport::RecvMeta;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -32,14 +32,22 @@ const CONTROL_LEN: usize = 128;
 #[repr(C, align(8))]
 struct Control([u8; CONTROL_LEN]);
 
-/// What waits on `sock`, without blocking: up to `bufs.len()` (at most `MAX_RECV`) datagrams
-/// or GRO batches, their sizes, strides and addresses in `meta` (addresses unmapped).
+/// What waits on `sock`, without blocking: up to `meta.len()` (at most `MAX_RECV`, and as many
+/// as `buf` has slots of `slot` bytes) datagrams or GRO batches, message i at
+/// `buf[i * slot..]`, their sizes, strides and addresses in `meta` (addresses unmapped).
+/// `bound`: the address `sock` is bound to, when that is where everything it receives was sent
+/// (a pinned socket, which reads no PKTINFO); else the address comes from PKTINFO.
 pub(super) fn recv_on(
     sock: &UdpSocket,
-    bufs: &mut [IoSliceMut<'_>],
+    buf: &mut [u8],
+    slot: usize,
     meta: &mut [RecvMeta],
+    bound: Option<IpAddr>,
 ) -> io::Result<usize> {
-    let count = bufs.len().min(meta.len()).min(MAX_RECV);
+    let slot = slot.max(1);
+    let count = (buf.len() / slot).min(meta.len()).min(MAX_RECV);
+    let base = buf.as_mut_ptr();
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_RECV];
     let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; MAX_RECV];
     let mut controls = [const { MaybeUninit::<Control>::uninit() }; MAX_RECV];
     let mut headers = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_RECV];
@@ -48,8 +56,12 @@ pub(super) fn recv_on(
         let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
         h.msg_hdr.msg_name = names[i].as_mut_ptr().cast();
         h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // IoSliceMut is an iovec on Unix (guaranteed by std: ABI-compatible).
-        h.msg_hdr.msg_iov = (&mut bufs[i] as *mut IoSliceMut<'_>).cast();
+        iovs[i].write(libc::iovec {
+            // SAFETY: slot i lies within `buf` (count * slot <= buf.len()).
+            iov_base: unsafe { base.add(i * slot) }.cast(),
+            iov_len: slot,
+        });
+        h.msg_hdr.msg_iov = iovs[i].as_mut_ptr();
         h.msg_hdr.msg_iovlen = 1;
         h.msg_hdr.msg_control = controls[i].as_mut_ptr().cast();
         h.msg_hdr.msg_controllen = CONTROL_LEN as _;
@@ -57,7 +69,8 @@ pub(super) fn recv_on(
     }
     let n = loop {
         // SAFETY: the first `count` headers are initialised and point at names, control
-        // buffers and iovecs that outlive the call; the kernel writes within their lengths.
+        // buffers and iovecs (slots of `buf`, borrowed mutably) that outlive the call; the
+        // kernel writes within their lengths.
         let r = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -95,7 +108,7 @@ pub(super) fn recv_on(
         meta[i] = RecvMeta {
             from: Endpoint {
                 addr: unmap(from),
-                local: local.map(unmap_ip),
+                local: bound.or(local.map(unmap_ip)),
             },
             len,
             stride: stride.unwrap_or(len),
@@ -182,7 +195,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::super::Udp;
     use crate::transport::{RecvMeta, Transport};
-    use std::io::IoSliceMut;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
     use std::time::Duration;
     use suidao_proto::Endpoint;
@@ -191,12 +203,7 @@ mod tests {
         assert!(u.wait_readable(Some(Duration::from_secs(2))).unwrap());
         let mut buf = vec![0u8; 4 * 65536];
         let mut meta = [RecvMeta::default(); 4];
-        let n = {
-            let mut chunks = buf.chunks_mut(65536);
-            let mut iovs: [IoSliceMut<'_>; 4] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap()));
-            u.recv(&mut iovs, &mut meta).unwrap()
-        };
+        let n = u.recv(&mut buf, 65536, &mut meta).unwrap();
         (0..n)
             .map(|i| (buf[i * 65536..i * 65536 + meta[i].len].to_vec(), meta[i]))
             .collect()

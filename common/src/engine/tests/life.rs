@@ -56,8 +56,7 @@ fn under_a_flood_of_initiations_cookies_go_out_and_a_real_client_gets_in() {
                 let mut n = 0;
                 let mut buf = [0u8; 256];
                 let mut meta = [crate::transport::RecvMeta::default(); 16];
-                while let Ok(k) = a.recv(&mut [std::io::IoSliceMut::new(&mut buf)], &mut meta[..1])
-                {
+                while let Ok(k) = a.recv(&mut buf, 256, &mut meta[..1]) {
                     n += (k == 1 && meta[0].len == 64 && buf[0] == 3) as usize;
                 }
                 n
