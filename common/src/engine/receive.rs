@@ -6,7 +6,7 @@
 
 use super::dataplane::Engine;
 use super::handshakes;
-use super::send::{seal_and_send, TxState};
+use super::send::{seal_and_send, TxState, BUSY_WINDOW};
 use super::shared::{Shared, Worker};
 use crate::clock;
 use crate::gro::Coalescer;
@@ -49,12 +49,22 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     // way of a round trip when the other end's thread shares this CPU).
     let mut may_have_more = true;
     let mut waiting = Waiting::new(w);
+    // When the last receive found something: within `BUSY_WINDOW` of it, datagrams are
+    // flowing and are received a batch at a time; after a quiet spell, one message is asked
+    // for (a ping, a keystroke: one datagram is what waits, and a receive for one is cheaper).
+    // If more was waiting, the wait that follows says so at once and the next receive, within
+    // the window, takes a batch.
+    let mut last_found: Option<std::time::Instant> = None;
     while !Engine::ending(s) {
         if !may_have_more {
             may_have_more = wait(s, w, &mut waiting);
             continue;
         }
-        let n = match w.transport.recv(&mut rx, RX_SLOT, &mut meta) {
+        let now = clock::now();
+        let flowing =
+            last_found.is_some_and(|t| now.instant.saturating_duration_since(t) < BUSY_WINDOW);
+        let asked = if flowing { RX_MESSAGES } else { 1 };
+        let n = match w.transport.recv(&mut rx, RX_SLOT, &mut meta[..asked]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 may_have_more = false;
@@ -65,7 +75,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
                 continue;
             }
         };
-        let now = clock::now();
+        last_found = Some(now.instant);
         for (k, m) in meta.iter().enumerate().take(n) {
             let base = k * RX_SLOT;
             let end = base + m.len.min(RX_SLOT);

@@ -21,8 +21,9 @@ use tracing::debug;
 const TX_SLOTS: usize = 2 * IDEAL_BATCH_SIZE;
 const _: () = assert!(TX_SLOTS <= crate::packet_device::MAX_SLOTS);
 
-/// Packets found again within this long of the last ones: a flow, to be read in batches.
-const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
+/// Packets found again within this long of the last ones: a flow, to be read in batches (also
+/// datagrams, by the receive path).
+pub(super) const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The outgoing path's buffers. Behind a mutex in `Worker` so that whichever thread reads the
 /// TUN holds it for the whole read-seal-send of a batch: packets leave in the order they were

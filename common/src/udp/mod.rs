@@ -368,7 +368,9 @@ impl Transport for Udp {
             // Sent to the address the socket is bound to (it reads no PKTINFO).
             match recv_on(&pinned.sock, buf, slot, meta, pinned.to.local) {
                 Ok(n) => {
-                    if n == (buf.len() / slot.max(1)).min(meta.len()).min(MAX_RECV) {
+                    // (A lone receive, one message asked for, is not a full batch.)
+                    let asked = (buf.len() / slot.max(1)).min(meta.len()).min(MAX_RECV);
+                    if asked > 1 && n == asked {
                         self.pins.filled_batch();
                     }
                     Some(n)
