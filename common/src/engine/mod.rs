@@ -31,7 +31,8 @@
 //! | dataplane | `Engine`: starts, moves and stops the threads; the timers; run-time changes (MTU, mark, sockets) |
 //! | shared | what the threads share: each `Worker`'s queues and modes, `Shared`'s state and drop logging |
 //! | send | the send path: read a batch, seal in place, send runs |
-//! | receive | the receive path: receive a batch, open in place, coalesce, write; hairpin |
+//! | receive | the receive path: receive a batch, open in place, coalesce, write |
+//! | relay | hairpin: packets from one peer for another, sealed again and sent on in GSO runs |
 //! | handshakes | the handshake queue and its thread |
 //! | setup | addresses, routes, full tunnel, name servers; the data path's devices and sockets |
 //! | layer2 | `mode = "l2"`: the switch made from the config, the peers' limits |
@@ -52,6 +53,7 @@ mod endpoints;
 mod handshakes;
 mod layer2;
 mod receive;
+mod relay;
 mod reload;
 mod send;
 mod setup;

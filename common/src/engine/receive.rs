@@ -2,11 +2,12 @@
 //! one size), handshake messages handed to the handshake thread, transport data opened in
 //! place and written to the packet device together, consecutive segments of one flow as one
 //! super-packet (`gro`): no copy in between. A packet for another peer is sealed again and
-//! sent on (hairpin), batched as the send path batches (`Relay`).
+//! sent on (hairpin, `relay`).
 
 use super::dataplane::Engine;
 use super::handshakes;
-use super::send::{seal_and_send, TxState, BUSY_WINDOW};
+use super::relay::{hairpin, Relay};
+use super::send::BUSY_WINDOW;
 use super::shared::{Shared, Worker};
 use crate::clock;
 use crate::gro::Coalescer;
@@ -17,10 +18,10 @@ use crate::tun::IDEAL_BATCH_SIZE;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use suidao_proto::constants::{MESSAGE_TRANSPORT, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
-use suidao_proto::l2::{self, L2_HEADER_LEN};
+use suidao_proto::constants::MESSAGE_TRANSPORT;
+use suidao_proto::l2;
 use suidao_proto::messages::Message;
-use suidao_proto::{ip, Endpoint, Outgoing, PeerId, Received, Sent, Time};
+use suidao_proto::{Endpoint, Outgoing, PeerId, Received, Time};
 use tracing::debug;
 
 /// Messages per receive call, each up to 64 KB (GRO).
@@ -318,74 +319,6 @@ impl Forward {
     }
 }
 
-/// The relay (hairpin): packets from one peer for another, sealed again and sent on as the
-/// send path sends, a batch at a time in GSO runs per destination, not one system call per
-/// packet. Full-size packets fill their slots exactly, so a run of them leaves without a copy.
-struct Relay {
-    tx: TxState,
-    filled: usize,
-    /// For a packet larger than a slot (a peer with a larger MTU than ours), one at a time.
-    big: Vec<u8>,
-}
-
-impl Relay {
-    fn new(mtu: usize, layer2: bool) -> Relay {
-        Relay {
-            tx: TxState::new(mtu, true, layer2),
-            filled: 0,
-            big: Vec::new(),
-        }
-    }
-
-    /// `to`: layer 2, the peer the switch chose (layer 3: where the destination routes).
-    fn push(
-        &mut self,
-        s: &Shared,
-        w: &Worker,
-        packet: &[u8],
-        to: Option<PeerId>,
-        now: Time,
-        out: &mut Vec<Outgoing>,
-    ) {
-        if packet.len() > self.tx.room() {
-            let len = packet.len();
-            self.big
-                .resize(len + TRANSPORT_OVERHEAD + L2_HEADER_LEN + 16, 0);
-            let sent = match to {
-                None => {
-                    self.big[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]
-                        .copy_from_slice(packet);
-                    s.device.encapsulate(&mut self.big, len, now, out)
-                }
-                Some(peer) => {
-                    let at = TRANSPORT_HEADER_LEN + L2_HEADER_LEN;
-                    self.big[at..at + len].copy_from_slice(packet);
-                    s.device
-                        .encapsulate_frame(peer, &mut self.big, len, now, out)
-                }
-            };
-            if let Sent::Ready { to, len } = sent {
-                if let Err(e) = w.transport.send(&self.big[..len], to, None) {
-                    s.send_failed(to, &e);
-                }
-            }
-            return;
-        }
-        self.tx.put(self.filled, packet, to);
-        self.filled += 1;
-        if self.filled == self.tx.slots() {
-            self.flush(s, w, now);
-        }
-    }
-
-    fn flush(&mut self, s: &Shared, w: &Worker, now: Time) {
-        if self.filled > 0 {
-            seal_and_send(s, &*w.transport, &mut self.tx, self.filled, now);
-            self.filled = 0;
-        }
-    }
-}
-
 /// Writes what `gro` holds; every failed write is counted (and its cause logged once).
 fn write_device(s: &Shared, w: &Worker, gro: &mut Coalescer, rx: &mut [u8]) {
     let _ = gro.flush(rx, |iov| {
@@ -395,19 +328,4 @@ fn write_device(s: &Shared, w: &Worker, gro: &mut Coalescer, rx: &mut [u8]) {
         }
         r
     });
-}
-
-/// Whether an opened packet is for another peer (relay it) rather than for this host.
-fn hairpin(s: &Shared, from_peer: PeerId, packet: &[u8]) -> bool {
-    // With one peer (a client and its server), there is no other to relay to.
-    if s.device.peer_count() < 2 {
-        return false;
-    }
-    let Some(dst) = ip::destination(packet) else {
-        return false;
-    };
-    if s.own_addrs.contains(&dst) {
-        return false;
-    }
-    matches!(s.device.route(dst), Some(to) if to != from_peer)
 }

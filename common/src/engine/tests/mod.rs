@@ -208,3 +208,4 @@ fn pair(net: &Arc<MemoryNet>, server: Spec, client: Spec) -> (Node, Node) {
 mod flows;
 mod layer2;
 mod life;
+mod send;
