@@ -9,7 +9,9 @@
 //! client → client, which the server relays (hairpin).
 
 use crate::interrupt;
-use crate::measure::{context_switches, cpu_seconds, iperf3, median, ping_rtt, tcp_bps, udp_pps};
+use crate::measure::{
+    context_switches, cpu_seconds, iperf3, median, paired_ratio, ping_rtt, tcp_bps, udp_pps,
+};
 use crate::require::have_tool;
 use crate::suidao::{NodeSpec, Role, TempDir};
 use crate::topology::P2p;
@@ -106,7 +108,9 @@ const RTT_INTERVAL: &str = "0.05";
 /// order rotated from round to round, all after the throughput runs (a ping right after a
 /// flood measures what the flood left behind). One figure per round and target: the mean of
 /// its pings; the table gives the median of the rounds. Side by side like this, the noise of
-/// the machine (which moves single runs by 30% here) falls on every target alike.
+/// the machine (which moves single runs by 30% here) falls on every target alike; the ratios
+/// between tunnels are also given round by round (`paired_ratio`), which cancels the drift
+/// of the machine's load over the minutes of the run.
 fn round_trips(lab: &P2p, targets: &mut [Target], rounds: usize, progress: bool) -> Result<()> {
     let n = targets.len();
     for round in 0..rounds {
@@ -468,8 +472,8 @@ pub fn run(opts: Options) -> Result<()> {
         }
     }
 
-    // Two rounds per repetition (at least three): about 1 s per target and round.
-    let rounds = (2 * opts.reps).max(3);
+    // Four rounds per repetition (at least six): about 1 s per target and round.
+    let rounds = (4 * opts.reps).max(6);
     if !opts.json {
         eprintln!(
             "round trip: {rounds} rounds of {RTT_PINGS} pings {RTT_INTERVAL} s apart per target, the order rotated"
@@ -526,6 +530,7 @@ pub fn run(opts: Options) -> Result<()> {
         {
             let w = med(t);
             ratios[format!("suidao/{}", t.name)] = json!({"tcp1": ratio(sd.0, w.0), "tcp4": ratio(sd.1, w.1), "udp64": ratio(sd.2, w.2), "rtt": ratio(sd.3, w.3),
+                                                          "rtt_per_round": paired_ratio(&targets[1].figures.rtt, &t.figures.rtt),
                                                           "cpu_per_gb": ratio(cpu(&targets[1]), cpu(t))});
         }
         println!(
@@ -601,12 +606,13 @@ pub fn run(opts: Options) -> Result<()> {
         {
             let w = med(t);
             println!(
-                "| suidao / {} | {} | {} | {} | {} | {} | {} |",
+                "| suidao / {} | {} | {} | {} | {} (per round {}) | {} | {} |",
                 t.name,
                 fmt(ratio(sd.0, w.0)),
                 fmt(ratio(sd.1, w.1)),
                 fmt(ratio(sd.2, w.2)),
                 fmt(ratio(sd.3, w.3)),
+                fmt(paired_ratio(&targets[1].figures.rtt, &t.figures.rtt)),
                 fmt(ratio(cpu(&targets[1]), cpu(t))),
                 fmt(ratio(
                     targets[1].figures.idle_wakeups,

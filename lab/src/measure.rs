@@ -166,6 +166,21 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Two series measured side by side (element `i` of each in the same round): the median of
+/// their ratios round by round, `a[i] / b[i]`, over the rounds where both are finite and `b`
+/// is positive. None without such a round. Drift over the run (the machine's load, which moves
+/// a round trip by a tenth and more within minutes) cancels within a round, so this is a
+/// steadier comparison than the ratio of the two medians.
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> Option<f64> {
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x.is_finite() && y.is_finite() && **y > 0.0)
+        .map(|(x, y)| x / y)
+        .collect();
+    (!ratios.is_empty()).then(|| median(&ratios))
+}
+
 /// Resident memory of a process, in KiB (VmRSS).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -274,5 +289,16 @@ mod tests {
         assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(super::median(&[]), 0.0);
+    }
+
+    /// Round by round: a slow round (both slower) does not move the ratio; a round where one
+    /// figure is missing is left out.
+    #[test]
+    fn paired_ratio_compares_round_by_round() {
+        let a = [1.0, 2.0, 0.9, f64::NAN];
+        let b = [1.0, 2.5, 1.0, 1.0];
+        assert_eq!(super::paired_ratio(&a, &b), Some(0.9));
+        assert_eq!(super::paired_ratio(&[1.0], &[0.0]), None);
+        assert_eq!(super::paired_ratio(&[], &[]), None);
     }
 }
