@@ -1,8 +1,9 @@
 //! `suidao-lab bench`: on the `p2p` topology, side by side in one run, the raw veth link,
-//! suidao, and wireguard-go (when installed): iperf3 TCP with 1 and 4 streams, UDP with 64-byte
-//! payloads at full rate (delivered packets per second). Several repetitions, interleaved so
-//! that the machine's noise spreads evenly; medians and ratios. Then the round trip, in rounds
-//! of 20 pings 50 ms apart through each tunnel in turn, the order rotated (see `round_trips`).
+//! suidao, suidao-wg, wireguard-go and boringtun (each when installed): iperf3 TCP with 1 and 4
+//! streams, UDP with 64-byte payloads at full rate (delivered packets per second). Several
+//! repetitions, interleaved (the order rotated from one to the next) so that the machine's
+//! noise spreads evenly; medians and ratios. Then the round trip, in rounds of 20 pings 50 ms
+//! apart through each tunnel in turn, the order rotated (see `round_trips`).
 //! Then, every tunnel idle at once after one ping, how often each tunnel process wakes
 //! (context switches of all its threads per second, over IDLE_SECONDS). Last, on the `hub`
 //! topology (a server and two clients on a bridge), one TCP stream client → server beside one
@@ -466,9 +467,17 @@ pub fn run(opts: Options) -> Result<()> {
         if !opts.json {
             eprintln!("repetition {rep}/{}", opts.reps);
         }
-        for t in &mut targets {
+        // The order rotated from one repetition to the next, as for the round trips: a target
+        // measured right after another (the raw link's flood, say) does not always follow it.
+        let n = targets.len();
+        for k in 0..n {
             interrupt::check()?;
-            measure(&lab, t, opts.seconds, !opts.json)?;
+            measure(
+                &lab,
+                &mut targets[(rep - 1 + k) % n],
+                opts.seconds,
+                !opts.json,
+            )?;
         }
     }
 
