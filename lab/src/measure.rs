@@ -291,8 +291,8 @@ mod tests {
         assert_eq!(super::median(&[]), 0.0);
     }
 
-    /// Round by round: a slow round (both slower) does not move the ratio; a round where one
-    /// figure is missing is left out.
+    /// Round by round: a round where both were slow counts by its ratio alone (2.0 against
+    /// 2.5: 0.8), not by how slow it was; a round where one figure is missing is left out.
     #[test]
     fn paired_ratio_compares_round_by_round() {
         let a = [1.0, 2.0, 0.9, f64::NAN];
