@@ -8,9 +8,8 @@ use suidao_proto::constants::{TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
 use suidao_proto::l2::L2_HEADER_LEN;
 use suidao_proto::{ip, Outgoing, PeerId, Sent, Time};
 
-/// The relay (hairpin): packets from one peer for another, sealed again and sent on as the
-/// send path sends, a batch at a time in GSO runs per destination, not one system call per
-/// packet. Full-size packets fill their slots exactly, so a run of them leaves without a copy.
+/// The receive thread's relay: its own slots, sealed and sent as a batch (`seal_and_send`).
+/// Full-size packets fill their slots exactly, so a run of them leaves without a copy.
 pub(super) struct Relay {
     tx: TxState,
     filled: usize,

@@ -1,8 +1,8 @@
 //! The send path's runs, on their own: what `send_runs` hands the transport.
 
 use crate::engine::send::send_runs;
-use crate::testing::MemoryNet;
-use crate::transport::Transport;
+use crate::testing::{MemoryNet, MemoryTransport};
+use crate::transport::{RecvMeta, Transport};
 use std::time::Duration;
 use suidao_proto::Endpoint;
 
@@ -44,9 +44,9 @@ fn send_runs_sends_every_datagram_in_order() {
     send_runs(&from, &data, stride, &ready, &mut gso, 64, &mut |to, e| {
         panic!("sending to {to}: {e}")
     });
-    let recv = |t: &crate::testing::MemoryTransport| {
+    let recv = |t: &MemoryTransport| {
         let mut buf = [0u8; 256];
-        let mut meta = [crate::transport::RecvMeta::default(); 1];
+        let mut meta = [RecvMeta::default(); 1];
         assert!(t.wait_readable(Some(Duration::from_secs(2))).unwrap());
         let n = t.recv(&mut buf, 256, &mut meta).unwrap();
         assert_eq!(n, 1);
