@@ -1,0 +1,102 @@
+//! The data path's code lies where `build/hot-path.ld` puts it: in each binary that carries a
+//! tunnel, a `.text.hot` section, and in it at least one function for every pattern of the
+//! script's first list (the functions a lone packet runs through). A function renamed or moved
+//! to another module stops matching its pattern without any other sign (the program works,
+//! only slower after a quiet spell); this test is that sign.
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use suidao_lab::suidao::bin_path;
+
+/// The function patterns (without the `.text.` of the section name) of the script's first
+/// list, up to the comment that starts the rest of the modules; file patterns left out.
+fn first_patterns() -> Vec<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/hot-path.ld");
+    let text = std::fs::read_to_string(script).unwrap();
+    let first = text.split("Then the rest").next().unwrap();
+    first
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("*(.text.")?.strip_suffix(')'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, rest) = parts.split_first().unwrap();
+    let Some(mut left) = name.strip_prefix(first) else {
+        return false;
+    };
+    for (i, part) in rest.iter().enumerate() {
+        if i == rest.len() - 1 {
+            return left.ends_with(part);
+        }
+        match left.find(part) {
+            Some(at) => left = &left[at + part.len()..],
+            None => return false,
+        }
+    }
+    left.is_empty()
+}
+
+#[test]
+fn glob_matches_as_the_linker_does() {
+    assert!(glob("_ZN4ring4aead*", "_ZN4ring4aead9algorithm4openE"));
+    assert!(glob(
+        "*Udp*Transport*4recv*",
+        "_ZN79_$LT$x..Udp$u20$as$u20$x..Transport$GT$4recv17hE"
+    ));
+    assert!(!glob(
+        "*Udp*Transport*4recv*",
+        "_ZN79_$LT$x..Udp$u20$as$u20$x..Transport$GT$4send17hE"
+    ));
+    assert!(glob("exact", "exact"));
+    assert!(!glob("exact", "exactly"));
+    assert!(glob("a*b*a", "abba"));
+}
+
+/// The functions in `.text.hot` of the binary at `path`, from `objdump -t`.
+fn hot_functions(path: &std::path::Path) -> Vec<String> {
+    let out = Command::new("objdump")
+        .arg("-t")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "objdump -t {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "0000000000012d000 l     F .text.hot	0000000000000123 name"
+            let (head, name) = l.rsplit_once(' ')?;
+            (head.contains(" F ") && head.contains(".text.hot\t")).then(|| name.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_packet_path_lies_in_the_hot_section_of_each_binary() {
+    if !suidao_lab::require::have_tool("objdump") {
+        suidao_lab::require::unmet("the hot-path layout test", "objdump (binutils)");
+        return;
+    }
+    let patterns = first_patterns();
+    assert!(
+        patterns.len() >= 20,
+        "the script's first list: {patterns:?}"
+    );
+    for program in ["suidao-server", "suidao-client", "suidao-wg"] {
+        let hot = hot_functions(&bin_path(program).unwrap());
+        assert!(!hot.is_empty(), "{program} has no .text.hot section");
+        let unmatched: Vec<&String> = patterns
+            .iter()
+            .filter(|p| !hot.iter().any(|f| glob(p, f)))
+            .collect();
+        assert!(
+            unmatched.is_empty(),
+            "{program}: no function in .text.hot matches {unmatched:?} (renamed or moved? \
+             mend build/hot-path.ld)"
+        );
+    }
+}
