@@ -41,6 +41,22 @@ fn explain(name: &str, kind: &str, e: io::Error) -> io::Error {
 }
 
 impl Tun {
+    /// A super-packet (or, on layer 2, a frame) into the slots: kept out of `read_batch`,
+    /// whose frame a lone packet (a ping) then keeps small (its list of slots is 1 KB of stack).
+    #[inline(never)]
+    fn split(
+        &self,
+        packet: &mut [u8],
+        hdr: VirtioNetHdr,
+        slots: &mut Slots<'_>,
+    ) -> io::Result<usize> {
+        if self.layer2 {
+            return Self::split_frames(packet, hdr, slots);
+        }
+        let offset = slots.offset();
+        slots.with_list(|bufs, sizes| split_packets(packet, hdr, bufs, sizes, offset))
+    }
+
     /// Creates the TUN interface `name`, with offloads where the kernel supports them, and
     /// `queues` queues (IFF_MULTI_QUEUE when more than one): each queue is a file descriptor of
     /// its own, and the kernel hands each flow's packets to one queue, so one flow stays in
@@ -258,11 +274,7 @@ impl PacketDevice for Tun {
             slots.put(0, packet)?;
             return Ok(1);
         }
-        if self.layer2 {
-            return Self::split_frames(packet, hdr, slots);
-        }
-        let offset = slots.offset();
-        slots.with_list(|bufs, sizes| split_packets(packet, hdr, bufs, sizes, offset))
+        self.split(packet, hdr, slots)
     }
 
     fn wait_readable(&self, timeout: Option<std::time::Duration>) -> io::Result<bool> {

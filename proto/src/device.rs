@@ -1082,6 +1082,26 @@ impl Device {
                 let (receiver, counter) = (t.receiver(), t.counter());
                 self.receive_transport(src, receiver, counter, datagram, now, out)
             }
+            handshake => self.receive_handshake(src, handshake, now, out, macs_checked),
+        }
+    }
+
+    /// The handshake messages' part of `receive_inner`, out of line: their locals (keys,
+    /// hashes, a whole initiation's state) would otherwise make the stack frame every
+    /// transport packet runs in 2.6 KB, and after an idle spell each page of stack a round
+    /// trip touches is a TLB miss.
+    #[inline(never)]
+    fn receive_handshake(
+        &self,
+        src: Endpoint,
+        msg: Message<'_>,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+        macs_checked: bool,
+    ) -> Received {
+        match msg {
+            // (Handled by `receive_inner`.)
+            Message::Transport(_) => self.dropped(DropReason::Malformed),
             Message::Initiation(init) => {
                 if !macs_checked {
                     if let Some(r) =

@@ -46,11 +46,32 @@ pub(super) fn recv_on(
 ) -> io::Result<usize> {
     let slot = slot.max(1);
     let count = (buf.len() / slot).min(meta.len()).min(MAX_RECV);
+    // A lone message (a ping after a quiet spell) gets a frame sized for one: the headers,
+    // names and control buffers for a whole batch are 5 KB of stack, and every page of it a
+    // round trip touches after an idle spell is a TLB miss (README, Performance).
+    if count <= 1 {
+        recv_into::<1>(sock, buf, slot, count, meta, bound)
+    } else {
+        recv_into::<MAX_RECV>(sock, buf, slot, count, meta, bound)
+    }
+}
+
+/// `recv_on` with room for `N` messages (`count` of them asked for, `count <= N`).
+#[inline(never)]
+fn recv_into<const N: usize>(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    slot: usize,
+    count: usize,
+    meta: &mut [RecvMeta],
+    bound: Option<IpAddr>,
+) -> io::Result<usize> {
+    let count = count.min(N);
     let base = buf.as_mut_ptr();
-    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_RECV];
-    let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; MAX_RECV];
-    let mut controls = [const { MaybeUninit::<Control>::uninit() }; MAX_RECV];
-    let mut headers = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_RECV];
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; N];
+    let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; N];
+    let mut controls = [const { MaybeUninit::<Control>::uninit() }; N];
+    let mut headers = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; N];
     for i in 0..count {
         // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
         let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
