@@ -17,7 +17,9 @@ const UNDER_LOAD_AT: usize = HANDSHAKE_QUEUE / 8;
 /// A handshake message: the cheap checks here (mac1; under load, mac2 with a cookie reply and
 /// the per-source rate limit), the costly rest in the handshake thread. Under a flood, then,
 /// the queue holds only messages that proved their source address, and a real client's retry
-/// is not lost behind the attacker's.
+/// is not lost behind the attacker's. Cold: one datagram in thousands is a handshake message,
+/// and the receive loop's code for the rest stays together without it.
+#[cold]
 pub(super) fn queue(
     s: &Shared,
     from: Endpoint,

@@ -52,7 +52,8 @@ pub(super) struct TxState {
     /// a packet leaves after its first read: a lone packet (a ping, a keystroke, the answer
     /// to a request) pays no extra read before it goes.
     busy: bool,
-    last_found: Option<std::time::Instant>,
+    /// When the busy window of the last packet found ends.
+    busy_until: Option<std::time::Instant>,
 }
 
 impl TxState {
@@ -97,14 +98,15 @@ impl TxState {
             gso: Vec::with_capacity(65536),
             out: Vec::new(),
             busy: false,
-            last_found: None,
+            busy_until: None,
         }
     }
 }
 
 /// The send thread: sends whatever the device has, then sleeps until it has more. While the
 /// worker is quiet the receive thread watches the device and this one sleeps until handed it
-/// (see `Worker`).
+/// (see `Worker`). Out of line for the same reason as `receive::run`.
+#[inline(never)]
 pub(super) fn run(s: &Shared, w: &Worker) {
     while !Engine::ending(s) {
         if w.quiet.load(Ordering::Acquire) {
@@ -142,10 +144,7 @@ pub(super) fn run(s: &Shared, w: &Worker) {
 pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
     let (stride, inner) = (tx.stride, tx.inner);
     let now = clock::now();
-    let busy = tx.busy
-        || tx
-            .last_found
-            .is_some_and(|t| now.instant.saturating_duration_since(t) < BUSY_WINDOW);
+    let busy = tx.busy || tx.busy_until.is_some_and(|end| now.instant < end);
     let mut filled = 0;
     {
         let TxState {
@@ -186,7 +185,7 @@ pub(super) fn drain(s: &Shared, w: &Worker, tx: &mut TxState) -> usize {
     if filled == 0 {
         return 0;
     }
-    tx.last_found = Some(now.instant);
+    tx.busy_until = now.instant.checked_add(BUSY_WINDOW);
     seal_and_send(s, &*w.transport, tx, filled, now);
     s.look_again();
     filled

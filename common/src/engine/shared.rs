@@ -127,7 +127,9 @@ impl Shared {
 
     /// A device read failed with `e`: if the device is gone (its interface deleted from
     /// outside: reads say EBADFD, and it polls readable for ever), says so once and makes the
-    /// engine stop (`gone`); other errors are only logged.
+    /// engine stop (`gone`); other errors are only logged. Cold, as every error path of the
+    /// data path: out of the way of its code (see `super::debug_cold`).
+    #[cold]
     pub(super) fn device_read_failed(&self, w: &Worker, e: &std::io::Error) {
         let gone = matches!(
             e.raw_os_error(),
@@ -146,6 +148,7 @@ impl Shared {
         }
     }
 
+    #[cold]
     pub(super) fn device_write_failed(&self, w: &Worker, e: &std::io::Error) {
         self.device.count_engine_drop(DropReason::TunWriteError, 1);
         self.log_once(DropReason::TunWriteError, e.raw_os_error(), || {
@@ -172,6 +175,7 @@ impl Shared {
 
     /// A peer sent packets of the other layer (it runs the other mode, or is stock
     /// WireGuard): counted by the protocol; said at warning level, once a minute per peer.
+    #[cold]
     pub(super) fn wrong_layer(&self, peer: PeerId, sent: suidao_proto::l2::Layer) {
         let now = std::time::Instant::now();
         let due = self.wrong_layer_logged.lock().is_ok_and(|mut l| {

@@ -114,6 +114,14 @@ impl Pins {
                 return Some(p.clone());
             }
         }
+        self.pin_anew(&mut st, to, port)
+    }
+
+    /// `for_send` without a pin for `to`: makes one unless endpoints change too often (a
+    /// server's socket with several peers stays unpinned, and this is a few loads). Cold: laid
+    /// out of the way of the code a pinned send runs.
+    #[cold]
+    fn pin_anew(&self, st: &mut State, to: Endpoint, port: u16) -> Option<Arc<Pinned>> {
         let now = Instant::now();
         if st.paused_until.is_some_and(|t| now < t) {
             return None;
@@ -125,17 +133,17 @@ impl Pins {
         st.changes += 1;
         if st.changes > MAX_CHANGES {
             // Several endpoints in turn: a pin would be rebuilt all the time.
-            self.pause(&mut st, now, "several endpoints");
+            self.pause(st, now, "several endpoints");
             return None;
         }
         match self.pin(to, port, st.mark) {
             Ok(p) => {
                 let p = Arc::new(p);
-                self.replace(&mut st, Some(p.clone()));
+                self.replace(st, Some(p.clone()));
                 Some(p)
             }
             Err(e) => {
-                self.pause(&mut st, now, &format!("{e}"));
+                self.pause(st, now, &format!("{e}"));
                 None
             }
         }
@@ -146,6 +154,7 @@ impl Pins {
     /// error the connected socket reports (ECONNREFUSED) keeps the pin: the datagram goes
     /// through the main socket this time. (A pin dropped loses what waits in its receive
     /// queue: under a UDP flood that was most of it.)
+    #[cold]
     pub(super) fn failed(&self, pinned: &Arc<Pinned>, e: &io::Error) {
         let gone = matches!(
             e.raw_os_error(),
