@@ -11,16 +11,20 @@ use suidao_proto::{ip, Outgoing, PeerId, Sent, Time};
 /// The receive thread's relay: its own slots, sealed and sent as a batch (`seal_and_send`).
 /// Full-size packets fill their slots exactly, so a run of them leaves without a copy.
 pub(super) struct Relay {
-    tx: TxState,
+    /// Boxed: the relay lives in the receive thread's frame, which stays small (a lone
+    /// packet's stack pages).
+    tx: Box<TxState>,
     filled: usize,
     /// For a packet larger than a slot (a peer with a larger MTU than ours), one at a time.
     big: Vec<u8>,
 }
 
 impl Relay {
+    /// Out of line: the slots are built in this frame, not the receive thread's.
+    #[inline(never)]
     pub(super) fn new(mtu: usize, layer2: bool) -> Relay {
         Relay {
-            tx: TxState::new(mtu, true, layer2),
+            tx: Box::new(TxState::new(mtu, true, layer2)),
             filled: 0,
             big: Vec::new(),
         }

@@ -28,33 +28,52 @@ pub(super) const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_mi
 /// The outgoing path's buffers. Behind a mutex in `Worker` so that whichever thread reads the
 /// TUN holds it for the whole read-seal-send of a batch: packets leave in the order they were
 /// read, whichever thread does the work.
+///
+/// The per-slot records (sizes, targets, what is ready to send) are arrays inside, not vectors
+/// of their own, and the fields are in the order written (`repr(C)`): what a lone packet
+/// touches here (the fields up to `ready_len`, and slot 0 of each array) lies within 4.3 KB,
+/// two pages, where three vectors lay on three pages wherever the allocator had room
+/// (README, Performance).
+#[repr(C)]
 pub(super) struct TxState {
-    scratch: Vec<u8>,
     /// `TX_SLOTS` slots of `stride` bytes, back to back. Packet i is read at
     /// `data[i * stride + 16..]` (room for the transport header) and sealed in place (padding
     /// and tag after it). With offload the stride is exactly a full-size sealed packet, so a run
     /// of full-size packets is already one contiguous GSO buffer: no copy before sending.
     data: Vec<u8>,
+    out: Vec<Outgoing>,
+    scratch: Vec<u8>,
+    /// Runs that are not contiguous in `data` (shorter packets) are gathered here for GSO.
+    gso: Vec<u8>,
     stride: usize,
     /// Where a packet starts in its slot: after the transport header, and on a layer-2
     /// interface after the frame's header byte too.
     inner: usize,
-    sizes: Vec<usize>,
-    /// Layer 2: the peer each slot's frame goes to, when it is decided already (the relay);
-    /// `None`: the switch decides (frames from the TAP).
-    targets: Vec<Option<PeerId>>,
-    ready: Vec<(usize, Endpoint, usize)>,
-    /// Runs that are not contiguous in `data` (shorter packets) are gathered here for GSO.
-    gso: Vec<u8>,
-    out: Vec<Outgoing>,
+    /// When the busy window of the last packet found ends.
+    busy_until: Option<std::time::Instant>,
     /// Traffic is flowing (the last drain found two packets or more, or found one less than
     /// `BUSY_WINDOW` ago): read until the device is empty before sending (batches). Otherwise
     /// a packet leaves after its first read: a lone packet (a ping, a keystroke, the answer
     /// to a request) pays no extra read before it goes.
     busy: bool,
-    /// When the busy window of the last packet found ends.
-    busy_until: Option<std::time::Instant>,
+    /// How many of `ready` are in use.
+    ready_len: usize,
+    sizes: [usize; TX_SLOTS],
+    /// Layer 2: the peer each slot's frame goes to, when it is decided already (the relay);
+    /// `None`: the switch decides (frames from the TAP).
+    targets: [Option<PeerId>; TX_SLOTS],
+    /// The sealed slots to send: (slot, where to, length).
+    ready: [(usize, Endpoint, usize); TX_SLOTS],
 }
+
+/// An unused entry of `TxState::ready`.
+const NO_ENDPOINT: Endpoint = Endpoint {
+    addr: std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        0,
+    )),
+    local: None,
+};
 
 impl TxState {
     /// How many packets fit.
@@ -88,17 +107,18 @@ impl TxState {
             TRANSPORT_OVERHEAD + mtu.max(1500) + 64
         };
         TxState {
-            scratch: vec![0u8; MAX_READ],
             data: vec![0u8; TX_SLOTS * stride],
+            out: Vec::new(),
+            scratch: vec![0u8; MAX_READ],
+            gso: Vec::with_capacity(65536),
             stride,
             inner: TRANSPORT_HEADER_LEN + if layer2 { L2_HEADER_LEN } else { 0 },
-            sizes: vec![0usize; TX_SLOTS],
-            targets: vec![None; TX_SLOTS],
-            ready: Vec::with_capacity(TX_SLOTS),
-            gso: Vec::with_capacity(65536),
-            out: Vec::new(),
-            busy: false,
             busy_until: None,
+            busy: false,
+            ready_len: 0,
+            sizes: [0; TX_SLOTS],
+            targets: [None; TX_SLOTS],
+            ready: [(0, NO_ENDPOINT, 0); TX_SLOTS],
         }
     }
 }
@@ -207,12 +227,13 @@ pub(super) fn seal_and_send(
         sizes,
         targets,
         ready,
+        ready_len,
         gso,
         out,
         ..
     } = tx;
     let stride = *stride;
-    ready.clear();
+    *ready_len = 0;
     for (i, slot) in data.chunks_mut(stride).enumerate().take(filled) {
         let sent = match &s.switch {
             None => s.device.encapsulate(slot, sizes[i], now, out),
@@ -222,10 +243,15 @@ pub(super) fn seal_and_send(
             },
         };
         if let Sent::Ready { to, len } = sent {
-            ready.push((i, to, len));
+            // At most one per slot: `filled` is at most `TX_SLOTS`.
+            if let Some(r) = ready.get_mut(*ready_len) {
+                *r = (i, to, len);
+                *ready_len += 1;
+            }
         }
     }
-    if let [(i, to, len)] = ready[..] {
+    let ready = &ready[..*ready_len];
+    if let [(i, to, len)] = *ready {
         // A lone packet (a ping, a keystroke): what `send_runs` would do with it, without
         // the code that groups runs on the way of a round trip.
         if let Err(e) = transport.send(&data[i * stride..i * stride + len], to, None) {

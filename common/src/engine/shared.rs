@@ -31,11 +31,13 @@ use tracing::{debug, warn};
 /// device it hands the device to the send thread (`send_bell`), which keeps it while packets
 /// keep coming and hands it back (`recv_bell`) after `QUIET_AFTER` without any. Whoever reads
 /// the device holds `tx`, so packets leave in the order they were read either way.
+///
+/// In the order written (`repr(C)`), `tx` last: a packet reads the small fields and the start
+/// of `tx`, which then share a page (see `TxState`).
+#[repr(C)]
 pub(super) struct Worker {
     pub(super) device: Box<dyn PacketDevice>,
     pub(super) transport: Box<dyn Transport>,
-    /// The send path's buffers (see `TxState`), held by whichever thread sends.
-    pub(super) tx: Mutex<TxState>,
     /// Both ends can be waited on together (their `readiness_fd`s), so quiet mode is possible.
     pub(super) fds: Option<(RawFd, RawFd)>,
     /// Quiet: the receive thread watches the device (see above).
@@ -44,6 +46,8 @@ pub(super) struct Worker {
     pub(super) recv_bell: Doorbell,
     /// Times the device was handed to the send thread.
     pub(super) handoffs: AtomicUsize,
+    /// The send path's buffers (see `TxState`), held by whichever thread sends.
+    pub(super) tx: Mutex<TxState>,
 }
 
 /// A burst: a read of the device by the receive thread that finds this many packets hands the
