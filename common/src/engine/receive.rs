@@ -36,6 +36,9 @@ const TUN_WRITE_BATCH: usize = IDEAL_BATCH_SIZE;
 /// release build's whole-program optimisation would otherwise fold it into the thread's start).
 #[inline(never)]
 pub(super) fn run(s: &Shared, w: &Worker) {
+    // What a lone datagram touches of this thread's heap (the wait set, the coalescer's
+    // state) is made first, together: after the relay's slots it would lie pages away.
+    let mut waiting = Waiting::new(w);
     let mut rx = vec![0u8; RX_MESSAGES * RX_SLOT];
     let mut meta = [RecvMeta::default(); RX_MESSAGES];
     let offload = w.device.offload();
@@ -51,7 +54,6 @@ pub(super) fn run(s: &Shared, w: &Worker) {
     // so the thread goes to sleep without a receive that would only answer EAGAIN (on the
     // way of a round trip when the other end's thread shares this CPU).
     let mut may_have_more = true;
-    let mut waiting = Waiting::new(w);
     // When the last receive found something: within `BUSY_WINDOW` of it, datagrams are
     // flowing and are received a batch at a time; after a quiet spell, one message is asked
     // for (a ping, a keystroke: one datagram is what waits, and a receive for one is cheaper).
