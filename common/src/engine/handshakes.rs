@@ -18,7 +18,8 @@ const UNDER_LOAD_AT: usize = HANDSHAKE_QUEUE / 8;
 /// the per-source rate limit), the costly rest in the handshake thread. Under a flood, then,
 /// the queue holds only messages that proved their source address, and a real client's retry
 /// is not lost behind the attacker's. Cold: one datagram in thousands is a handshake message,
-/// and the receive loop's code for the rest stays together without it.
+/// and the receive loop's code for the rest stays together without it (under a flood, the
+/// mark changes only where code lies, not what it does).
 #[cold]
 pub(super) fn queue(
     s: &Shared,

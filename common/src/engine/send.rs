@@ -32,8 +32,8 @@ pub(super) const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_mi
 /// The per-slot records (sizes, targets, what is ready to send) are arrays inside, not vectors
 /// of their own, and the fields are in the order written (`repr(C)`): what a lone packet
 /// touches here (the fields up to `ready_len`, and slot 0 of each array) lies within 4.3 KB,
-/// two pages, where three vectors lay on three pages wherever the allocator had room
-/// (README, Performance).
+/// two pages (three at worst), where three vectors lay on three pages of their own wherever
+/// the allocator had room (README, Performance).
 #[repr(C)]
 pub(super) struct TxState {
     /// `TX_SLOTS` slots of `stride` bytes, back to back. Packet i is read at
