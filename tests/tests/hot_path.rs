@@ -2,7 +2,8 @@
 //! tunnel, a `.text.hot` section, and in it at least one function for every pattern of the
 //! script's first list (the functions a lone packet runs through). A function renamed or moved
 //! to another module stops matching its pattern without any other sign (the program works,
-//! only slower after a quiet spell); this test is that sign.
+//! only slower after a quiet spell); this test is that sign. The same for the statics of the
+//! script's `.data.hot` block.
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,20 +58,39 @@ fn glob_matches_as_the_linker_does() {
     assert!(glob("a*b*a", "abba"));
 }
 
-/// The functions in `.text.hot` of the binary at `path`, from `objdump -t`.
-fn hot_functions(path: &std::path::Path) -> Vec<String> {
+/// The symbols of one kind (`F` functions, `O` objects) in `section` of the binary at `path`,
+/// from `objdump -t`.
+fn symbols_in(path: &std::path::Path, kind: &str, section: &str) -> Vec<String> {
     let out = Command::new("objdump")
         .arg("-t")
         .arg(path)
         .output()
         .unwrap();
     assert!(out.status.success(), "objdump -t {}", path.display());
+    let (kind, section) = (format!(" {kind} "), format!("{section}\t"));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
             // "0000000000012d000 l     F .text.hot	0000000000000123 name"
             let (head, name) = l.rsplit_once(' ')?;
-            (head.contains(" F ") && head.contains(".text.hot\t")).then(|| name.to_string())
+            (head.contains(&kind) && head.contains(&section)).then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// The symbol patterns of the script's `.data.hot` block (the statics a packet reads), without
+/// their section's prefix (`.data.`, `.bss.`).
+fn data_patterns() -> Vec<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../build/hot-path.ld");
+    let text = std::fs::read_to_string(script).unwrap();
+    let block = text.split(".data.hot :").nth(1).unwrap();
+    let block = block.split('}').next().unwrap();
+    block
+        .lines()
+        .filter_map(|l| {
+            let section = l.trim().strip_prefix("*(")?.strip_suffix(')')?;
+            let (_, symbol) = section.trim_start_matches('.').split_once('.')?;
+            Some(symbol.to_string())
         })
         .collect()
 }
@@ -87,7 +107,7 @@ fn the_packet_path_lies_in_the_hot_section_of_each_binary() {
         "the script's first list: {patterns:?}"
     );
     for program in ["suidao-server", "suidao-client", "suidao-wg"] {
-        let hot = hot_functions(&bin_path(program).unwrap());
+        let hot = symbols_in(&bin_path(program).unwrap(), "F", ".text.hot");
         assert!(!hot.is_empty(), "{program} has no .text.hot section");
         let unmatched: Vec<&String> = patterns
             .iter()
@@ -97,6 +117,32 @@ fn the_packet_path_lies_in_the_hot_section_of_each_binary() {
             unmatched.is_empty(),
             "{program}: no function in .text.hot matches {unmatched:?} (renamed or moved? \
              mend build/hot-path.ld)"
+        );
+    }
+}
+
+#[test]
+fn the_statics_a_packet_reads_lie_in_the_hot_data_section_of_each_binary() {
+    if !suidao_lab::require::have_tool("objdump") {
+        suidao_lab::require::unmet("the hot-path layout test", "objdump (binutils)");
+        return;
+    }
+    let patterns = data_patterns();
+    assert_eq!(
+        patterns.len(),
+        3,
+        "the script's .data.hot block: {patterns:?}"
+    );
+    for program in ["suidao-server", "suidao-client", "suidao-wg"] {
+        let hot = symbols_in(&bin_path(program).unwrap(), "O", ".data.hot");
+        let unmatched: Vec<&String> = patterns
+            .iter()
+            .filter(|p| !hot.iter().any(|v| glob(p, v)))
+            .collect();
+        assert!(
+            unmatched.is_empty(),
+            "{program}: no static in .data.hot matches {unmatched:?} (renamed or moved? \
+             mend build/hot-path.ld); there: {hot:?}"
         );
     }
 }
