@@ -95,10 +95,36 @@ fn data_patterns() -> Vec<String> {
         .collect()
 }
 
+/// Whether objdump is there; where not, says so (and fails under CI, as `require` does).
+fn have_objdump() -> bool {
+    let there = suidao_lab::require::have_tool("objdump");
+    if !there {
+        suidao_lab::require::unmet("the hot-path layout test", "objdump (binutils)");
+    }
+    there
+}
+
+/// Asserts that in each binary that carries a tunnel, `section` holds a symbol of `kind` (`F`
+/// functions, `O` objects) for every one of `patterns`.
+fn each_binary_holds(patterns: &[String], kind: &str, section: &str) {
+    for program in ["suidao-server", "suidao-client", "suidao-wg"] {
+        let there = symbols_in(&bin_path(program).unwrap(), kind, section);
+        assert!(!there.is_empty(), "{program} has no {section} section");
+        let unmatched: Vec<&String> = patterns
+            .iter()
+            .filter(|p| !there.iter().any(|name| glob(p, name)))
+            .collect();
+        assert!(
+            unmatched.is_empty(),
+            "{program}: no symbol in {section} matches {unmatched:?} (renamed or moved? \
+             mend build/hot-path.ld)"
+        );
+    }
+}
+
 #[test]
 fn the_packet_path_lies_in_the_hot_section_of_each_binary() {
-    if !suidao_lab::require::have_tool("objdump") {
-        suidao_lab::require::unmet("the hot-path layout test", "objdump (binutils)");
+    if !have_objdump() {
         return;
     }
     let patterns = first_patterns();
@@ -106,25 +132,12 @@ fn the_packet_path_lies_in_the_hot_section_of_each_binary() {
         patterns.len() >= 20,
         "the script's first list: {patterns:?}"
     );
-    for program in ["suidao-server", "suidao-client", "suidao-wg"] {
-        let hot = symbols_in(&bin_path(program).unwrap(), "F", ".text.hot");
-        assert!(!hot.is_empty(), "{program} has no .text.hot section");
-        let unmatched: Vec<&String> = patterns
-            .iter()
-            .filter(|p| !hot.iter().any(|f| glob(p, f)))
-            .collect();
-        assert!(
-            unmatched.is_empty(),
-            "{program}: no function in .text.hot matches {unmatched:?} (renamed or moved? \
-             mend build/hot-path.ld)"
-        );
-    }
+    each_binary_holds(&patterns, "F", ".text.hot");
 }
 
 #[test]
 fn the_statics_a_packet_reads_lie_in_the_hot_data_section_of_each_binary() {
-    if !suidao_lab::require::have_tool("objdump") {
-        suidao_lab::require::unmet("the hot-path layout test", "objdump (binutils)");
+    if !have_objdump() {
         return;
     }
     let patterns = data_patterns();
@@ -133,16 +146,5 @@ fn the_statics_a_packet_reads_lie_in_the_hot_data_section_of_each_binary() {
         3,
         "the script's .data.hot block: {patterns:?}"
     );
-    for program in ["suidao-server", "suidao-client", "suidao-wg"] {
-        let hot = symbols_in(&bin_path(program).unwrap(), "O", ".data.hot");
-        let unmatched: Vec<&String> = patterns
-            .iter()
-            .filter(|p| !hot.iter().any(|v| glob(p, v)))
-            .collect();
-        assert!(
-            unmatched.is_empty(),
-            "{program}: no static in .data.hot matches {unmatched:?} (renamed or moved? \
-             mend build/hot-path.ld); there: {hot:?}"
-        );
-    }
+    each_binary_holds(&patterns, "O", ".data.hot");
 }
